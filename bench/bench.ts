@@ -1,0 +1,184 @@
+// npm run bench: speed and memory of bin/policyd-ts beside a bare Node
+// stdin echo driven by the same client in the same run (this machine is
+// noisy: only ratios measured together mean something).
+//
+//   node dist/bench/bench.js [--requests N] [--cold-runs N]
+
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+const ROOT = path.resolve(__dirname, '..', '..')
+const BIN = path.join(ROOT, 'bin', 'policyd-ts')
+const ECHO = path.join(__dirname, 'echo.js')
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`)
+  return i === -1 ? fallback : Number(process.argv[i + 1])
+}
+const REQUESTS = arg('requests', 3000)
+const COLD_RUNS = arg('cold-runs', 15)
+const PROCS = 8
+
+function request(i: number, tag: string): string {
+  return [
+    'request=smtpd_access_policy', 'protocol_state=RCPT', 'protocol_name=ESMTP',
+    `client_address=10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 'client_name=unknown', 'client_port=4000',
+    'reverse_client_name=unknown', 'server_address=127.0.0.1', 'server_port=25', 'helo_name=bench.example',
+    `sender=sender${i}@${tag}.example`, `recipient=rcpt${i}@example.org`, 'recipient_count=0', 'queue_id=',
+    `instance=${tag}.${i}`, 'size=0', 'etrn_domain=', 'stress=', 'sasl_method=', 'sasl_username=', 'sasl_sender=',
+    'ccert_subject=', 'ccert_issuer=', 'ccert_fingerprint=', 'ccert_pubkey_fingerprint=', 'encryption_protocol=',
+    'encryption_cipher=', 'encryption_keysize=0', 'policy_context=', '', '',
+  ].join('\n')
+}
+
+interface Server {
+  name: string
+  argv: (dir: string) => string[]
+}
+
+function start(server: Server, dir: string): ChildProcessWithoutNullStreams {
+  const child = spawn(process.execPath, server.argv(dir), { stdio: ['pipe', 'pipe', 'pipe'] })
+  child.stdin.on('error', () => undefined)
+  return child
+}
+
+/** Sends requests one at a time (as smtpd does) and resolves each reply's latency in ms. */
+class Connection {
+  private buf = ''
+  private waiting: ((reply: string) => void) | null = null
+  constructor(readonly child: ChildProcessWithoutNullStreams) {
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', (d: string) => {
+      this.buf += d
+      const end = this.buf.indexOf('\n\n')
+      if (end !== -1 && this.waiting) {
+        const reply = this.buf.slice(0, end)
+        this.buf = this.buf.slice(end + 2)
+        const w = this.waiting
+        this.waiting = null
+        w(reply)
+      }
+    })
+  }
+  ask(text: string): Promise<string> {
+    return new Promise((resolve) => {
+      this.waiting = resolve
+      this.child.stdin.write(text)
+    })
+  }
+  peakRssKb(): number {
+    const status = fs.readFileSync(`/proc/${this.child.pid}/status`, 'utf8')
+    return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0)
+  }
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.child.once('exit', () => resolve())
+      this.child.stdin.end()
+    })
+  }
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]
+}
+
+async function warm(server: Server, dir: string, tag: string): Promise<{ rate: number; p50: number; p99: number; rssKb: number; sample: string }> {
+  const conn = new Connection(start(server, dir))
+  await conn.ask(request(0, `${tag}w`))
+  const lat: number[] = []
+  let sample = ''
+  const t0 = process.hrtime.bigint()
+  for (let i = 1; i <= REQUESTS; i++) {
+    const s = process.hrtime.bigint()
+    sample = await conn.ask(request(i, tag))
+    lat.push(Number(process.hrtime.bigint() - s) / 1e6)
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+  const rssKb = conn.peakRssKb()
+  await conn.close()
+  lat.sort((a, b) => a - b)
+  return { rate: REQUESTS / seconds, p50: percentile(lat, 50), p99: percentile(lat, 99), rssKb, sample }
+}
+
+async function concurrent(server: Server, dir: string, tag: string): Promise<number> {
+  const conns = Array.from({ length: PROCS }, () => new Connection(start(server, dir)))
+  await Promise.all(conns.map((c, n) => c.ask(request(0, `${tag}w${n}`))))
+  const per = Math.ceil(REQUESTS / PROCS)
+  const t0 = process.hrtime.bigint()
+  await Promise.all(
+    conns.map(async (c, n) => {
+      for (let i = 0; i < per; i++) await c.ask(request(n * per + i, `${tag}c`))
+    }),
+  )
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+  await Promise.all(conns.map((c) => c.close()))
+  return (per * PROCS) / seconds
+}
+
+async function cold(server: Server, dir: string, tag: string): Promise<number> {
+  const times: number[] = []
+  for (let i = 0; i < COLD_RUNS; i++) {
+    const t0 = process.hrtime.bigint()
+    const conn = new Connection(start(server, dir))
+    await conn.ask(request(i, `${tag}cold${i}`))
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6)
+    await conn.close()
+  }
+  times.sort((a, b) => a - b)
+  return percentile(times, 50)
+}
+
+function row(cells: Array<string | number>, widths: number[]): string {
+  return cells.map((c, i) => String(c).padEnd(widths[i])).join('  ')
+}
+
+async function main(): Promise<void> {
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'lib', 'cli.js'))) throw new Error('build first: npx tsc -p tsconfig.json')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'policyd-ts-bench-'))
+  const policyArgs = (d: string): string[] => [
+    BIN, '--config', '/dev/null', '--db_path', path.join(d, 'db', 'bench.sqlite'),
+    '--syslog_socket', path.join(d, 'no-syslog'), '--log_file', path.join(d, 'bench.log'), '--debugLevel', '1',
+    '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
+  ]
+  const echo: Server = { name: 'bare node echo', argv: () => [ECHO] }
+  const greylist: Server = { name: 'policyd-ts greylist', argv: policyArgs }
+  try {
+    process.stdout.write(`policyd-ts bench: ${REQUESTS} requests per run, ${PROCS} processes for the concurrent run, ${COLD_RUNS} cold starts; node ${process.version}, ${os.cpus().length} cores\n\n`)
+    const results: Record<string, { rate: number; p50: number; p99: number; rssKb: number; conc: number; cold: number; sample: string }> = {}
+    for (const s of [echo, greylist, echo, greylist]) {
+      const tag = `${s === echo ? 'e' : 'g'}${Object.keys(results).length}`
+      const w = await warm(s, dir, tag)
+      const conc = await concurrent(s, dir, tag)
+      const c = await cold(s, dir, tag)
+      const prev = results[s.name]
+      // Two rounds interleaved; keep the better figure of each to damp noise.
+      results[s.name] = prev
+        ? { rate: Math.max(prev.rate, w.rate), p50: Math.min(prev.p50, w.p50), p99: Math.min(prev.p99, w.p99), rssKb: Math.max(prev.rssKb, w.rssKb), conc: Math.max(prev.conc, conc), cold: Math.min(prev.cold, c), sample: w.sample }
+        : { ...w, conc, cold: c }
+    }
+    const e = results[echo.name]
+    const g = results[greylist.name]
+    const widths = [34, 14, 14, 10, 22]
+    const lines = [
+      row(['figure', 'bare echo', 'greylist', 'ratio', 'target'], widths),
+      row(['warm decisions/s, 1 connection', e.rate.toFixed(0), g.rate.toFixed(0), (g.rate / e.rate).toFixed(2), '>= 0.60 x echo'], widths),
+      row([`warm decisions/s, ${PROCS} processes`, e.conc.toFixed(0), g.conc.toFixed(0), (g.conc / e.conc).toFixed(2), '(reported)'], widths),
+      row(['latency p50 ms', e.p50.toFixed(3), g.p50.toFixed(3), (g.p50 / e.p50).toFixed(2), '(reported)'], widths),
+      row(['latency p99 ms', e.p99.toFixed(3), g.p99.toFixed(3), (g.p99 / e.p99).toFixed(2), '(reported)'], widths),
+      row(['cold start to first reply ms', e.cold.toFixed(1), g.cold.toFixed(1), (g.cold / e.cold).toFixed(2), '<= 1.30 x echo'], widths),
+      row(['peak RSS MB', (e.rssKb / 1024).toFixed(1), (g.rssKb / 1024).toFixed(1), (g.rssKb / e.rssKb).toFixed(2), '<= 60 MB'], widths),
+    ]
+    process.stdout.write(`${lines.join('\n')}\n\nlast greylist reply: ${g.sample}\n`)
+    const ok = g.rate / e.rate >= 0.6 && g.cold / e.cold <= 1.3 && g.rssKb / 1024 <= 60
+    process.stdout.write(`targets: ${ok ? 'all met' : 'NOT all met'}\n`)
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`bench failed: ${err.stack}\n`)
+  process.exitCode = 1
+})

@@ -1,0 +1,105 @@
+// Entry point. The spawn path (no flags) never loads yargs; --help,
+// --version, --test-mode and argument errors at a terminal do.
+
+import { parseArgv } from './argv'
+import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, ENV_PREFIX, OPTIONS, formatValue, type ConfigKey } from './config'
+
+export const EX_USAGE = 64
+export const EX_CONFIG = 78
+
+export async function main(argv: string[]): Promise<void> {
+  const parsed = parseArgv(argv)
+  const interactive = parsed.flags.size > 0 || parsed.command !== undefined || (parsed.errors.length > 0 && isTerminal())
+  if (!interactive) {
+    const { runSpawn } = require('./spawn') as typeof import('./spawn')
+    await runSpawn({ options: parsed.options, configPath: parsed.configPath, argvErrors: parsed.errors })
+    return
+  }
+  process.exitCode = await runInteractive(argv)
+}
+
+function isTerminal(): boolean {
+  return (require('node:tty') as typeof import('node:tty')).isatty(0)
+}
+
+function optionType(key: ConfigKey): 'string' {
+  // Every value is read as text and validated by config.ts, so that the
+  // command line, the environment and the file share one parser.
+  void key
+  return 'string'
+}
+
+export async function runInteractive(argv: string[]): Promise<number> {
+  const { default: yargs } = (await import('yargs')) as { default: typeof import('yargs').default }
+  const { version } = require('./version') as typeof import('./version')
+  let failure: string | null = null
+  const cli = yargs(argv)
+    .scriptName('policyd-ts')
+    .usage('Usage: policyd-ts [--config FILE] [--KEY VALUE ...] [--test-mode]\n       policyd-ts spfquery --ip ADDR --sender ADDR --helo NAME\n\nPostfix SMTP access policy server (SPF and greylisting). Without options it\nserves policy requests on stdin/stdout, as Postfix spawn(8) runs it.')
+    .parserConfiguration({
+      'camel-case-expansion': false,
+      'dot-notation': false,
+      'boolean-negation': false,
+      'duplicate-arguments-array': false,
+      'parse-numbers': false,
+      'parse-positional-numbers': false,
+    })
+    .option('config', {
+      type: 'string',
+      describe: `Config file (KEY = value lines); default ${DEFAULT_CONFIG_FILE}, or $${ENV_PREFIX}CONFIG`,
+    })
+    .option('test-mode', { type: 'boolean', describe: 'Print the effective configuration with the source of each value and exit (0, or 78 on a bad configuration)' })
+    .strict()
+    .version(version())
+    .alias('version', 'V')
+    .help('help')
+    .alias('help', 'h')
+    .wrap(Math.min(100, process.stdout.columns || 100))
+    .exitProcess(false)
+    .fail((msg, err) => {
+      failure = msg ?? err?.message ?? 'bad arguments'
+    })
+  for (const key of CONFIG_KEYS) {
+    const spec = OPTIONS[key]
+    cli.option(key, { type: optionType(key), describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
+  }
+  const args = (await cli.parseAsync()) as Record<string, unknown>
+  if (failure !== null) {
+    process.stderr.write(`policyd-ts: ${failure}\nTry 'policyd-ts --help'.\n`)
+    return EX_USAGE
+  }
+  if (args.help || args.version) return 0
+
+  const options: Record<string, string> = {}
+  for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
+  const configPath = typeof args.config === 'string' ? args.config : undefined
+  if (args['test-mode']) return testMode(options, configPath)
+
+  const { runSpawn } = require('./spawn') as typeof import('./spawn')
+  await runSpawn({ options, configPath, argvErrors: [] })
+  return 0
+}
+
+/** Print the effective configuration, one `key = value  # source` line each, then the checks of files it names. */
+export async function testMode(options: Record<string, string>, configPath: string | undefined): Promise<number> {
+  const { readConfig } = require('./spawn') as typeof import('./spawn')
+  const { version } = require('./version') as typeof import('./version')
+  const loaded = readConfig(options, configPath)
+  const out: string[] = [
+    `# policyd-ts ${version()} effective configuration`,
+    `# config file: ${loaded.configFile} (${loaded.configFileFound ? 'read' : 'not found, defaults used'})`,
+  ]
+  const width = Math.max(...CONFIG_KEYS.map((k) => k.length))
+  for (const key of CONFIG_KEYS) {
+    const value = formatValue(key, loaded.config[key])
+    out.push(`${key.padEnd(width)} = ${value}${' '.repeat(Math.max(1, 40 - value.length))}# ${loaded.sources[key]}`)
+  }
+  const { describeFiles } = require('./greylist/lists') as typeof import('./greylist/lists')
+  out.push(...describeFiles(loaded.config).map((l) => `# ${l}`))
+  process.stdout.write(`${out.join('\n')}\n`)
+  if (loaded.errors.length > 0) {
+    process.stderr.write(loaded.errors.map((e) => `policyd-ts: error: ${e}\n`).join(''))
+    return EX_CONFIG
+  }
+  return 0
+}

@@ -1,0 +1,364 @@
+// The one table of configuration keys. It drives the command line, the
+// environment, the config file, --help, --test-mode and man/policyd-ts.conf.5
+// (test/config-man.test.ts checks that the man page lists exactly these keys
+// and defaults). Defaults are written as an admin would write them in the
+// file and parsed by the same code as every other source.
+
+export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
+
+export interface OptionSpec {
+  type: OptionType
+  default: string
+  doc: string
+  min?: number
+  max?: number
+  values?: readonly string[]
+}
+
+export interface Config {
+  debugLevel: number
+  fail_action: string
+  syslog_socket: string
+  syslog_facility: string
+  log_file: string
+  hostname: string
+  max_line_length: number
+  max_attributes: number
+  max_request_bytes: number
+  max_idle: number
+  max_lifetime: number
+  db_path: string
+  db_busy_timeout: number
+  db_corrupt_action: string
+  greylist_enabled: boolean
+  greylist_delay: number
+  greylist_max_age: number
+  greylist_retry_window: number
+  greylist_auto_whitelist: number
+  greylist_ipv4_prefix: number
+  greylist_ipv6_prefix: number
+  greylist_action: string
+  greylist_text: string
+  greylist_header: string
+  greylist_learn_only: boolean
+  greylist_privacy: boolean
+  greylist_max_entries: number
+  greylist_whitelist_clients: string[]
+  greylist_whitelist_recipients: string[]
+}
+
+export type ConfigKey = keyof Config
+
+export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
+  debugLevel: {
+    type: 'int', default: '1', min: 0, max: 4,
+    doc: 'Log detail: 0 errors only, 1 one line per decision, 2 each check, 3 configuration and start/stop, 4 every input line.',
+  },
+  fail_action: {
+    type: 'action', default: 'DUNNO',
+    doc: 'Action answered when a request cannot be decided (store unavailable, bad configuration, oversized request, internal error).',
+  },
+  syslog_socket: {
+    type: 'string', default: '/dev/log',
+    doc: 'Path of the syslog datagram socket; when it is missing, log lines go to log_file.',
+  },
+  syslog_facility: {
+    type: 'enum', default: 'mail',
+    values: ['mail', 'daemon', 'user', 'local0', 'local1', 'local2', 'local3', 'local4', 'local5', 'local6', 'local7'],
+    doc: 'Syslog facility of every log line.',
+  },
+  log_file: {
+    type: 'string', default: '',
+    doc: 'File that receives log lines when syslog_socket is unusable; empty means such lines are dropped.',
+  },
+  hostname: {
+    type: 'string', default: '',
+    doc: 'Host name used in header texts (%h); empty means the system host name.',
+  },
+  max_line_length: {
+    type: 'int', default: '4096', min: 64, max: 1048576,
+    doc: 'Longest accepted attribute line in bytes; a request with a longer line is discarded and answered with fail_action.',
+  },
+  max_attributes: {
+    type: 'int', default: '100', min: 1, max: 100000,
+    doc: 'Most attribute lines accepted in one request; past it the request is discarded and answered with fail_action.',
+  },
+  max_request_bytes: {
+    type: 'int', default: '65536', min: 256, max: 16777216,
+    doc: 'Largest accepted request in bytes; past it the request is discarded and answered with fail_action.',
+  },
+  max_idle: {
+    type: 'duration', default: '600s', min: 1,
+    doc: 'Exit after this long without a request (Postfix closes idle policy connections after 300s by default).',
+  },
+  max_lifetime: {
+    type: 'duration', default: '7200s', min: 1,
+    doc: 'Exit after this long in all, between two requests (Postfix does not enforce policy_time_limit on spawned children).',
+  },
+  db_path: {
+    type: 'string', default: '/var/mta/policyd-ts.sqlite',
+    doc: 'SQLite database file; its directory must exist or be creatable and must not be world-writable.',
+  },
+  db_busy_timeout: {
+    type: 'duration', default: '5s', min: 0, max: 600,
+    doc: 'How long a request waits for another process\'s lock on the database before fail_action is answered.',
+  },
+  db_corrupt_action: {
+    type: 'enum', default: 'rename', values: ['rename', 'fail'],
+    doc: 'What to do with a corrupt database file: rename it aside and start a fresh one, or keep answering fail_action.',
+  },
+  greylist_enabled: {
+    type: 'bool', default: 'yes',
+    doc: 'Greylist (client network, sender, recipient) triplets at the RCPT stage.',
+  },
+  greylist_delay: {
+    type: 'duration', default: '300s', min: 1,
+    doc: 'How long a new triplet is deferred before a retry is accepted.',
+  },
+  greylist_max_age: {
+    type: 'duration', default: '35d', min: 1,
+    doc: 'A passed triplet or an auto-whitelisted client not seen for this long is forgotten.',
+  },
+  greylist_retry_window: {
+    type: 'duration', default: '2d', min: 1,
+    doc: 'A triplet whose first accepted retry comes later than this after its first attempt starts over.',
+  },
+  greylist_auto_whitelist: {
+    type: 'int', default: '5', min: 0, max: 1000000,
+    doc: 'A client network that passed greylisting this many times (at most once an hour counted) is no longer greylisted; 0 disables.',
+  },
+  greylist_ipv4_prefix: {
+    type: 'int', default: '24', min: 0, max: 32,
+    doc: 'IPv4 clients are keyed by this network prefix length; 32 keys by host.',
+  },
+  greylist_ipv6_prefix: {
+    type: 'int', default: '64', min: 0, max: 128,
+    doc: 'IPv6 clients are keyed by this network prefix length; 128 keys by host.',
+  },
+  greylist_action: {
+    type: 'enum', default: 'DEFER_IF_PERMIT', values: ['DEFER_IF_PERMIT', 'DEFER', '450', '451'],
+    doc: 'Action that greylists a request; DEFER_IF_PERMIT lets later reject restrictions win.',
+  },
+  greylist_text: {
+    type: 'string', default: '4.2.0 Greylisted, please try again in %s seconds',
+    doc: 'Reply text of a greylisted request; %s is replaced by the seconds left, %r by the recipient domain.',
+  },
+  greylist_header: {
+    type: 'string', default: 'X-Greylist: delayed %t seconds by policyd-ts-%v at %h; %d',
+    doc: 'Header prepended once per message on the first accepted retry; %t delay, %v version, %h host name, %d date; empty disables.',
+  },
+  greylist_learn_only: {
+    type: 'bool', default: 'no',
+    doc: 'Record and log triplets but never defer (for trying greylisting on a live server).',
+  },
+  greylist_privacy: {
+    type: 'bool', default: 'no',
+    doc: 'Store SHA-256 hashes of the triplet and client keys instead of addresses.',
+  },
+  greylist_max_entries: {
+    type: 'int', default: '1000000', min: 100,
+    doc: 'Most triplets kept; when the table is full, new triplets pass unrecorded (logged once) until expiry makes room.',
+  },
+  greylist_whitelist_clients: {
+    type: 'list', default: '/etc/policyd-ts/whitelist_clients, /etc/policyd-ts/whitelist_clients.local',
+    doc: 'Client whitelist files in postgrey\'s format; changed files are reread without restart.',
+  },
+  greylist_whitelist_recipients: {
+    type: 'list', default: '/etc/policyd-ts/whitelist_recipients, /etc/policyd-ts/whitelist_recipients.local',
+    doc: 'Recipient whitelist files in postgrey\'s format; changed files are reread without restart.',
+  },
+}
+
+export const CONFIG_KEYS = Object.keys(OPTIONS) as ConfigKey[]
+export const DEFAULT_CONFIG_FILE = '/etc/policyd-ts/policyd-ts.conf'
+export const ENV_PREFIX = 'POLICYD_TS_'
+
+export type Source = 'default' | 'file' | 'environment' | 'command line'
+
+export interface LoadedConfig {
+  config: Config
+  sources: Record<ConfigKey, Source>
+  errors: string[]
+  configFile: string
+  configFileFound: boolean
+}
+
+const DURATION_UNITS: Record<string, number> = { '': 1, ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }
+const BOOL_WORDS: Record<string, boolean> = {
+  yes: true, true: true, on: true, '1': true, no: false, false: false, off: false, '0': false,
+}
+
+function expectedForm(spec: OptionSpec): string {
+  switch (spec.type) {
+    case 'int': return `an integer${range(spec)}`
+    case 'bool': return 'yes or no'
+    case 'duration': return `a duration such as 300, 300s, 5m, 2h, 35d or 1w${range(spec, 's')}`
+    case 'enum': return `one of ${spec.values!.join(', ')}`
+    case 'action': return 'a Postfix access(5) action such as DUNNO, DEFER_IF_PERMIT text, 450 text or REJECT text'
+    case 'list': return 'a comma-separated list'
+    case 'string': return 'a single-line string'
+  }
+}
+
+function range(spec: OptionSpec, unit = ''): string {
+  if (spec.min !== undefined && spec.max !== undefined) return ` from ${spec.min}${unit} to ${spec.max}${unit}`
+  if (spec.min !== undefined) return ` of at least ${spec.min}${unit}`
+  return ''
+}
+
+const ACTION_WORD = /^(DUNNO|OK|PERMIT|DEFER_IF_PERMIT|DEFER_IF_REJECT|DEFER|REJECT|WARN|INFO|HOLD|DISCARD|PREPEND|[45]\d\d)(\s|$)/i
+
+/** Parse one value of `key`; returns the typed value or an error text naming the key and the expected form. */
+export function parseValue(key: ConfigKey, raw: string): { value: unknown } | { error: string } {
+  const spec = OPTIONS[key]
+  const text = raw.trim()
+  const bad = (): { error: string } => ({ error: `bad value ${JSON.stringify(raw)} for ${key}: expected ${expectedForm(spec)}` })
+  if (/[\0\r\n]/.test(raw)) return bad()
+  switch (spec.type) {
+    case 'int': {
+      if (!/^[+-]?\d{1,15}$/.test(text)) return bad()
+      const n = Number(text)
+      if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) return bad()
+      return { value: n }
+    }
+    case 'bool': {
+      const b = BOOL_WORDS[text.toLowerCase()]
+      return b === undefined ? bad() : { value: b }
+    }
+    case 'duration': {
+      const m = /^(\d{1,12}(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/i.exec(text)
+      if (!m) return bad()
+      const seconds = Number(m[1]) * DURATION_UNITS[(m[2] ?? '').toLowerCase()]
+      if ((spec.min !== undefined && seconds < spec.min) || (spec.max !== undefined && seconds > spec.max)) return bad()
+      return { value: seconds }
+    }
+    case 'enum': {
+      const v = spec.values!.find((x) => x.toLowerCase() === text.toLowerCase())
+      return v === undefined ? bad() : { value: v }
+    }
+    case 'action':
+      return ACTION_WORD.test(text) ? { value: text } : bad()
+    case 'list':
+      return { value: text === '' ? [] : text.split(/[,\s]+/).filter((x) => x !== '') }
+    case 'string':
+      return { value: text }
+  }
+}
+
+/** Parse the text of a config file (dotenv syntax: `KEY = value`, `#` comments). */
+export function parseConfigFile(text: string, parse: (src: string) => Record<string, string>): {
+  values: Array<{ key: string; value: string; line: number }>
+} {
+  const parsed = parse(text)
+  const lines = text.split('\n')
+  const values = Object.entries(parsed).map(([key, value]) => {
+    const line = lines.findIndex((l) => new RegExp(`^\\s*(?:export\\s+)?${escapeRegExp(key)}\\s*[=:]`).test(l)) + 1
+    return { key, value, line }
+  })
+  return { values }
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+}
+
+export function isConfigKey(key: string): key is ConfigKey {
+  return Object.prototype.hasOwnProperty.call(OPTIONS, key)
+}
+
+export interface ConfigInputs {
+  /** Values given on the command line, keyed exactly as in the table. */
+  cli: Record<string, string>
+  /** The --config path if given; otherwise the default path is tried and may be absent. */
+  configPath?: string
+  env: NodeJS.ProcessEnv
+  readFile: (path: string) => string
+  parseDotenv: () => (src: string) => Record<string, string>
+}
+
+/** Merge defaults, config file, environment and command line (highest last) into one validated Config. */
+export function loadConfig(inputs: ConfigInputs): LoadedConfig {
+  const errors: string[] = []
+  const raw: Partial<Record<ConfigKey, string>> = {}
+  const sources = {} as Record<ConfigKey, Source>
+  for (const key of CONFIG_KEYS) {
+    raw[key] = OPTIONS[key].default
+    sources[key] = 'default'
+  }
+
+  const configFile = inputs.configPath ?? inputs.env[`${ENV_PREFIX}CONFIG`] ?? DEFAULT_CONFIG_FILE
+  let configFileFound = false
+  let text: string | undefined
+  try {
+    text = inputs.readFile(configFile)
+    configFileFound = true
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const explicit = inputs.configPath !== undefined || inputs.env[`${ENV_PREFIX}CONFIG`] !== undefined
+    if (explicit || code !== 'ENOENT') errors.push(`cannot read config file ${configFile}: ${(err as Error).message}`)
+  }
+  if (text !== undefined) {
+    const { values } = parseConfigFile(text, inputs.parseDotenv())
+    for (const { key, value, line } of values) {
+      if (!isConfigKey(key)) {
+        errors.push(`${configFile}:${line}: unknown key ${key}`)
+        continue
+      }
+      raw[key] = value
+      sources[key] = 'file'
+    }
+  }
+
+  for (const [name, value] of Object.entries(inputs.env)) {
+    if (!name.startsWith(ENV_PREFIX) || value === undefined || name === `${ENV_PREFIX}CONFIG`) continue
+    const wanted = name.slice(ENV_PREFIX.length).toLowerCase()
+    const key = CONFIG_KEYS.find((k) => k.toLowerCase() === wanted)
+    if (key === undefined) {
+      errors.push(`environment variable ${name}: unknown key`)
+      continue
+    }
+    raw[key] = value
+    sources[key] = 'environment'
+  }
+
+  for (const [name, value] of Object.entries(inputs.cli)) {
+    if (!isConfigKey(name)) {
+      errors.push(`unknown option --${name}`)
+      continue
+    }
+    raw[name] = value
+    sources[name] = 'command line'
+  }
+
+  const config = {} as Record<ConfigKey, unknown>
+  for (const key of CONFIG_KEYS) {
+    let parsed = parseValue(key, raw[key]!)
+    if ('error' in parsed) {
+      errors.push(sources[key] === 'file' ? `${configFile}: ${parsed.error}` : `${sources[key]}: ${parsed.error}`)
+      parsed = parseValue(key, OPTIONS[key].default)
+      if ('error' in parsed) throw new Error(`default of ${key} does not parse: ${parsed.error}`)
+    }
+    config[key] = parsed.value
+  }
+  const typed = config as unknown as Config
+  errors.push(...crossCheck(typed))
+  return { config: typed, sources, errors, configFile, configFileFound }
+}
+
+/** Rules between keys, which no single value can break. */
+function crossCheck(c: Config): string[] {
+  const errors: string[] = []
+  if (c.greylist_retry_window <= c.greylist_delay) {
+    errors.push(`greylist_retry_window (${c.greylist_retry_window}s) must be longer than greylist_delay (${c.greylist_delay}s), or no retry could ever pass`)
+  }
+  return errors
+}
+
+/** Render a value back into the form used in the config file. */
+export function formatValue(key: ConfigKey, value: unknown): string {
+  const spec = OPTIONS[key]
+  if (spec.type === 'bool') return value ? 'yes' : 'no'
+  if (spec.type === 'duration') return `${value}s`
+  if (spec.type === 'list') return (value as string[]).join(', ')
+  return String(value)
+}

@@ -1,0 +1,128 @@
+// The greylist check: whitelists, the triplet key, the store round trip and
+// the verdict. How the state evolves is in ./triplet; SQL is in ../store.
+
+import type { Config } from '../config'
+import type { BoundedMap } from '../bounded-map'
+import { clientNetwork, domainOf, normalizeRecipient, normalizeSender, type ParsedIp } from '../normalize'
+import type { PolicyRequest } from '../request'
+import type { GreylistStore } from '../store/types'
+import type { Verdict } from '../verdict'
+import { evaluateTriplet, type GreylistParams } from './triplet'
+
+export interface GreylistWhitelists {
+  matchClient(clientName: string, ip: ParsedIp | null): string | null
+  matchRecipient(recipient: string): string | null
+}
+
+export interface GreylistContext {
+  config: Config
+  store: GreylistStore
+  whitelists: GreylistWhitelists
+  /** Instances (messages) that already got the X-Greylist header. */
+  headerSent: BoundedMap<string, true>
+  version: string
+  hostname: string
+  log: (level: number, msg: string) => void
+  logStateChange: (topic: string, state: string, level: number, msg: string) => void
+  /** Set by the SPF check when the MAIL FROM domain passed: greylist by that domain instead of the client network. */
+  authenticatedDomain?: string
+}
+
+export interface GreylistKeys {
+  triplet: string
+  client: string
+  /** What the key was built from, for the log. */
+  subject: string
+}
+
+/** The store keys of a request: (client network or SPF-authenticated domain, normalised sender, recipient). */
+export function greylistKeys(req: PolicyRequest, ip: ParsedIp, config: Config, authenticatedDomain?: string): GreylistKeys {
+  const network = clientNetwork(ip, config.greylist_ipv4_prefix, config.greylist_ipv6_prefix)
+  const subject = authenticatedDomain ? `spf:${authenticatedDomain}` : network
+  const sender = normalizeSender(req.sender) || '<>'
+  const triplet = `${subject}/${sender}/${normalizeRecipient(req.recipient)}`
+  const client = subject
+  if (!config.greylist_privacy) return { triplet, client, subject }
+  return { triplet: sha256(triplet), client: sha256(client), subject }
+}
+
+function sha256(text: string): string {
+  const { createHash } = require('node:crypto') as typeof import('node:crypto')
+  return createHash('sha256').update(text).digest('hex')
+}
+
+export function greylistParams(config: Config): GreylistParams {
+  return {
+    delay: config.greylist_delay,
+    maxAge: config.greylist_max_age,
+    retryWindow: config.greylist_retry_window,
+    autoWhitelist: config.greylist_auto_whitelist,
+    maxEntries: config.greylist_max_entries,
+  }
+}
+
+function expand(template: string, values: Record<string, string>): string {
+  return template.replace(/%([a-z%])/g, (whole, letter: string) => (letter === '%' ? '%' : (values[letter] ?? whole)))
+}
+
+/** RFC 5322 date in UTC, as mail headers carry it. */
+export function rfc5322Date(seconds: number): string {
+  const d = new Date(seconds * 1000)
+  const day = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'][d.getUTCDay()]
+  const month = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'][d.getUTCMonth()]
+  const two = (n: number): string => String(n).padStart(2, '0')
+  return `${day}, ${two(d.getUTCDate())} ${month} ${d.getUTCFullYear()} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} +0000`
+}
+
+export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, now: number): Promise<Verdict> {
+  const { config } = ctx
+  const pass = (reason: string, fields?: Record<string, string | number>): Verdict => ({ check: 'greylist', severity: 'dunno', reason, fields })
+  if (req.protocolState !== 'RCPT') return pass('not-rcpt-stage')
+  if (!req.clientIp) return pass('no-client-address')
+  if (req.recipient === '') return pass('no-recipient')
+
+  const clientEntry = ctx.whitelists.matchClient(req.clientName, req.clientIp)
+  if (clientEntry) return pass('client-whitelist', { whitelist: clientEntry })
+  const recipientEntry = ctx.whitelists.matchRecipient(req.recipient)
+  if (recipientEntry) return pass('recipient-whitelist', { whitelist: recipientEntry })
+
+  const keys = greylistKeys(req, req.clientIp, config, ctx.authenticatedDomain)
+  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, greylistParams(config)))
+  const fields: Record<string, string | number> = { key: keys.subject }
+
+  switch (outcome.kind) {
+    case 'auto-whitelisted':
+      return pass('client-awl', { ...fields, passes: outcome.passes })
+    case 'known':
+      return pass('triplet-known', fields)
+    case 'table-full':
+      ctx.logStateChange('greylist-table', 'full', 0, `greylist table full (${outcome.entries} triplets, greylist_max_entries ${config.greylist_max_entries}): new triplets pass unrecorded until old ones expire`)
+      return pass('table-full', fields)
+    case 'new':
+    case 'early': {
+      const secondsLeft = Math.max(1, Math.ceil(outcome.secondsLeft))
+      fields.left = secondsLeft
+      if (config.greylist_learn_only) return pass(`${outcome.kind}-learn-only`, fields)
+      const text = expand(config.greylist_text, { s: String(secondsLeft), r: domainOf(req.recipient) })
+      return { check: 'greylist', severity: 'greylist', action: `${config.greylist_action} ${text}`, reason: outcome.kind, fields }
+    }
+    case 'first-pass': {
+      const delayed = Math.round(outcome.delayed)
+      fields.delay = delayed
+      if (outcome.clientWhitelisted) {
+        ctx.log(1, `client ${keys.subject} auto-whitelisted after ${config.greylist_auto_whitelist} greylisting passes`)
+      }
+      if (config.greylist_header === '' || (req.instance !== '' && ctx.headerSent.has(req.instance))) {
+        return pass('first-pass', fields)
+      }
+      if (req.instance !== '') ctx.headerSent.set(req.instance, true)
+      const header = expand(config.greylist_header, {
+        t: String(delayed),
+        v: ctx.version,
+        h: ctx.hostname,
+        d: rfc5322Date(now),
+      })
+      return { check: 'greylist', severity: 'prepend', headers: [header], reason: 'first-pass', fields }
+    }
+  }
+}

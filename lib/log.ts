@@ -1,0 +1,195 @@
+// Logging to syslog without a native module: one long-lived logger(1) child
+// per process reads lines on its stdin (with a <PRI> prefix each) and sends
+// them to the syslog socket. When the socket is missing or logger dies,
+// lines go to log_file. Nothing is ever written to stdout or stderr: under
+// spawn(8) both are the SMTP server's socket.
+
+import type { ChildProcess } from 'node:child_process'
+
+export interface LogOptions {
+  debugLevel: number
+  syslogSocket: string
+  facility: string
+  logFile: string
+  ident: string
+  pid: number
+  /** For tests: replaces the logger(1) child and the file. */
+  sink?: (line: string, priority: number) => void
+}
+
+export interface Logger {
+  /** Log `msg` when debugLevel >= level (0 errors, 1 decisions, 2 checks, 3 config/start/stop, 4 input lines). */
+  log(level: number, msg: string): void
+  /** Log once per state change of `topic`: a repeated (topic, state) pair is dropped. */
+  logStateChange(topic: string, state: string, level: number, msg: string): void
+  enabled(level: number): boolean
+  setLevel(level: number): void
+  close(): Promise<void>
+}
+
+const FACILITIES: Record<string, number> = {
+  user: 1, mail: 2, daemon: 3, local0: 16, local1: 17, local2: 18, local3: 19,
+  local4: 20, local5: 21, local6: 22, local7: 23,
+}
+const LOG_ERR = 3
+const LOG_INFO = 6
+const LOG_DEBUG = 7
+const MAX_QUEUED = 2000
+const MAX_LINE = 4000
+
+export function createLogger(opts: LogOptions): Logger {
+  return new SyslogLogger(opts)
+}
+
+class SyslogLogger implements Logger {
+  private level: number
+  private child: ChildProcess | null = null
+  private childFailed = false
+  private queue: string[] = []
+  private startScheduled = false
+  private states = new Map<string, string>()
+  private closed = false
+  private dropped = 0
+
+  constructor(private readonly opts: LogOptions) {
+    this.level = opts.debugLevel
+  }
+
+  enabled(level: number): boolean {
+    return level <= this.level
+  }
+
+  setLevel(level: number): void {
+    this.level = level
+  }
+
+  log(level: number, msg: string): void {
+    if (level > this.level || this.closed) return
+    const severity = level === 0 ? LOG_ERR : level === 1 ? LOG_INFO : LOG_DEBUG
+    // One record per line whatever the message holds.
+    // eslint-disable-next-line no-control-regex
+    let text = msg.replace(/[\x00-\x1f\x7f]+/g, ' ')
+    if (text.length > MAX_LINE) text = `${text.slice(0, MAX_LINE)}...`
+    const priority = (FACILITIES[this.opts.facility] ?? 2) * 8 + severity
+    if (this.opts.sink) {
+      this.opts.sink(text, priority)
+      return
+    }
+    if (this.childFailed) {
+      this.writeFile(text)
+      return
+    }
+    if (this.queue.length >= MAX_QUEUED) {
+      this.dropped++
+      return
+    }
+    this.queue.push(`<${priority}>${text}\n`)
+    this.flushSoon()
+  }
+
+  logStateChange(topic: string, state: string, level: number, msg: string): void {
+    const previous = this.states.get(topic)
+    if (previous === state) return
+    this.states.set(topic, state)
+    // A healthy start is not news; only a recovery is.
+    if (previous === undefined && state === 'ok') return
+    this.log(level, msg)
+  }
+
+  // The child is started after the current request's reply has been
+  // written: a fork costs milliseconds that the first reply should not wait for.
+  private flushSoon(): void {
+    if (this.child) {
+      this.flushQueue()
+      return
+    }
+    if (this.startScheduled) return
+    this.startScheduled = true
+    setImmediate(() => {
+      this.startScheduled = false
+      if (!this.child && !this.childFailed) this.startChild()
+      this.flushQueue()
+    })
+  }
+
+  private startChild(): void {
+    const fs = require('node:fs') as typeof import('node:fs')
+    const socket = this.opts.syslogSocket
+    let usable = false
+    try {
+      usable = fs.statSync(socket).isSocket()
+    } catch {
+      usable = false
+    }
+    if (!usable) {
+      this.failOver(`syslog socket ${socket} is not available`)
+      return
+    }
+    const { spawn } = require('node:child_process') as typeof import('node:child_process')
+    try {
+      const child = spawn(
+        'logger',
+        ['--socket-errors=on', '-u', socket, '-t', this.opts.ident, `--id=${this.opts.pid}`, '--prio-prefix'],
+        { stdio: ['pipe', 'ignore', 'ignore'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } },
+      )
+      child.on('error', () => this.failOver('cannot run logger(1)'))
+      child.on('exit', (code) => {
+        if (this.child === child) {
+          this.child = null
+          if (!this.closed) this.failOver(`logger(1) exited with status ${code}`)
+        }
+      })
+      child.stdin!.on('error', () => undefined)
+      this.child = child
+    } catch {
+      this.failOver('cannot run logger(1)')
+    }
+  }
+
+  private failOver(reason: string): void {
+    this.childFailed = true
+    this.child = null
+    const pending = this.queue
+    this.queue = []
+    this.writeFile(`syslog unavailable (${reason}); logging to this file`)
+    for (const entry of pending) this.writeFile(entry.replace(/^<\d+>/, '').replace(/\n$/, ''))
+  }
+
+  private flushQueue(): void {
+    if (!this.child || this.queue.length === 0) return
+    if (this.dropped > 0) {
+      this.queue.push(`<${LOG_ERR}>${this.dropped} log lines dropped (logger too slow)\n`)
+      this.dropped = 0
+    }
+    this.child.stdin!.write(this.queue.join(''))
+    this.queue = []
+  }
+
+  private writeFile(text: string): void {
+    if (!this.opts.logFile) return
+    const fs = require('node:fs') as typeof import('node:fs')
+    try {
+      fs.appendFileSync(this.opts.logFile, `${new Date().toISOString()} ${this.opts.ident}[${this.opts.pid}]: ${text}\n`)
+    } catch {
+      // Nowhere left to report it: stdout and stderr belong to Postfix.
+    }
+  }
+
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve()
+    if (!this.child && this.queue.length > 0 && !this.childFailed) this.startChild()
+    this.flushQueue()
+    this.closed = true
+    const child = this.child
+    if (!child) return Promise.resolve()
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, 1000)
+      function done(): void {
+        clearTimeout(timer)
+        resolve()
+      }
+      child.once('exit', done)
+      child.stdin!.end()
+    })
+  }
+}

@@ -1,0 +1,85 @@
+// From one framed request to one action, with the decision log line. Bad
+// input (discarded requests, lines without '=', another request type) and a
+// bad configuration end here, each with its written action.
+
+import type { Config } from './config'
+import { decide, type DecideContext } from './decide'
+import type { Logger } from './log'
+import type { Frame } from './protocol'
+import { toPolicyRequest } from './request'
+
+export interface PolicyOptions {
+  config: Config
+  /** Errors of the configuration; when any, every request gets fail_action. */
+  configErrors: string[]
+  log: Logger
+  context: () => DecideContext
+  now: () => number
+  /** Called after each decided request (e.g. for incremental store upkeep). */
+  afterDecision?: (now: number) => void
+}
+
+/** Quote a log value when it would break the key=value form. */
+export function logValue(value: string | number): string {
+  const text = String(value)
+  return text !== '' && /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text)
+}
+
+export function formatFields(fields: Record<string, string | number>): string {
+  return Object.entries(fields)
+    .map(([k, v]) => `${k}=${logValue(v)}`)
+    .join(' ')
+}
+
+export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<string> {
+  const { config, log } = opts
+  let configErrorLogged = false
+  return async (frame) => {
+    if (frame.kind === 'discarded') {
+      log.log(0, `request discarded: ${frame.reason}; answering ${config.fail_action}`)
+      return config.fail_action
+    }
+    if (log.enabled(4)) for (const [k, v] of frame.attrs) log.log(4, `read ${k}=${v}`)
+    for (const line of frame.garbage) log.log(0, `ignoring a line without '=': ${JSON.stringify(line)}`)
+    for (const name of frame.duplicates) log.log(2, `attribute ${name} repeated; the first value counts`)
+
+    if (opts.configErrors.length > 0) {
+      if (!configErrorLogged) {
+        for (const e of opts.configErrors) log.log(0, `configuration error: ${e}`)
+        configErrorLogged = true
+      }
+      log.log(0, `bad configuration (run policyd-ts --test-mode): answering fail_action ${config.fail_action}`)
+      return config.fail_action
+    }
+
+    const req = toPolicyRequest(frame.attrs)
+    if (req.request !== 'smtpd_access_policy') {
+      log.log(0, `unsupported request type ${logValue(req.request)}: answering DUNNO`)
+      return 'DUNNO'
+    }
+    const now = opts.now()
+    const decision = await decide(req, opts.context(), now)
+    if (log.enabled(1)) {
+      const fields: Record<string, string | number> = {
+        action: decision.action.split(' ')[0],
+        check: decision.winner?.check ?? 'none',
+        reason: decision.winner?.reason ?? 'none',
+        state: req.protocolState,
+        client: req.clientAddress,
+        client_name: req.clientName,
+        helo: req.helo,
+        sender: req.sender === '' ? '<>' : req.sender,
+        recipient: req.recipient,
+        instance: req.instance,
+      }
+      if (req.queueId !== '') fields.queue_id = req.queueId
+      for (const v of decision.verdicts) {
+        if (v !== decision.winner && log.enabled(2)) log.log(2, `check=${v.check} reason=${logValue(v.reason)} severity=${v.severity}`)
+        Object.assign(fields, v.fields ?? {})
+      }
+      log.log(1, `decision ${formatFields(fields)}`)
+    }
+    opts.afterDecision?.(now)
+    return decision.action
+  }
+}

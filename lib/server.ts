@@ -1,0 +1,135 @@
+// The I/O loop: any readable/writable pair (stdin/stdout under spawn(8), a
+// socket later). Frames requests, hands them one at a time to `handle`, and
+// writes exactly one reply per request, in order. Knows nothing of what a
+// check decides.
+
+import type { Readable, Writable } from 'node:stream'
+import { encodeReply, RequestFramer, type Frame, type FramerLimits } from './protocol'
+
+export type EndReason = 'eof' | 'idle' | 'lifetime' | 'output-closed' | 'input-error'
+
+export interface ServeOptions {
+  input: Readable
+  output: Writable
+  limits: FramerLimits
+  /** Returns the action for one frame; must not throw (a throw is answered with failAction). */
+  handle: (frame: Frame) => Promise<string> | string
+  failAction: () => string
+  log: (level: number, msg: string) => void
+  maxIdleMs: number
+  maxLifetimeMs: number
+}
+
+/** Frames queued beyond this pause the input, so pipelined floods cannot grow memory. */
+const HIGH_WATER_FRAMES = 32
+
+export function serve(opts: ServeOptions): Promise<EndReason> {
+  const { input, output } = opts
+  const framer = new RequestFramer(opts.limits)
+  const queue: Frame[] = []
+  let busy = false
+  let inputEnded = false
+  let finished = false
+  let lifetimeOver = false
+  let paused = false
+  let idleTimer: NodeJS.Timeout | undefined
+  let resolveEnd!: (reason: EndReason) => void
+  const ended = new Promise<EndReason>((resolve) => {
+    resolveEnd = resolve
+  })
+
+  const finish = (reason: EndReason): void => {
+    if (finished) return
+    finished = true
+    clearTimeout(idleTimer)
+    clearTimeout(lifetimeTimer)
+    input.off('data', onData)
+    input.off('end', onEnd)
+    input.off('error', onInputError)
+    output.off('error', onOutputError)
+    input.on('error', () => undefined)
+    output.on('error', () => undefined)
+    input.pause()
+    resolveEnd(reason)
+  }
+
+  const armIdle = (): void => {
+    clearTimeout(idleTimer)
+    if (finished) return
+    idleTimer = setTimeout(() => {
+      if (!busy && queue.length === 0) finish('idle')
+    }, opts.maxIdleMs)
+  }
+  const lifetimeTimer = setTimeout(() => {
+    lifetimeOver = true
+    if (!busy && queue.length === 0 && !framer.pending) finish('lifetime')
+  }, opts.maxLifetimeMs)
+
+  const onData = (chunk: Buffer | string): void => {
+    framer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk, queue)
+    if (queue.length > HIGH_WATER_FRAMES && !paused) {
+      paused = true
+      input.pause()
+    }
+    void pump()
+  }
+  const onEnd = (): void => {
+    inputEnded = true
+    if (framer.pending) opts.log(0, 'input ended in the middle of a request; that request is not answered')
+    void pump()
+  }
+  const onInputError = (err: Error): void => {
+    opts.log(0, `input error: ${err.message}`)
+    finish('input-error')
+  }
+  const onOutputError = (err: NodeJS.ErrnoException): void => {
+    if (err.code !== 'EPIPE' && err.code !== 'ECONNRESET') opts.log(0, `output error: ${err.message}`)
+    finish('output-closed')
+  }
+
+  async function pump(): Promise<void> {
+    if (busy || finished) return
+    busy = true
+    try {
+      while (queue.length > 0 && !finished) {
+        const frame = queue.shift()!
+        let action: string
+        try {
+          action = await opts.handle(frame)
+        } catch (err) {
+          opts.log(0, `internal error, answering fail_action: ${(err as Error).stack ?? err}`)
+          action = opts.failAction()
+        }
+        if (finished) return
+        if (!output.write(encodeReply(action))) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              output.off('drain', done)
+              output.off('close', done)
+              resolve()
+            }
+            output.on('drain', done)
+            output.on('close', done)
+          })
+        }
+        if (paused && queue.length <= HIGH_WATER_FRAMES / 2 && !finished) {
+          paused = false
+          input.resume()
+        }
+        armIdle()
+      }
+    } finally {
+      busy = false
+    }
+    if (finished) return
+    if (inputEnded) finish('eof')
+    else if (lifetimeOver && !framer.pending) finish('lifetime')
+  }
+
+  input.on('data', onData)
+  input.on('end', onEnd)
+  input.on('error', onInputError)
+  output.on('error', onOutputError)
+  armIdle()
+  return ended
+}

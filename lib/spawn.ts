@@ -1,0 +1,150 @@
+// Spawn mode: Postfix's spawn(8) connects stdin, stdout AND stderr to the
+// SMTP server's socket. This file wires config, log, store and checks to
+// the I/O loop and makes sure nothing but replies ever reaches those fds.
+
+import { loadConfig, type Config, type LoadedConfig } from './config'
+import type { DecideContext } from './decide'
+import { createLogger, type Logger } from './log'
+import { BoundedMap } from './bounded-map'
+import { createPolicy } from './policy'
+import { serve, type EndReason } from './server'
+import { SqliteStore } from './store/sqlite'
+import { createGreylistWhitelists } from './greylist/lists'
+import { version } from './version'
+
+/** Purge expired rows after every this many decisions of one process. */
+const PURGE_EVERY = 32
+const PURGE_LIMIT = 200
+
+export interface SpawnArgs {
+  options: Record<string, string>
+  configPath?: string
+  argvErrors: string[]
+}
+
+export function readConfig(options: Record<string, string>, configPath: string | undefined): LoadedConfig {
+  const fs = require('node:fs') as typeof import('node:fs')
+  return loadConfig({
+    cli: options,
+    configPath,
+    env: process.env,
+    readFile: (p) => fs.readFileSync(p, 'utf8'),
+    parseDotenv: () => (require('dotenv') as typeof import('dotenv')).parse,
+  })
+}
+
+export function systemHostname(config: Config): string {
+  return config.hostname || (require('node:os') as typeof import('node:os')).hostname()
+}
+
+/** Route everything that could print (console, warnings, stray errors) into the log. */
+function silenceStdio(log: Logger): void {
+  const toLog = (...args: unknown[]): void => log.log(2, `console: ${args.map(String).join(' ')}`)
+  console.log = toLog
+  console.info = toLog
+  console.warn = toLog
+  console.error = toLog
+  console.debug = toLog
+  console.trace = toLog
+  process.stderr.write = (() => true) as typeof process.stderr.write
+  process.removeAllListeners('warning')
+  process.on('warning', (w) => log.log(0, `node warning: ${w.name}: ${w.message}`))
+  process.on('uncaughtException', (err) => log.log(0, `uncaught exception: ${err.stack ?? err}`))
+  process.on('unhandledRejection', (err) => log.log(0, `unhandled rejection: ${(err as Error)?.stack ?? err}`))
+}
+
+export async function runSpawn(args: SpawnArgs): Promise<void> {
+  const loaded = readConfig(args.options, args.configPath)
+  const config = loaded.config
+  const log = createLogger({
+    debugLevel: config.debugLevel,
+    syslogSocket: config.syslog_socket,
+    facility: config.syslog_facility,
+    logFile: config.log_file,
+    ident: 'policyd-ts',
+    pid: process.pid,
+  })
+  silenceStdio(log)
+  const configErrors = [...args.argvErrors, ...loaded.errors]
+  log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
+
+  const store = new SqliteStore({
+    path: config.db_path,
+    busyTimeoutMs: config.db_busy_timeout * 1000,
+    renameCorrupt: config.db_corrupt_action === 'rename',
+    log: (level, msg) => log.log(level, msg),
+  })
+  let context: DecideContext | undefined
+  const logStateChange = log.logStateChange.bind(log)
+  const getContext = (): DecideContext => {
+    context ??= {
+      config,
+      logStateChange,
+      greylist: {
+        config,
+        store,
+        whitelists: createGreylistWhitelists(config, (level, msg) => log.log(level, msg), () => Date.now()),
+        headerSent: new BoundedMap(256),
+        version: version(),
+        hostname: systemHostname(config),
+        log: (level, msg) => log.log(level, msg),
+        logStateChange,
+      },
+    }
+    return context
+  }
+
+  let decisions = 0
+  const handle = createPolicy({
+    config,
+    configErrors,
+    log,
+    context: getContext,
+    now: () => Date.now() / 1000,
+    afterDecision: (now) => {
+      if (!config.greylist_enabled || ++decisions % PURGE_EVERY !== 0) return
+      setImmediate(() => {
+        store.purgeExpired(now, PURGE_LIMIT).then(
+          (n) => n > 0 && log.log(2, `purged ${n} expired greylist rows`),
+          (err: Error) => log.log(2, `purge skipped: ${err.message}`),
+        )
+      })
+    },
+  })
+
+  const onSignal = (): void => {
+    log.log(3, 'terminated by signal')
+    void shutdown('signal')
+  }
+  process.once('SIGTERM', onSignal)
+  process.once('SIGINT', onSignal)
+
+  let shuttingDown = false
+  async function shutdown(reason: EndReason | 'signal'): Promise<void> {
+    if (shuttingDown) return
+    shuttingDown = true
+    log.log(3, `exiting: ${reason}`)
+    store.close()
+    await log.close()
+    const exit = (): never => process.exit(0)
+    if (process.stdout.writableLength === 0 || reason === 'output-closed') exit()
+    process.stdout.once('drain', exit)
+    setTimeout(exit, 2000).unref()
+  }
+
+  const reason = await serve({
+    input: process.stdin,
+    output: process.stdout,
+    limits: {
+      maxLineLength: config.max_line_length,
+      maxAttributes: config.max_attributes,
+      maxRequestBytes: config.max_request_bytes,
+    },
+    handle,
+    failAction: () => config.fail_action,
+    log: (level, msg) => log.log(level, msg),
+    maxIdleMs: config.max_idle * 1000,
+    maxLifetimeMs: config.max_lifetime * 1000,
+  })
+  await shutdown(reason)
+}

@@ -1,0 +1,65 @@
+// The storage seam. A store keeps two kinds of rows, each behind an opaque
+// key, and offers one atomic read-modify-write over a triplet row and its
+// client row. SQLite implements it now; a shared store (Redis) can later
+// implement the same contract with a server-side script or WATCH/MULTI.
+
+export interface TripletRow {
+  /** First attempt of the current greylisting round (epoch seconds). */
+  first: number
+  /** Last time the triplet was seen. */
+  last: number
+  /** Time of the first accepted retry, 0 while still greylisted. */
+  passed: number
+  /** Attempts seen in all. */
+  count: number
+}
+
+export interface ClientRow {
+  /** Greylisting rounds passed, counted at most once an hour. */
+  count: number
+  last: number
+  lastCounted: number
+}
+
+/** A row to write with the time after which it may be purged, or null to delete it, or undefined to keep it. */
+export interface RowWrite<R> {
+  row: R
+  expires: number
+}
+
+export interface GreylistUpdate<T> {
+  triplet?: RowWrite<TripletRow> | null
+  client?: RowWrite<ClientRow> | null
+  result: T
+}
+
+export interface GreylistView {
+  triplet: TripletRow | null
+  client: ClientRow | null
+  /** Rows in the triplet table now, for the max-entries bound. */
+  tripletCount: number
+}
+
+export type StoreFailure = 'busy' | 'corrupt' | 'full' | 'readonly' | 'unavailable' | 'error'
+
+/** Every store error reaching the caller is one of these, so the failure policy has one place to look. */
+export class StoreError extends Error {
+  constructor(
+    readonly failure: StoreFailure,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+export interface GreylistStore {
+  /**
+   * Read the triplet and client rows, let `decide` compute what to write,
+   * and write it, all as one atomic step against concurrent processes.
+   */
+  updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T>
+  /** Delete at most `limit` rows whose expiry time is before `now`; returns how many went. */
+  purgeExpired(now: number, limit: number): Promise<number>
+  counts(): Promise<{ triplets: number; clients: number }>
+  close(): void
+}

@@ -1,0 +1,116 @@
+import t from 'tap'
+import { evaluateTriplet, AWL_COUNT_INTERVAL, type GreylistOutcome, type GreylistParams } from '../lib/greylist/triplet'
+import type { ClientRow, GreylistView, TripletRow } from '../lib/store/types'
+
+const p: GreylistParams = { delay: 300, maxAge: 35 * 86400, retryWindow: 2 * 86400, autoWhitelist: 5, maxEntries: 1000 }
+
+/** A tiny in-memory stand-in for one triplet and one client row, applying writes as the store would. */
+function life(params = p) {
+  let triplet: TripletRow | null = null
+  let client: ClientRow | null = null
+  let tripletCount = 0
+  return {
+    at(now: number): GreylistOutcome {
+      const view: GreylistView = { triplet, client, tripletCount }
+      const u = evaluateTriplet(view, now, params)
+      if (u.triplet === null) triplet = null
+      else if (u.triplet) {
+        if (!triplet) tripletCount++
+        triplet = u.triplet.row
+      }
+      if (u.client === null) client = null
+      else if (u.client) client = u.client.row
+      return u.result
+    },
+    get triplet() {
+      return triplet
+    },
+    get client() {
+      return client
+    },
+    setCount(n: number) {
+      tripletCount = n
+    },
+    newTriplet() {
+      triplet = null
+    },
+  }
+}
+
+t.test('new, too early, pass, known', async (t) => {
+  const l = life()
+  t.same(l.at(1000), { kind: 'new', secondsLeft: 300 })
+  t.same(l.at(1100), { kind: 'early', secondsLeft: 200 })
+  t.same(l.at(1299), { kind: 'early', secondsLeft: 1 })
+  t.same(l.at(1300), { kind: 'first-pass', delayed: 300, clientWhitelisted: false })
+  t.same(l.at(1400), { kind: 'known' })
+  t.equal(l.triplet!.count, 5)
+  t.equal(l.triplet!.passed, 1300)
+})
+
+t.test('a first retry after the retry window starts over', async (t) => {
+  const l = life()
+  l.at(0)
+  t.same(l.at(p.retryWindow), { kind: 'first-pass', delayed: p.retryWindow, clientWhitelisted: false }, 'at the window edge')
+  const m = life()
+  m.at(0)
+  t.same(m.at(p.retryWindow + 1), { kind: 'new', secondsLeft: 300 }, 'one second past it')
+  t.equal(m.triplet!.first, p.retryWindow + 1)
+})
+
+t.test('a passed triplet unseen for max age is forgotten; seeing it slides the age', async (t) => {
+  const l = life({ ...p, autoWhitelist: 0 })
+  l.at(0)
+  l.at(300)
+  t.same(l.at(300 + p.maxAge), { kind: 'known' }, 'exactly max age after the last sighting')
+  t.same(l.at(300 + 2 * p.maxAge), { kind: 'known' }, 'sliding')
+  t.same(l.at(300 + 3 * p.maxAge + 1), { kind: 'new', secondsLeft: 300 })
+})
+
+t.test('auto-whitelist after N passes, counted at most once an hour, expires after max age', async (t) => {
+  const l = life()
+  let now = 0
+  for (let pass = 1; pass <= 5; pass++) {
+    l.newTriplet()
+    t.equal(l.at(now).kind, 'new', `round ${pass}: new triplet`)
+    const r = l.at(now + 300)
+    t.same(r, { kind: 'first-pass', delayed: 300, clientWhitelisted: pass === 5 }, `round ${pass}: pass`)
+    t.equal(l.client!.count, pass)
+    // A second pass within the hour does not count.
+    l.newTriplet()
+    l.at(now + 400)
+    l.at(now + 700)
+    t.equal(l.client!.count, pass, 'second pass in the same hour not counted')
+    now += AWL_COUNT_INTERVAL
+  }
+  l.newTriplet()
+  t.same(l.at(now), { kind: 'auto-whitelisted', passes: 5 })
+  t.equal(l.triplet, null, 'no triplet recorded for a whitelisted client')
+  t.same(l.at(now + p.maxAge), { kind: 'auto-whitelisted', passes: 5 }, 'still whitelisted at max age, sliding')
+  t.same(l.at(now + 2 * p.maxAge + 1), { kind: 'new', secondsLeft: 300 }, 'unseen for longer than max age: greylisted again')
+})
+
+t.test('auto-whitelist 0 disables client rows', async (t) => {
+  const l = life({ ...p, autoWhitelist: 0 })
+  l.at(0)
+  l.at(300)
+  t.equal(l.client, null)
+})
+
+t.test('a full table lets new triplets pass unrecorded, known ones still work', async (t) => {
+  const l = life({ ...p, maxEntries: 10 })
+  l.at(0)
+  l.setCount(10)
+  t.same(l.at(300), { kind: 'first-pass', delayed: 300, clientWhitelisted: false }, 'a recorded triplet goes on')
+  l.newTriplet()
+  t.same(l.at(400), { kind: 'table-full', entries: 10 })
+  t.equal(l.triplet, null)
+})
+
+t.test('expiry times written with the rows', async (t) => {
+  const u = evaluateTriplet({ triplet: null, client: null, tripletCount: 0 }, 1000, p)
+  t.equal(u.triplet!.expires, 1000 + p.retryWindow, 'unpassed: first + retry window')
+  const v = evaluateTriplet({ triplet: u.triplet!.row, client: null, tripletCount: 1 }, 1300, p)
+  t.equal(v.triplet!.expires, 1300 + p.maxAge, 'passed: last + max age')
+  t.equal(v.client!.expires, 1300 + p.maxAge)
+})

@@ -1,0 +1,151 @@
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import Database from 'better-sqlite3'
+import { classifyError, SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
+import { StoreError, type GreylistView } from '../lib/store/types'
+
+function makeStore(dir: string, extra: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}) {
+  const logs: string[] = []
+  const store = new SqliteStore({
+    path: path.join(dir, 'db', 'greylist.sqlite'),
+    busyTimeoutMs: 200,
+    renameCorrupt: true,
+    log: (_l, m) => logs.push(m),
+    ...extra,
+  })
+  return { store, logs }
+}
+
+const row = (first: number) => ({ first, last: first, passed: 0, count: 1 })
+
+t.test('creates directory 0700 and file 0600, schema versioned, rows round-trip', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  t.teardown(() => store.close())
+  let seen: GreylistView | undefined
+  await store.updateGreylist('k1', 'c1', (view) => {
+    seen = view
+    return { triplet: { row: row(10), expires: 20 }, client: { row: { count: 1, last: 10, lastCounted: 10 }, expires: 30 }, result: 1 }
+  })
+  t.same(seen, { triplet: null, client: null, tripletCount: 0 })
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  t.equal(fs.statSync(path.dirname(file)).mode & 0o777, 0o700)
+  t.equal(fs.statSync(file).mode & 0o777, 0o600)
+  const result = await store.updateGreylist('k1', 'c1', (view) => {
+    seen = view
+    return { triplet: { row: { ...view.triplet!, count: 2 }, expires: 20 }, result: 'ok' }
+  })
+  t.equal(result, 'ok')
+  t.same(seen, { triplet: row(10), client: { count: 1, last: 10, lastCounted: 10 }, tripletCount: 1 })
+  t.same(await store.counts(), { triplets: 1, clients: 1 })
+  const db = new Database(file, { readonly: true })
+  t.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION)
+  t.equal(db.pragma('journal_mode', { simple: true }), 'wal')
+  db.close()
+})
+
+t.test('purge removes only expired rows, bounded per call', async (t) => {
+  const { store } = makeStore(t.testdir())
+  t.teardown(() => store.close())
+  for (let i = 0; i < 10; i++) {
+    await store.updateGreylist(`k${i}`, `c${i}`, () => ({ triplet: { row: row(i), expires: i }, client: { row: { count: 1, last: i, lastCounted: i }, expires: i }, result: null }))
+  }
+  t.equal(await store.purgeExpired(5, 3), 6, '3 triplets + 3 clients at most')
+  t.equal(await store.purgeExpired(5, 100), 4, 'the rest of those before 5')
+  t.same(await store.counts(), { triplets: 5, clients: 5 })
+  t.equal(await store.purgeExpired(5, 100), 0)
+})
+
+t.test('a delete write removes the row and the count follows', async (t) => {
+  const { store } = makeStore(t.testdir())
+  t.teardown(() => store.close())
+  await store.updateGreylist('k', 'c', () => ({ triplet: { row: row(1), expires: 9 }, result: null }))
+  await store.updateGreylist('k', 'c', () => ({ triplet: null, result: null }))
+  t.same(await store.counts(), { triplets: 0, clients: 0 })
+})
+
+t.test('refuses a world-writable directory with a clear error', async (t) => {
+  const dir = t.testdir()
+  const open = path.join(dir, 'open')
+  fs.mkdirSync(open)
+  fs.chmodSync(open, 0o1777)
+  const store = new SqliteStore({ path: path.join(open, 'x.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), { failure: 'unavailable', message: /world-writable directory/ })
+  t.notOk(fs.existsSync(path.join(open, 'x.sqlite')), 'no file created there')
+})
+
+t.test('a corrupt file is renamed aside and a fresh database used', async (t) => {
+  const dir = t.testdir()
+  const { store, logs } = makeStore(dir)
+  t.teardown(() => store.close())
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  fs.mkdirSync(path.dirname(file), { mode: 0o700 })
+  fs.writeFileSync(file, 'this is not a database, just some text that is long enough to look like a header '.repeat(100), { mode: 0o600 })
+  t.equal(await store.updateGreylist('k', 'c', () => ({ triplet: { row: row(1), expires: 9 }, result: 'fresh' })), 'fresh')
+  const aside = fs.readdirSync(path.dirname(file)).filter((f) => f.includes('.corrupt-'))
+  t.equal(aside.length, 1, 'one file renamed aside')
+  t.match(logs.join('\n'), /corrupt file renamed to/)
+})
+
+t.test('with db_corrupt_action=fail the corrupt file stays and every call fails as corrupt', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir, { renameCorrupt: false })
+  t.teardown(() => store.close())
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  fs.mkdirSync(path.dirname(file), { mode: 0o700 })
+  fs.writeFileSync(file, 'garbage'.repeat(1000), { mode: 0o600 })
+  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), { failure: 'corrupt' })
+  t.ok(fs.existsSync(file))
+})
+
+t.test('a lock held longer than the busy timeout is a busy failure, and the store recovers', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  t.teardown(() => store.close())
+  await store.updateGreylist('k', 'c', () => ({ result: null }))
+  const other = new Database(path.join(dir, 'db', 'greylist.sqlite'))
+  other.exec('BEGIN IMMEDIATE')
+  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), { failure: 'busy' })
+  other.exec('COMMIT')
+  other.close()
+  t.equal(await store.updateGreylist('k', 'c', () => ({ result: 'again' })), 'again')
+})
+
+t.test('a newer schema version is refused, not downgraded', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  fs.mkdirSync(path.dirname(file), { mode: 0o700 })
+  const db = new Database(file)
+  db.pragma(`user_version = ${SCHEMA_VERSION + 1}`)
+  db.close()
+  const { store } = makeStore(dir)
+  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), { failure: 'unavailable', message: /newer than this policyd-ts supports/ })
+})
+
+t.test('an unusable path waits before reopening', async (t) => {
+  const dir = t.testdir()
+  fs.writeFileSync(path.join(dir, 'db'), 'a file where the directory should be')
+  let now = 100
+  const { store } = makeStore(dir, { now: () => now, reopenDelay: 5 })
+  const e1 = await store.updateGreylist('k', 'c', () => ({ result: null })).catch((e: unknown) => e)
+  t.ok(e1 instanceof StoreError)
+  const e2 = await store.updateGreylist('k', 'c', () => ({ result: null })).catch((e: unknown) => e)
+  t.equal(e2, e1, 'same error returned without retrying during the delay')
+  fs.rmSync(path.join(dir, 'db'))
+  now += 6
+  t.equal(await store.updateGreylist('k', 'c', () => ({ result: 'open' })), 'open', 'reopened after the delay')
+  store.close()
+})
+
+t.test('error classes', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['SQLITE_BUSY', 'busy'], ['SQLITE_BUSY_SNAPSHOT', 'busy'], ['SQLITE_LOCKED', 'busy'],
+    ['SQLITE_CORRUPT', 'corrupt'], ['SQLITE_NOTADB', 'corrupt'],
+    ['SQLITE_FULL', 'full'], ['ENOSPC', 'full'],
+    ['SQLITE_READONLY', 'readonly'], ['SQLITE_READONLY_DBMOVED', 'readonly'], ['EACCES', 'readonly'],
+    ['SQLITE_CANTOPEN', 'unavailable'], ['SQLITE_IOERR_WRITE', 'unavailable'],
+    ['SQLITE_MISUSE', 'error'],
+  ]
+  for (const [code, want] of cases) t.equal(classifyError(Object.assign(new Error(code), { code })), want, code)
+})
