@@ -36,6 +36,7 @@ const LOG_INFO = 6
 const LOG_DEBUG = 7
 const MAX_QUEUED = 2000
 const MAX_LINE = 4000
+const FLUSH_MS = 50
 
 export function createLogger(opts: LogOptions): Logger {
   return new SyslogLogger(opts)
@@ -46,10 +47,12 @@ class SyslogLogger implements Logger {
   private child: ChildProcess | null = null
   private childFailed = false
   private queue: string[] = []
-  private startScheduled = false
+  private flushTimer: NodeJS.Timeout | undefined
   private states = new Map<string, string>()
   private closed = false
   private dropped = 0
+  private fileQueue: string[] = []
+  private fileTimer: NodeJS.Timeout | undefined
 
   constructor(private readonly opts: LogOptions) {
     this.level = opts.debugLevel
@@ -96,20 +99,17 @@ class SyslogLogger implements Logger {
     this.log(level, msg)
   }
 
-  // The child is started after the current request's reply has been
-  // written: a fork costs milliseconds that the first reply should not wait for.
+  // Lines are handed on in batches, FLUSH_MS apart: one pipe write (and
+  // one wake-up of logger) per batch instead of per request. The child is
+  // started after the first reply has been written: a fork costs
+  // milliseconds that the first reply should not wait for.
   private flushSoon(): void {
-    if (this.child) {
-      this.flushQueue()
-      return
-    }
-    if (this.startScheduled) return
-    this.startScheduled = true
-    setImmediate(() => {
-      this.startScheduled = false
+    if (this.flushTimer) return
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined
       if (!this.child && !this.childFailed) this.startChild()
       this.flushQueue()
-    })
+    }, this.child ? FLUSH_MS : 0)
   }
 
   private startChild(): void {
@@ -165,11 +165,24 @@ class SyslogLogger implements Logger {
     this.queue = []
   }
 
+  // Lines for the file are gathered during a turn of the event loop and
+  // written with one append after the reply has gone out.
   private writeFile(text: string): void {
     if (!this.opts.logFile) return
+    this.fileQueue.push(`${new Date().toISOString()} ${this.opts.ident}[${this.opts.pid}]: ${text}\n`)
+    if (this.fileTimer) return
+    this.fileTimer = setTimeout(() => this.flushFile(), FLUSH_MS)
+  }
+
+  private flushFile(): void {
+    clearTimeout(this.fileTimer)
+    this.fileTimer = undefined
+    if (this.fileQueue.length === 0) return
+    const data = this.fileQueue.join('')
+    this.fileQueue = []
     const fs = require('node:fs') as typeof import('node:fs')
     try {
-      fs.appendFileSync(this.opts.logFile, `${new Date().toISOString()} ${this.opts.ident}[${this.opts.pid}]: ${text}\n`)
+      fs.appendFileSync(this.opts.logFile, data)
     } catch {
       // Nowhere left to report it: stdout and stderr belong to Postfix.
     }
@@ -177,8 +190,11 @@ class SyslogLogger implements Logger {
 
   close(): Promise<void> {
     if (this.closed) return Promise.resolve()
+    clearTimeout(this.flushTimer)
+    this.flushTimer = undefined
     if (!this.child && this.queue.length > 0 && !this.childFailed) this.startChild()
     this.flushQueue()
+    this.flushFile()
     this.closed = true
     const child = this.child
     if (!child) return Promise.resolve()

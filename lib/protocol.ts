@@ -13,23 +13,24 @@ export type Frame =
   | { kind: 'discarded'; reason: string }
 
 const LF = 0x0a
+const CR = 0x0d
 
 /**
- * Incremental parser. Memory is bounded by maxLineLength + maxRequestBytes
- * whatever the input: bytes of an over-long line are dropped as they arrive
- * and a request past a bound keeps being consumed (without storing it)
- * until its empty line, so that it still gets exactly one reply.
+ * Incremental parser. Memory is bounded by maxRequestBytes whatever the
+ * input: bytes of a request past a bound are dropped as they arrive, and
+ * such a request keeps being consumed (without storing it) until its empty
+ * line, so that it still gets exactly one reply. Bounds are checked on raw
+ * bytes; the text of a request is decoded once, when it is complete.
  */
 export class RequestFramer {
+  /** Raw bytes of the current request's complete lines (each with its LF). */
   private parts: Buffer[] = []
   private lineBytes = 0
-  private lineTooLong = false
-  private attrs = new Map<string, string>()
-  private garbage: string[] = []
-  private duplicates: string[] = []
   private lines = 0
   private requestBytes = 0
   private discardReason: string | null = null
+  /** Last byte of the previous chunk, for a CR LF split between chunks. */
+  private lastByte = -1
 
   constructor(private readonly limits: FramerLimits) {}
 
@@ -42,94 +43,90 @@ export class RequestFramer {
     let start = 0
     while (start < chunk.length) {
       const nl = chunk.indexOf(LF, start)
-      const end = nl === -1 ? chunk.length : nl
-      this.appendToLine(chunk, start, end)
-      if (nl === -1) break
-      this.endLine(out)
-      start = nl + 1
+      const end = nl === -1 ? chunk.length : nl + 1
+      const n = end - start
+      this.lineBytes += n
+      this.requestBytes += n
+      if (this.discardReason === null) this.keep(chunk, start, end)
+      if (nl === -1) {
+        this.lastByte = chunk[chunk.length - 1]
+        break
+      }
+      this.endLine(nl > start ? chunk[nl - 1] : this.lastByte, out)
+      start = end
     }
   }
 
-  private appendToLine(chunk: Buffer, start: number, end: number): void {
-    const n = end - start
-    if (n === 0) return
-    this.lineBytes += n
-    this.requestBytes += n
-    if (this.lineTooLong) return
-    if (this.lineBytes > this.limits.maxLineLength) {
-      this.lineTooLong = true
-      this.parts = []
-      return
-    }
-    this.parts.push(chunk.subarray(start, end))
-  }
-
-  private endLine(out: Frame[]): void {
-    let line = this.takeLine()
-    const tooLong = this.lineTooLong
-    const bytes = this.lineBytes
-    this.lineTooLong = false
-    this.lineBytes = 0
-    if (line !== null && line.endsWith('\r')) line = line.slice(0, -1)
-    if (!tooLong && line === '') {
-      out.push(this.finishRequest())
-      return
-    }
-    this.requestBytes += 1
-    this.lines += 1
-    if (this.discardReason !== null) return
-    if (tooLong) {
-      this.discard(`attribute line of ${bytes} bytes exceeds max_line_length ${this.limits.maxLineLength}`)
-    } else if (this.lines > this.limits.maxAttributes) {
-      this.discard(`more than max_attributes ${this.limits.maxAttributes} attribute lines`)
+  private keep(chunk: Buffer, start: number, end: number): void {
+    // The LF is not counted in the line length.
+    const length = chunk[end - 1] === LF ? this.lineBytes - 1 : this.lineBytes
+    if (length > this.limits.maxLineLength) {
+      this.discard(`attribute line longer than max_line_length ${this.limits.maxLineLength} bytes`)
     } else if (this.requestBytes > this.limits.maxRequestBytes) {
       this.discard(`request exceeds max_request_bytes ${this.limits.maxRequestBytes}`)
     } else {
-      this.addAttribute(line!)
+      this.parts.push(chunk.subarray(start, end))
     }
   }
 
-  private takeLine(): string | null {
-    if (this.lineTooLong) return null
-    const line = this.parts.length === 1 ? this.parts[0].toString('utf8') : Buffer.concat(this.parts).toString('utf8')
-    this.parts = []
-    return line
-  }
-
-  private addAttribute(line: string): void {
-    const eq = line.indexOf('=')
-    if (eq <= 0) {
-      if (this.garbage.length < 4) this.garbage.push(line.length > 80 ? `${line.slice(0, 80)}...` : line)
+  private endLine(byteBeforeLf: number, out: Frame[]): void {
+    const length = this.lineBytes - 1
+    this.lineBytes = 0
+    const empty = length === 0 || (length === 1 && byteBeforeLf === CR)
+    if (empty) {
+      out.push(this.finishRequest())
       return
     }
-    const name = line.slice(0, eq)
-    // Postfix never repeats a name; when a client does, the first value counts.
-    if (this.attrs.has(name)) {
-      if (this.duplicates.length < 4) this.duplicates.push(name)
-      return
+    this.lines += 1
+    if (this.discardReason === null && this.lines > this.limits.maxAttributes) {
+      this.discard(`more than max_attributes ${this.limits.maxAttributes} attribute lines`)
     }
-    this.attrs.set(name, line.slice(eq + 1))
   }
 
   private discard(reason: string): void {
     this.discardReason = reason
-    this.attrs = new Map()
-    this.garbage = []
+    this.parts = []
   }
 
   private finishRequest(): Frame {
-    const frame: Frame =
-      this.discardReason !== null
-        ? { kind: 'discarded', reason: this.discardReason }
-        : { kind: 'request', attrs: this.attrs, garbage: this.garbage, duplicates: this.duplicates }
-    this.attrs = new Map()
-    this.garbage = []
-    this.duplicates = []
+    let frame: Frame
+    if (this.discardReason !== null) {
+      frame = { kind: 'discarded', reason: this.discardReason }
+    } else {
+      const text = this.parts.length === 1 ? this.parts[0].toString('utf8') : Buffer.concat(this.parts).toString('utf8')
+      frame = parseAttributes(text)
+    }
+    this.parts = []
     this.lines = 0
     this.requestBytes = 0
     this.discardReason = null
     return frame
   }
+}
+
+function parseAttributes(text: string): Frame {
+  const attrs = new Map<string, string>()
+  const garbage: string[] = []
+  const duplicates: string[] = []
+  const lines = text.split('\n')
+  // The text ends with the empty line and its LF: the last two elements.
+  for (let i = 0; i < lines.length - 2; i++) {
+    let line = lines[i]
+    if (line.endsWith('\r')) line = line.slice(0, -1)
+    const eq = line.indexOf('=')
+    if (eq <= 0) {
+      if (garbage.length < 4) garbage.push(line.length > 80 ? `${line.slice(0, 80)}...` : line)
+      continue
+    }
+    const name = line.slice(0, eq)
+    // Postfix never repeats a name; when a client does, the first value counts.
+    if (attrs.has(name)) {
+      if (duplicates.length < 4) duplicates.push(name)
+      continue
+    }
+    attrs.set(name, line.slice(eq + 1))
+  }
+  return { kind: 'request', attrs, garbage, duplicates }
 }
 
 /** Longest action text sent back; a header line must stay under RFC 5322's 998 characters. */

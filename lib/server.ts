@@ -53,12 +53,20 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     resolveEnd(reason)
   }
 
+  // One timer for the idle limit, re-armed only when it fires: resetting a
+  // timer on every request costs more than the rest of the loop.
+  let lastActivity = Date.now()
   const armIdle = (): void => {
-    clearTimeout(idleTimer)
+    lastActivity = Date.now()
+  }
+  const checkIdle = (): void => {
     if (finished) return
-    idleTimer = setTimeout(() => {
-      if (!busy && queue.length === 0) finish('idle')
-    }, opts.maxIdleMs)
+    const idleFor = Date.now() - lastActivity
+    if (idleFor >= opts.maxIdleMs && !busy && queue.length === 0) {
+      finish('idle')
+      return
+    }
+    idleTimer = setTimeout(checkIdle, Math.max(1, opts.maxIdleMs - idleFor))
   }
   const lifetimeTimer = setTimeout(() => {
     lifetimeOver = true
@@ -130,6 +138,6 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   input.on('end', onEnd)
   input.on('error', onInputError)
   output.on('error', onOutputError)
-  armIdle()
+  idleTimer = setTimeout(checkIdle, opts.maxIdleMs)
   return ended
 }

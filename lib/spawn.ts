@@ -12,9 +12,9 @@ import { SqliteStore } from './store/sqlite'
 import { createGreylistWhitelists } from './greylist/lists'
 import { version } from './version'
 
-/** Purge expired rows after every this many decisions of one process. */
-const PURGE_EVERY = 32
-const PURGE_LIMIT = 200
+/** Seconds between two upkeep steps of one process, and rows looked at in each. */
+const UPKEEP_EVERY = 10
+const UPKEEP_ROWS = 1000
 
 export interface SpawnArgs {
   options: Record<string, string>
@@ -94,7 +94,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     return context
   }
 
-  let decisions = 0
+  let lastUpkeep = Date.now() / 1000
   const handle = createPolicy({
     config,
     configErrors,
@@ -102,9 +102,10 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     context: getContext,
     now: () => Date.now() / 1000,
     afterDecision: (now) => {
-      if (!config.greylist_enabled || ++decisions % PURGE_EVERY !== 0) return
+      if (!config.greylist_enabled || now - lastUpkeep < UPKEEP_EVERY) return
+      lastUpkeep = now
       setImmediate(() => {
-        store.purgeExpired(now, PURGE_LIMIT).then(
+        store.purgeExpired(now, UPKEEP_ROWS).then(
           (n) => n > 0 && log.log(2, `purged ${n} expired greylist rows`),
           (err: Error) => log.log(2, `purge skipped: ${err.message}`),
         )

@@ -113,3 +113,10 @@ t.test('encodeReply: one line, control characters removed, bounded', async (t) =
   const surrogate = encodeReply(`${'x'.repeat(MAX_ACTION_LENGTH - 1)}😀`)
   t.notOk(/[\ud800-\udbff]\n/.test(surrogate), 'no lone high surrogate')
 })
+
+t.test('CR LF line ends, split anywhere between chunks', async (t) => {
+  for (const size of [0, 1, 2, 3, 5]) {
+    const out = frames('a=1\r\n\r\nb=2\r\n\r\n', size)
+    t.same(out.map(attrs), [{ a: '1' }, { b: '2' }], `chunk size ${size}`)
+  }
+})

@@ -24,40 +24,45 @@ export interface SqliteStoreOptions {
   now?: () => number
 }
 
-/** Each entry brings the schema from version i to i + 1. */
+/**
+ * Each entry brings the schema from version i to i + 1. A commit writes as
+ * few pages as possible: no secondary index and no trigger; the purge walks
+ * the primary key with a shared cursor, and the triplet count is kept
+ * approximately (each process adds its own inserts at its next upkeep step).
+ */
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE triplet (
      key TEXT PRIMARY KEY NOT NULL,
      first REAL NOT NULL, last REAL NOT NULL, passed REAL NOT NULL, count INTEGER NOT NULL,
      expires REAL NOT NULL) WITHOUT ROWID;
-   CREATE INDEX triplet_expires ON triplet(expires);
    CREATE TABLE client (
      key TEXT PRIMARY KEY NOT NULL,
      count INTEGER NOT NULL, last REAL NOT NULL, last_counted REAL NOT NULL,
      expires REAL NOT NULL) WITHOUT ROWID;
-   CREATE INDEX client_expires ON client(expires);
-   CREATE TABLE row_count (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
-   INSERT INTO row_count VALUES ('triplet', 0), ('client', 0);
-   CREATE TRIGGER triplet_added AFTER INSERT ON triplet BEGIN UPDATE row_count SET value = value + 1 WHERE name = 'triplet'; END;
-   CREATE TRIGGER triplet_removed AFTER DELETE ON triplet BEGIN UPDATE row_count SET value = value - 1 WHERE name = 'triplet'; END;
-   CREATE TRIGGER client_added AFTER INSERT ON client BEGIN UPDATE row_count SET value = value + 1 WHERE name = 'client'; END;
-   CREATE TRIGGER client_removed AFTER DELETE ON client BEGIN UPDATE row_count SET value = value - 1 WHERE name = 'client'; END;`,
+   CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
+   INSERT INTO meta VALUES ('triplet_count', 0), ('client_count', 0), ('triplet_cursor', ''), ('client_cursor', '');`,
 ]
 export const SCHEMA_VERSION = MIGRATIONS.length
 
+type Table = 'triplet' | 'client'
+
 interface Statements {
+  begin: BetterSqlite3.Statement
+  commit: BetterSqlite3.Statement
+  rollback: BetterSqlite3.Statement
   getTriplet: BetterSqlite3.Statement
   getClient: BetterSqlite3.Statement
-  tripletCount: BetterSqlite3.Statement
   insertTriplet: BetterSqlite3.Statement
   updateTriplet: BetterSqlite3.Statement
   deleteTriplet: BetterSqlite3.Statement
   insertClient: BetterSqlite3.Statement
   updateClient: BetterSqlite3.Statement
   deleteClient: BetterSqlite3.Statement
-  purgeTriplets: BetterSqlite3.Statement
-  purgeClients: BetterSqlite3.Statement
-  counts: BetterSqlite3.Statement
+  getMeta: BetterSqlite3.Statement
+  setMeta: BetterSqlite3.Statement
+  addMeta: BetterSqlite3.Statement
+  scan: Record<Table, BetterSqlite3.Statement>
+  remove: Record<Table, BetterSqlite3.Statement>
 }
 
 /** Map a better-sqlite3 or file-system error to its failure class. */
@@ -78,6 +83,13 @@ export class SqliteStore implements GreylistStore {
   private inode = 0
   private nextOpenAt = 0
   private lastOpenError: StoreError | null = null
+  /** A transaction whose reply has been sent, committed right after. */
+  private commitScheduled = false
+  private inTransaction = false
+  /** Rows this process added (minus removed) since its last upkeep step. */
+  private pendingDelta: Record<Table, number> = { triplet: 0, client: 0 }
+  private knownCount: Record<Table, number> = { triplet: 0, client: 0 }
+  private closing = false
 
   constructor(private readonly opts: SqliteStoreOptions) {}
 
@@ -85,48 +97,136 @@ export class SqliteStore implements GreylistStore {
     return this.opts.now ? this.opts.now() : Date.now() / 1000
   }
 
+  /**
+   * The read-decide-write step runs in an IMMEDIATE transaction (the write
+   * lock is taken up front: a read lock upgraded later could fail with
+   * SQLITE_BUSY at once, without the busy handler). Its COMMIT is deferred
+   * to just after the reply has been written, so the reply does not wait
+   * for the WAL write; the next store call commits first in any case. A
+   * COMMIT that fails is logged; the answer already given was decided on
+   * consistent data, and the next attempt of that triplet simply repeats.
+   */
   async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T> {
-    return this.run((db, s) => {
-      const txn = db.transaction(() => {
+    return this.run((_db, s) => {
+      s.begin.run()
+      this.inTransaction = true
+      try {
         const triplet = toTriplet(s.getTriplet.get(tripletKey))
         const client = toClient(s.getClient.get(clientKey))
-        const tripletCount = (s.tripletCount.get() as { value: number }).value
+        const tripletCount = this.knownCount.triplet + this.pendingDelta.triplet
         const update = decide({ triplet, client, tripletCount })
         if (update.triplet === null) {
-          if (triplet) s.deleteTriplet.run(tripletKey)
+          if (triplet) this.change(s.deleteTriplet.run(tripletKey).changes, 'triplet', -1)
         } else if (update.triplet) {
           const { row, expires } = update.triplet
-          ;(triplet ? s.updateTriplet : s.insertTriplet).run(row.first, row.last, row.passed, row.count, expires, tripletKey)
+          if (triplet) s.updateTriplet.run(row.first, row.last, row.passed, row.count, expires, tripletKey)
+          else this.change(s.insertTriplet.run(row.first, row.last, row.passed, row.count, expires, tripletKey).changes, 'triplet', 1)
         }
         if (update.client === null) {
-          if (client) s.deleteClient.run(clientKey)
+          if (client) this.change(s.deleteClient.run(clientKey).changes, 'client', -1)
         } else if (update.client) {
           const { row, expires } = update.client
-          ;(client ? s.updateClient : s.insertClient).run(row.count, row.last, row.lastCounted, expires, clientKey)
+          if (client) s.updateClient.run(row.count, row.last, row.lastCounted, expires, clientKey)
+          else this.change(s.insertClient.run(row.count, row.last, row.lastCounted, expires, clientKey).changes, 'client', 1)
         }
+        this.scheduleCommit()
         return update.result
-      })
-      // IMMEDIATE takes the write lock up front: a read lock upgraded later
-      // could fail with SQLITE_BUSY at once, without the busy handler.
-      return txn.immediate()
+      } catch (err) {
+        this.rollback(s)
+        throw err
+      }
     })
   }
 
+  private change(changes: number, table: Table, sign: number): void {
+    this.pendingDelta[table] += changes * sign
+  }
+
+  private scheduleCommit(): void {
+    if (this.commitScheduled) return
+    this.commitScheduled = true
+    setImmediate(() => this.commitPending())
+  }
+
+  private rollback(s: Statements): void {
+    this.inTransaction = false
+    this.pendingDelta = { triplet: 0, client: 0 }
+    try {
+      s.rollback.run()
+    } catch {
+      // no transaction left to roll back
+    }
+  }
+
+  /** Commit the transaction of the last answered request, if any. */
+  commitPending(): void {
+    this.commitScheduled = false
+    if (!this.inTransaction || !this.stmts) return
+    this.inTransaction = false
+    try {
+      this.stmts.commit.run()
+    } catch (err) {
+      const failure = classifyError(err)
+      this.opts.log(0, `database ${this.opts.path}: commit failed (${failure}): ${(err as Error).message}`)
+      this.rollback(this.stmts)
+      if (failure === 'corrupt') this.handleCorrupt(`database ${this.opts.path}: ${(err as Error).message}`)
+      else if (failure !== 'busy') this.close()
+    }
+  }
+
+  /**
+   * One upkeep step: delete expired rows among the next `limit` rows of
+   * each table (a cursor shared by all processes walks the keys), and add
+   * this process's inserts to the shared row counts.
+   */
   async purgeExpired(now: number, limit: number): Promise<number> {
+    return this.upkeep(now, limit)
+  }
+
+  private upkeep(now: number, limit: number): number {
     return this.run((db, s) =>
-      db.transaction(() => s.purgeTriplets.run(now, limit).changes + s.purgeClients.run(now, limit).changes).immediate(),
+      db.transaction(() => {
+        let removed = 0
+        for (const table of ['triplet', 'client'] as const) {
+          let gone = 0
+          if (limit > 0) {
+            const cursor = String((s.getMeta.get(`${table}_cursor`) as { value: unknown } | undefined)?.value ?? '')
+            const rows = s.scan[table].all(cursor, limit) as Array<{ key: string; expires: number }>
+            for (const r of rows) if (r.expires < now) gone += s.remove[table].run(r.key).changes
+            // A short page means the end of the keys: start over next time.
+            s.setMeta.run(rows.length < limit ? '' : rows[rows.length - 1].key, `${table}_cursor`)
+          }
+          s.addMeta.run(this.pendingDelta[table] - gone, `${table}_count`)
+          this.pendingDelta[table] = 0
+          const count = Number((s.getMeta.get(`${table}_count`) as { value: number }).value)
+          if (count < 0) s.setMeta.run(0, `${table}_count`)
+          this.knownCount[table] = Math.max(0, count)
+          removed += gone
+        }
+        return removed
+      }).immediate(),
     )
   }
 
+  /** Row counts as kept in the database (approximate while processes hold uncounted inserts). */
   async counts(): Promise<{ triplets: number; clients: number }> {
-    return this.run((_db, s) => {
-      const rows = s.counts.all() as Array<{ name: string; value: number }>
-      const get = (n: string): number => rows.find((r) => r.name === n)?.value ?? 0
-      return { triplets: get('triplet'), clients: get('client') }
-    })
+    await this.purgeExpired(-Infinity, 0)
+    return { triplets: this.knownCount.triplet, clients: this.knownCount.client }
   }
 
   close(): void {
+    this.commitPending()
+    if (this.db && !this.closing && (this.pendingDelta.triplet !== 0 || this.pendingDelta.client !== 0)) {
+      // Hand this process's inserts to the shared counts before leaving.
+      this.closing = true
+      try {
+        this.upkeep(-Infinity, 0)
+      } catch {
+        // The counts are approximate: losing this process's share is harmless.
+      } finally {
+        this.closing = false
+      }
+    }
     if (this.db) {
       try {
         this.db.close()
@@ -136,9 +236,11 @@ export class SqliteStore implements GreylistStore {
     }
     this.db = null
     this.stmts = null
+    this.inTransaction = false
   }
 
   private run<T>(fn: (db: BetterSqlite3.Database, s: Statements) => T): T {
+    this.commitPending()
     const { db, stmts } = this.open()
     try {
       return fn(db, stmts)
@@ -147,7 +249,7 @@ export class SqliteStore implements GreylistStore {
       const message = `database ${this.opts.path}: ${(err as Error).message}`
       if (failure === 'corrupt') this.handleCorrupt(message)
       else if (failure !== 'busy') this.close()
-      throw new StoreError(failure, message)
+      throw err instanceof StoreError ? err : new StoreError(failure, message)
     }
   }
 
@@ -198,9 +300,16 @@ export class SqliteStore implements GreylistStore {
     this.db = db
     db.pragma('journal_mode = WAL')
     db.pragma('synchronous = NORMAL')
+    // Checkpoints copy the WAL into the database and fsync: rarer, larger
+    // ones cost less per request than the default every 1000 pages.
+    db.pragma('wal_autocheckpoint = 10000')
     this.migrate(db)
-    this.stmts = prepare(db)
-    return { db, stmts: this.stmts }
+    const stmts = prepare(db)
+    for (const table of ['triplet', 'client'] as const) {
+      this.knownCount[table] = Number((stmts.getMeta.get(`${table}_count`) as { value: number }).value)
+    }
+    this.stmts = stmts
+    return { db, stmts }
   }
 
   private migrate(db: BetterSqlite3.Database): void {
@@ -247,19 +356,25 @@ export class SqliteStore implements GreylistStore {
 }
 
 function prepare(db: BetterSqlite3.Database): Statements {
+  const scan = (t: Table): BetterSqlite3.Statement => db.prepare(`SELECT key, expires FROM ${t} WHERE key > ? ORDER BY key LIMIT ?`)
+  const remove = (t: Table): BetterSqlite3.Statement => db.prepare(`DELETE FROM ${t} WHERE key = ?`)
   return {
+    begin: db.prepare('BEGIN IMMEDIATE'),
+    commit: db.prepare('COMMIT'),
+    rollback: db.prepare('ROLLBACK'),
     getTriplet: db.prepare('SELECT first, last, passed, count FROM triplet WHERE key = ?'),
     getClient: db.prepare('SELECT count, last, last_counted FROM client WHERE key = ?'),
-    tripletCount: db.prepare("SELECT value FROM row_count WHERE name = 'triplet'"),
     insertTriplet: db.prepare('INSERT INTO triplet (first, last, passed, count, expires, key) VALUES (?, ?, ?, ?, ?, ?)'),
     updateTriplet: db.prepare('UPDATE triplet SET first = ?, last = ?, passed = ?, count = ?, expires = ? WHERE key = ?'),
-    deleteTriplet: db.prepare('DELETE FROM triplet WHERE key = ?'),
+    deleteTriplet: remove('triplet'),
     insertClient: db.prepare('INSERT INTO client (count, last, last_counted, expires, key) VALUES (?, ?, ?, ?, ?)'),
     updateClient: db.prepare('UPDATE client SET count = ?, last = ?, last_counted = ?, expires = ? WHERE key = ?'),
-    deleteClient: db.prepare('DELETE FROM client WHERE key = ?'),
-    purgeTriplets: db.prepare('DELETE FROM triplet WHERE key IN (SELECT key FROM triplet WHERE expires < ? ORDER BY expires LIMIT ?)'),
-    purgeClients: db.prepare('DELETE FROM client WHERE key IN (SELECT key FROM client WHERE expires < ? ORDER BY expires LIMIT ?)'),
-    counts: db.prepare('SELECT name, value FROM row_count'),
+    deleteClient: remove('client'),
+    getMeta: db.prepare('SELECT value FROM meta WHERE name = ?'),
+    setMeta: db.prepare('UPDATE meta SET value = ? WHERE name = ?'),
+    addMeta: db.prepare('UPDATE meta SET value = value + ? WHERE name = ?'),
+    scan: { triplet: scan('triplet'), client: scan('client') },
+    remove: { triplet: remove('triplet'), client: remove('client') },
   }
 }
 

@@ -39,7 +39,7 @@ t.test('8 concurrent processes share one database without losing a triplet', asy
   const rows = db.prepare('SELECT key, count FROM triplet').all() as Array<{ key: string; count: number }>
   t.equal(rows.length, TRIPLETS, 'one row per triplet')
   t.ok(rows.every((r) => r.count === PROCESSES), 'every attempt counted exactly once')
-  t.equal((db.prepare("SELECT value FROM row_count WHERE name = 'triplet'").get() as { value: number }).value, TRIPLETS, 'row count kept by triggers')
+  t.equal((db.prepare("SELECT value FROM meta WHERE name = 'triplet_count'").get() as { value: number }).value, TRIPLETS, 'row count handed in by every process at exit')
 
   // Advance the clock of the stored triplets instead of sleeping.
   db.prepare('UPDATE triplet SET first = first - 301, last = last - 301').run()

@@ -70,7 +70,7 @@ t.test('a 2 MiB line: that request gets fail_action, the next one is served, mem
   p.child.stdin.end()
   t.equal((await p.exited()).code, 0)
   t.equal(p.stderr(), '')
-  t.match(fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8'), /request discarded: attribute line of \d+ bytes exceeds max_line_length 4096/)
+  t.match(fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8'), /request discarded: attribute line longer than max_line_length 4096 bytes/)
 })
 
 t.test('max_attributes and max_request_bytes boundaries through the binary', async (t) => {
