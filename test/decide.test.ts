@@ -1,0 +1,151 @@
+// Whole greylisting lives through decide(), with an injected clock: no sleeping.
+import t from 'tap'
+import path from 'node:path'
+import { loadConfig, type Config } from '../lib/config'
+import { decide, type DecideContext } from '../lib/decide'
+import { BoundedMap } from '../lib/bounded-map'
+import { toPolicyRequest } from '../lib/request'
+import { SqliteStore } from '../lib/store/sqlite'
+import { StoreError, type GreylistStore } from '../lib/store/types'
+import { createGreylistWhitelists } from '../lib/greylist/lists'
+
+function config(over: Record<string, string> = {}): Config {
+  const l = loadConfig({ cli: { greylist_whitelist_clients: '', greylist_whitelist_recipients: '', ...over }, configPath: '/dev/null', env: {}, readFile: () => '', parseDotenv: () => () => ({}) })
+  if (l.errors.length) throw new Error(l.errors.join('; '))
+  return l.config
+}
+
+function context(t: Tap.Test, cfg: Config, store?: GreylistStore) {
+  const logs: string[] = []
+  const s = store ?? new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  t.teardown(() => s.close())
+  const states = new Map<string, string>()
+  const logStateChange = (topic: string, state: string, _l: number, msg: string): void => {
+    if (states.get(topic) !== state) logs.push(msg)
+    states.set(topic, state)
+  }
+  const ctx: DecideContext = {
+    config: cfg,
+    logStateChange,
+    greylist: {
+      config: cfg,
+      store: s,
+      whitelists: createGreylistWhitelists(cfg, () => undefined, () => 0),
+      headerSent: new BoundedMap(16),
+      version: '9.9.9',
+      hostname: 'mx.example.org',
+      log: (_l, m) => logs.push(m),
+      logStateChange,
+    },
+  }
+  return { ctx, logs }
+}
+
+function req(over: Record<string, string> = {}) {
+  return toPolicyRequest(
+    new Map(Object.entries({
+      request: 'smtpd_access_policy', protocol_state: 'RCPT', client_address: '192.0.2.10', client_name: 'mail.example.net',
+      helo_name: 'mail.example.net', sender: 'alice@example.net', recipient: 'bob@example.org', instance: 'm1', ...over,
+    })),
+  )
+}
+
+const T0 = 1_800_000_000
+
+t.test('a greylisting life: new, too early, retry from the same /24 after the delay, known', async (t) => {
+  const { ctx } = context(t, config())
+  t.equal((await decide(req(), ctx, T0)).action, 'DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300 seconds')
+  t.equal((await decide(req({ instance: 'm2' }), ctx, T0 + 120)).action, 'DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 180 seconds')
+  const pass = await decide(req({ instance: 'm3', client_address: '192.0.2.99' }), ctx, T0 + 301)
+  t.equal(pass.action, `PREPEND X-Greylist: delayed 301 seconds by policyd-ts-9.9.9 at mx.example.org; Fri, 15 Jan 2027 08:05:01 +0000`)
+  t.equal(pass.winner?.reason, 'first-pass')
+  const known = await decide(req({ instance: 'm4' }), ctx, T0 + 400)
+  t.equal(known.action, 'DUNNO')
+  t.equal(known.winner?.reason, 'triplet-known')
+  t.equal((await decide(req({ instance: 'm5', client_address: '192.0.3.10' }), ctx, T0 + 500)).action.split(' ')[0], 'DEFER_IF_PERMIT', 'another /24 is another triplet')
+})
+
+t.test('the header goes once per message (instance), even for several recipients', async (t) => {
+  const { ctx } = context(t, config())
+  await decide(req({ recipient: 'a@example.org' }), ctx, T0)
+  await decide(req({ recipient: 'b@example.org' }), ctx, T0)
+  const a = await decide(req({ recipient: 'a@example.org', instance: 'x' }), ctx, T0 + 300)
+  const b = await decide(req({ recipient: 'b@example.org', instance: 'x' }), ctx, T0 + 300)
+  t.match(a.action, /^PREPEND X-Greylist: delayed 300 seconds/)
+  t.equal(b.action, 'DUNNO')
+  t.equal(b.winner?.reason, 'first-pass')
+})
+
+t.test('null sender, sender normalisation and IPv6 /64 keys', async (t) => {
+  const { ctx } = context(t, config())
+  await decide(req({ sender: '', client_address: '2001:db8:1:2::10' }), ctx, T0)
+  t.match((await decide(req({ sender: '<>', client_address: '2001:db8:1:2:ffff::1', instance: 'n' }), ctx, T0 + 300)).action, /^PREPEND/, 'same /64, null sender')
+  await decide(req({ sender: 'bounce-1234@lists.example' }), ctx, T0)
+  t.match((await decide(req({ sender: 'bounce-5678@lists.example', instance: 'v' }), ctx, T0 + 300)).action, /^PREPEND/, 'VERP numbers folded')
+})
+
+t.test('DATA and other stages are not greylisted; missing attributes pass', async (t) => {
+  const { ctx } = context(t, config())
+  t.equal((await decide(req({ protocol_state: 'DATA' }), ctx, T0)).winner?.reason, 'not-rcpt-stage')
+  t.equal((await decide(req({ client_address: '' }), ctx, T0)).winner?.reason, 'no-client-address')
+  t.equal((await decide(req({ recipient: '' }), ctx, T0)).winner?.reason, 'no-recipient')
+})
+
+t.test('learn-only records and logs but never defers', async (t) => {
+  const { ctx } = context(t, config({ greylist_learn_only: 'yes' }))
+  const first = await decide(req(), ctx, T0)
+  t.equal(first.action, 'DUNNO')
+  t.equal(first.winner?.reason, 'new-learn-only')
+  t.equal((await decide(req(), ctx, T0 + 10)).winner?.reason, 'early-learn-only')
+  t.match((await decide(req({ instance: 'z' }), ctx, T0 + 300)).action, /^PREPEND X-Greylist/)
+})
+
+t.test('greylist text and header are templates; an empty header turns it off', async (t) => {
+  const { ctx } = context(t, config({ greylist_text: 'Try later (%s s) for %r', greylist_action: '451', greylist_header: '' }))
+  t.equal((await decide(req({ recipient: 'bob@Sub.Example.ORG' }), ctx, T0)).action, '451 Try later (300 s) for sub.example.org')
+  t.equal((await decide(req({ recipient: 'bob@Sub.Example.ORG', instance: 'q' }), ctx, T0 + 300)).action, 'DUNNO')
+})
+
+t.test('auto-whitelisted client network after 5 passes skips greylisting', async (t) => {
+  const { ctx, logs } = context(t, config())
+  let now = T0
+  for (let i = 0; i < 5; i++) {
+    await decide(req({ sender: `s${i}@x.example`, instance: `a${i}` }), ctx, now)
+    await decide(req({ sender: `s${i}@x.example`, instance: `b${i}` }), ctx, now + 300)
+    now += 3600
+  }
+  t.match(logs.join('\n'), /client 192.0.2.0\/24 auto-whitelisted after 5 greylisting passes/)
+  const d = await decide(req({ sender: 'new@y.example', client_address: '192.0.2.200' }), ctx, now)
+  t.equal(d.action, 'DUNNO')
+  t.equal(d.winner?.reason, 'client-awl')
+})
+
+t.test('privacy mode stores hashes only', async (t) => {
+  const dir = t.testdir()
+  const store = new SqliteStore({ path: path.join(dir, 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  const { ctx } = context(t, config({ greylist_privacy: 'yes' }), store)
+  await decide(req(), ctx, T0)
+  store.close()
+  const Database = (await import('better-sqlite3')).default
+  const db = new Database(path.join(dir, 'db', 'g.sqlite'), { readonly: true })
+  const keys = (db.prepare('SELECT key FROM triplet UNION ALL SELECT key FROM client').all() as Array<{ key: string }>).map((r) => r.key)
+  db.close()
+  t.ok(keys.length >= 1 && keys.every((k) => /^[0-9a-f]{64}$/.test(k)), keys.join(','))
+})
+
+t.test('a failing store answers fail_action, logged once per change of state', async (t) => {
+  let failing: StoreError | null = new StoreError('busy', 'database locked')
+  const real = new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  const flaky: GreylistStore = {
+    updateGreylist: (a, b, f) => (failing ? Promise.reject(failing) : real.updateGreylist(a, b, f)),
+    purgeExpired: (n, l) => real.purgeExpired(n, l),
+    counts: () => real.counts(),
+    close: () => real.close(),
+  }
+  const { ctx, logs } = context(t, config({ fail_action: 'DEFER_IF_PERMIT 4.3.0 try later' }), flaky)
+  t.equal((await decide(req(), ctx, T0)).action, 'DEFER_IF_PERMIT 4.3.0 try later')
+  t.equal((await decide(req(), ctx, T0)).winner?.reason, 'store-busy')
+  failing = null
+  t.equal((await decide(req(), ctx, T0)).action.split(' ')[0], 'DEFER_IF_PERMIT')
+  t.same(logs, ['database busy, answering fail_action DEFER_IF_PERMIT 4.3.0 try later: database locked', 'database available again'])
+})

@@ -1,0 +1,104 @@
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import { parseIp } from '../lib/normalize'
+import { parseClientWhitelist, parseRecipientWhitelist, WhitelistFiles } from '../lib/greylist/whitelist'
+
+const fixtures = path.join(__dirname, 'fixtures')
+
+t.test('client whitelist in postgrey format: got/want', async (t) => {
+  const { list, errors } = parseClientWhitelist(fs.readFileSync(path.join(fixtures, 'whitelist_clients'), 'utf8'), 'whitelist_clients')
+  t.same(errors, [])
+  const cases: Array<[string, string, string | null]> = [
+    ['mail.partner.example', '192.0.2.1', 'whitelist_clients:3 mail.partner.example'],
+    ['MAIL.PARTNER.EXAMPLE.', '192.0.2.1', 'whitelist_clients:3 mail.partner.example'],
+    ['a.outbound.bigmailer.example', '192.0.2.1', 'whitelist_clients:4 outbound.bigmailer.example'],
+    ['evil-outbound.bigmailer.example', '192.0.2.1', null],
+    ['xoutbound.bigmailer.example', '192.0.2.1', null],
+    ['outbound.bigmailer.example.evil.example', '192.0.2.1', null],
+    ['smtp-out12.pool.example', '192.0.2.1', 'whitelist_clients:6 /^smtp-out[0-9]+\\.pool\\.example$/'],
+    ['smtp-outX.pool.example', '192.0.2.1', null],
+    ['unknown', '192.0.2.17', 'whitelist_clients:8 192.0.2.17'],
+    ['unknown', '::ffff:192.0.2.17', 'whitelist_clients:8 192.0.2.17'],
+    ['unknown', '192.0.2.18', null],
+    ['unknown', '198.51.100.127', 'whitelist_clients:9 198.51.100.0/25'],
+    ['unknown', '198.51.100.128', null],
+    ['unknown', '203.0.113.250', 'whitelist_clients:10 203.0.113'],
+    ['unknown', '10.20.255.1', 'whitelist_clients:11 10.20'],
+    ['unknown', '10.21.0.1', null],
+    ['unknown', '2001:db8:5:ffff::1', 'whitelist_clients:12 2001:db8:5::/48'],
+    ['unknown', '2001:db8:6::1', 'whitelist_clients:13 2001:db8:6::1'],
+    ['unknown', '2001:db8:6::2', null],
+    ['unknown', 'garbage', null],
+  ]
+  for (const [name, addr, want] of cases) t.equal(list.match(name, parseIp(addr)), want, `${name} ${addr}`)
+})
+
+t.test('bad client lines are reported with file and line, and skipped', async (t) => {
+  const { list, errors } = parseClientWhitelist('good.example\n/unclosed(/\n300.1.2.3\n2001:db8::/200\nbad name!\n', 'f')
+  t.equal(list.size, 1)
+  t.match(errors[0], /^f:2: bad regular expression/)
+  t.match(errors[1], /^f:3: bad IP address or network/)
+  t.match(errors[2], /^f:4: bad IP address or network/)
+  t.match(errors[3], /^f:5: not a host name/)
+})
+
+t.test('recipient whitelist in postgrey format: got/want', async (t) => {
+  const { list, errors } = parseRecipientWhitelist(fs.readFileSync(path.join(fixtures, 'whitelist_recipients'), 'utf8'), 'whitelist_recipients')
+  t.same(errors, [])
+  const cases: Array<[string, string | null]> = [
+    ['postmaster@anything.example', 'whitelist_recipients:2 postmaster@'],
+    ['Postmaster+x@anything.example', 'whitelist_recipients:2 postmaster@'],
+    ['abuse@example.org', 'whitelist_recipients:3 abuse@'],
+    ['spamtrap@example.org', 'whitelist_recipients:4 spamtrap@example.org'],
+    ['spamtrap+tag@example.org', 'whitelist_recipients:4 spamtrap@example.org'],
+    ['spamtrap@example.com', null],
+    ['anyone@lists.example.net', 'whitelist_recipients:5 lists.example.net'],
+    ['anyone@sub.lists.example.net', 'whitelist_recipients:5 lists.example.net'],
+    ['anyone@xlists.example.net', null],
+    ['noreply-abc@example.com', 'whitelist_recipients:6 /^noreply-[a-z]+@example\\.com$/'],
+    ['bob@example.org', null],
+  ]
+  for (const [rcpt, want] of cases) t.equal(list.match(rcpt), want, rcpt)
+})
+
+t.test('files: merged, reread when changed (at most once per interval), missing ones logged once', async (t) => {
+  const dir = t.testdir({ a: '192.0.2.1\n', b: 'example.net\n' })
+  const logs: Array<[number, string]> = []
+  let now = 0
+  const files = new WhitelistFiles([path.join(dir, 'a'), path.join(dir, 'b'), path.join(dir, 'missing')], 'client', {
+    log: (level, msg) => logs.push([level, msg]),
+    now: () => now,
+    checkIntervalMs: 1000,
+  })
+  t.match(files.match('unknown', parseIp('192.0.2.1')), /a:1 192.0.2.1/)
+  t.match(files.match('mx.example.net', null), /b:1 example.net/)
+  t.equal(logs.filter(([, m]) => m.includes(`${path.join(dir, 'missing')} unreadable`)).length, 1)
+  t.equal(logs.filter(([, m]) => m.includes(`${path.join(dir, 'missing')} unreadable`))[0][0], 0, 'a named missing file is an error line')
+
+  fs.writeFileSync(path.join(dir, 'a'), '192.0.2.2\n# now another address, and a longer file\n')
+  t.match(files.match('unknown', parseIp('192.0.2.1')), /192.0.2.1/, 'not rechecked within the interval')
+  now += 1000
+  t.equal(files.match('unknown', parseIp('192.0.2.1')), null, 'rewritten file picked up')
+  t.match(files.match('unknown', parseIp('192.0.2.2')), /a:1 192.0.2.2/)
+
+  fs.rmSync(path.join(dir, 'b'))
+  now += 1000
+  t.equal(files.match('mx.example.net', null), null, 'deleted file: empty')
+  now += 1000
+  files.match('mx.example.net', null)
+  t.equal(logs.filter(([, m]) => m.includes(`${path.join(dir, 'b')} unreadable`)).length, 1, 'deletion logged once')
+  t.equal(logs.filter(([, m]) => m.includes(`${path.join(dir, 'missing')} unreadable`)).length, 1, 'the missing file not logged again')
+
+  const st = files.status()
+  t.same(st.map((s) => [path.basename(s.path), s.entries, s.missing]), [['a', 1, false], ['b', 0, true], ['missing', 0, true]])
+})
+
+t.test('a missing optional (default) file is logged at level 3 only', async (t) => {
+  const dir = t.testdir({})
+  const logs: Array<[number, string]> = []
+  const p = path.join(dir, 'absent')
+  const files = new WhitelistFiles([p], 'recipient', { log: (l, m) => logs.push([l, m]), now: () => 0, optional: new Set([p]) })
+  t.equal(files.match('x@example.org'), null)
+  t.same(logs.map(([l]) => l), [3])
+})
