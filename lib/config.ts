@@ -297,7 +297,8 @@ export function loadConfig(inputs: ConfigInputs): LoadedConfig {
     const explicit = inputs.configPath !== undefined || inputs.env[`${ENV_PREFIX}CONFIG`] !== undefined
     if (explicit || code !== 'ENOENT') errors.push(`cannot read config file ${configFile}: ${(err as Error).message}`)
   }
-  if (text !== undefined) {
+  // An empty file needs no parser (and dotenv costs milliseconds to load).
+  if (text !== undefined && text.trim() !== '') {
     const { values } = parseConfigFile(text, inputs.parseDotenv())
     for (const { key, value, line } of values) {
       if (!isConfigKey(key)) {

@@ -46,7 +46,11 @@ function silenceStdio(log: Logger): void {
   console.error = toLog
   console.debug = toLog
   console.trace = toLog
-  process.stderr.write = (() => true) as typeof process.stderr.write
+  // Replaced before anything touches it: creating the real stream costs
+  // milliseconds of every cold start, and nothing may be written to it.
+  const { Writable } = require('node:stream') as typeof import('node:stream')
+  const sink = new Writable({ write: (_chunk, _enc, done) => done() })
+  Object.defineProperty(process, 'stderr', { configurable: true, enumerable: true, get: () => sink })
   process.removeAllListeners('warning')
   process.on('warning', (w) => log.log(0, `node warning: ${w.name}: ${w.message}`))
   process.on('uncaughtException', (err) => log.log(0, `uncaught exception: ${err.stack ?? err}`))
@@ -85,7 +89,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
         store,
         whitelists: createGreylistWhitelists(config, (level, msg) => log.log(level, msg), () => Date.now()),
         headerSent: new BoundedMap(256),
-        version: version(),
+        version,
         hostname: systemHostname(config),
         log: (level, msg) => log.log(level, msg),
         logStateChange,

@@ -32,7 +32,7 @@ function context(t: Tap.Test, cfg: Config, store?: GreylistStore) {
       store: s,
       whitelists: createGreylistWhitelists(cfg, () => undefined, () => 0),
       headerSent: new BoundedMap(16),
-      version: '9.9.9',
+      version: () => '9.9.9',
       hostname: 'mx.example.org',
       log: (_l, m) => logs.push(m),
       logStateChange,

@@ -20,7 +20,8 @@ export interface GreylistContext {
   whitelists: GreylistWhitelists
   /** Instances (messages) that already got the X-Greylist header. */
   headerSent: BoundedMap<string, true>
-  version: string
+  /** The package version, for the header; read only when a header is written. */
+  version: () => string
   hostname: string
   log: (level: number, msg: string) => void
   logStateChange: (topic: string, state: string, level: number, msg: string) => void
@@ -118,7 +119,7 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
       if (req.instance !== '') ctx.headerSent.set(req.instance, true)
       const header = expand(config.greylist_header, {
         t: String(delayed),
-        v: ctx.version,
+        v: ctx.version(),
         h: ctx.hostname,
         d: rfc5322Date(now),
       })

@@ -296,7 +296,7 @@ export class SqliteStore implements GreylistStore {
     }
     this.inode = fs.statSync(file).ino
     const Database = require('better-sqlite3') as typeof BetterSqlite3
-    const db = new Database(file, { timeout: this.opts.busyTimeoutMs, fileMustExist: true })
+    const db = new Database(file, { timeout: this.opts.busyTimeoutMs, fileMustExist: true, nativeBinding: nativeBinding() })
     this.db = db
     db.pragma('journal_mode = WAL')
     db.pragma('synchronous = NORMAL')
@@ -353,6 +353,20 @@ export class SqliteStore implements GreylistStore {
       return false
     }
   }
+}
+
+/**
+ * The compiled addon's path, found once: better-sqlite3's own lookup (the
+ * `bindings` package) probes a dozen paths and costs milliseconds of every
+ * cold start. Falls back to that lookup when the build is elsewhere.
+ */
+function nativeBinding(): string | undefined {
+  const path = require('node:path') as typeof import('node:path')
+  const fs = require('node:fs') as typeof import('node:fs')
+  // dist/lib/store -> the package root, whose node_modules holds the addon
+  // in a checkout and in a global install.
+  const addon = path.join(__dirname, '..', '..', '..', 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node')
+  return fs.existsSync(addon) ? addon : undefined
 }
 
 function prepare(db: BetterSqlite3.Database): Statements {
