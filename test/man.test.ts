@@ -52,7 +52,7 @@ t.test('policyd-ts(8) has the sections an admin looks for and names every key it
 t.test('master.cf.example has the spawn entries and the time limits', async (t) => {
   const ex = fs.readFileSync(path.join(root, 'master.cf.example'), 'utf8')
   t.match(ex, /^policy\s+unix\s+-\s+n\s+n\s+-\s+0\s+spawn$/m)
-  t.match(ex, /^\s+user=nobody argv=\/usr\/bin\/node \S+\/bin\/policyd-ts$/m)
+  t.match(ex, /^\s+user=nobody argv=\/usr\/bin\/node --single-threaded-gc \S+\/bin\/policyd-ts$/m)
   t.match(ex, /policy_time_limit = 3600s/)
   t.match(ex, /command_time_limit=3600s/)
   t.match(ex, /check_policy_service unix:private\/policy/)
