@@ -1,0 +1,56 @@
+// Logging through logger(1) to a syslog datagram socket: facility mail,
+// ident policyd-ts[pid], one line per decision, and a recovery to the file.
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import { spawn } from 'node:child_process'
+import { rcptRequest, startPolicy } from '../helpers/policy-process'
+
+async function until(check: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+t.test('decision lines reach the syslog socket with facility mail and ident policyd-ts[pid]', async (t) => {
+  // A socket path must stay under 108 bytes: t.testdir() paths are longer.
+  const dir = fs.mkdtempSync('/tmp/policyd-ts-syslog-')
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const socket = path.join(dir, 'log.sock')
+  const out = path.join(dir, 'syslog.txt')
+  const sink = spawn('python3', [path.join(__dirname, '..', 'fixtures', 'syslog-sink.py'), socket, out], { stdio: 'ignore' })
+  t.teardown(() => {
+    sink.kill()
+  })
+  await until(() => fs.existsSync(socket) && fs.existsSync(out))
+  const p = startPolicy([
+    '--config', '/dev/null', '--db_path', path.join(dir, 'db', 'p.sqlite'), '--syslog_socket', socket,
+    '--log_file', path.join(dir, 'fallback.log'), '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
+    '--debugLevel', '3', '--greylist_delay', '1m',
+  ])
+  p.send(rcptRequest({ sender: 'syslog@example.net' }))
+  await p.replies(1)
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  await until(() => fs.readFileSync(out, 'utf8').includes('exiting: eof'))
+  const text = fs.readFileSync(out, 'utf8')
+  const pid = p.child.pid
+  t.match(text, new RegExp(`^<22>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d policyd-ts\\[${pid}\\]: decision action=DEFER_IF_PERMIT check=greylist reason=new state=RCPT client=192\\.0\\.2\\.10 .*sender=syslog@example\\.net recipient=bob@example\\.org .*key=192\\.0\\.2\\.0/24 left=60$`, 'm'), 'mail.info decision line')
+  t.match(text, new RegExp(`^<23>.* policyd-ts\\[${pid}\\]: starting, version`, 'm'), 'mail.debug start line at level 3')
+  t.notOk(fs.existsSync(path.join(dir, 'fallback.log')), 'nothing went to the fallback file')
+  t.equal(p.stderr(), '')
+})
+
+t.test('debugLevel 0 logs no decision line', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(['--config', '/dev/null', '--db_path', path.join(dir, 'db', 'p.sqlite'), '--syslog_socket', path.join(dir, 'none'),
+    '--log_file', path.join(dir, 'f.log'), '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '', '--debugLevel', '0'])
+  p.send(rcptRequest())
+  await p.replies(1)
+  p.child.stdin.end()
+  await p.exited()
+  const log = fs.existsSync(path.join(dir, 'f.log')) ? fs.readFileSync(path.join(dir, 'f.log'), 'utf8') : ''
+  t.notMatch(log, /decision/)
+})
