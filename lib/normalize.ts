@@ -90,7 +90,7 @@ function formatV6(bytes: Uint8Array): string {
 }
 
 function v4(bytes: Uint8Array): ParsedIp {
-  return { family: 4, bytes, text: Array.from(bytes).join('.') }
+  return { family: 4, bytes, text: `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}` }
 }
 
 /** Parse an IPv4 or IPv6 address; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) comes back as IPv4. */

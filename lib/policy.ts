@@ -21,9 +21,10 @@ export interface PolicyOptions {
 
 /** Quote a log value when it would break the key=value form. */
 export function logValue(value: string | number): string {
-  const text = String(value)
-  return text !== '' && /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text)
+  if (typeof value === 'number') return String(value)
+  return value !== '' && !NEEDS_QUOTES.test(value) ? value : JSON.stringify(value)
 }
+const NEEDS_QUOTES = /[\s"=]/
 
 export function formatFields(fields: Record<string, string | number>): string {
   return Object.entries(fields)
