@@ -37,6 +37,7 @@ const LOG_DEBUG = 7
 const MAX_QUEUED = 2000
 const MAX_LINE = 4000
 const FLUSH_MS = 50
+const BATCH_LINES = 32
 
 export function createLogger(opts: LogOptions): Logger {
   return new SyslogLogger(opts)
@@ -53,6 +54,7 @@ class SyslogLogger implements Logger {
   private dropped = 0
   private fileQueue: string[] = []
   private fileTimer: NodeJS.Timeout | undefined
+  private fileFd: number | null = null
 
   constructor(private readonly opts: LogOptions) {
     this.level = opts.debugLevel
@@ -87,7 +89,8 @@ class SyslogLogger implements Logger {
       return
     }
     this.queue.push(`<${priority}>${text}\n`)
-    this.flushSoon()
+    if (this.queue.length >= BATCH_LINES && this.child) this.flushQueue()
+    else this.flushSoon()
   }
 
   logStateChange(topic: string, state: string, level: number, msg: string): void {
@@ -99,8 +102,9 @@ class SyslogLogger implements Logger {
     this.log(level, msg)
   }
 
-  // Lines are handed on in batches, FLUSH_MS apart: one pipe write (and
-  // one wake-up of logger) per batch instead of per request. The child is
+  // Lines are handed on in batches, at most FLUSH_MS or BATCH_LINES apart:
+  // one pipe write (and one wake-up of logger) per batch instead of per
+  // request, and few lines held long enough to outlive the young heap. The child is
   // started after the first reply has been written: a fork costs
   // milliseconds that the first reply should not wait for.
   private flushSoon(): void {
@@ -156,6 +160,8 @@ class SyslogLogger implements Logger {
   }
 
   private flushQueue(): void {
+    clearTimeout(this.flushTimer)
+    this.flushTimer = undefined
     if (!this.child || this.queue.length === 0) return
     if (this.dropped > 0) {
       this.queue.push(`<${LOG_ERR}>${this.dropped} log lines dropped (logger too slow)\n`)
@@ -165,13 +171,13 @@ class SyslogLogger implements Logger {
     this.queue = []
   }
 
-  // Lines for the file are gathered during a turn of the event loop and
-  // written with one append after the reply has gone out.
+  // Lines for the file are batched like those for syslog and appended
+  // through one descriptor kept open.
   private writeFile(text: string): void {
     if (!this.opts.logFile) return
     this.fileQueue.push(`${new Date().toISOString()} ${this.opts.ident}[${this.opts.pid}]: ${text}\n`)
-    if (this.fileTimer) return
-    this.fileTimer = setTimeout(() => this.flushFile(), FLUSH_MS)
+    if (this.fileQueue.length >= BATCH_LINES) this.flushFile()
+    else this.fileTimer ??= setTimeout(() => this.flushFile(), FLUSH_MS)
   }
 
   private flushFile(): void {
@@ -182,10 +188,23 @@ class SyslogLogger implements Logger {
     this.fileQueue = []
     const fs = require('node:fs') as typeof import('node:fs')
     try {
-      fs.appendFileSync(this.opts.logFile, data)
+      if (this.fileFd === null) this.fileFd = fs.openSync(this.opts.logFile, 'a', 0o640)
+      fs.writeSync(this.fileFd, data)
     } catch {
       // Nowhere left to report it: stdout and stderr belong to Postfix.
+      // The file is opened afresh next time (it may have been rotated away).
+      this.closeFile()
     }
+  }
+
+  private closeFile(): void {
+    if (this.fileFd === null) return
+    try {
+      ;(require('node:fs') as typeof import('node:fs')).closeSync(this.fileFd)
+    } catch {
+      // already gone
+    }
+    this.fileFd = null
   }
 
   close(): Promise<void> {
@@ -195,6 +214,7 @@ class SyslogLogger implements Logger {
     if (!this.child && this.queue.length > 0 && !this.childFailed) this.startChild()
     this.flushQueue()
     this.flushFile()
+    this.closeFile()
     this.closed = true
     const child = this.child
     if (!child) return Promise.resolve()
