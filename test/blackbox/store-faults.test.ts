@@ -1,0 +1,50 @@
+// Store faults through the real binary: a corrupt file, and whitelist files
+// edited while a process runs.
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import { assertWellFormed, isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
+
+t.test('a corrupt database: that request gets fail_action, the file is renamed aside, the next request is greylisted again', async (t) => {
+  const dir = t.testdir({ db: {} })
+  fs.chmodSync(path.join(dir, 'db'), 0o700)
+  const file = path.join(dir, 'db', 'policyd-ts.sqlite')
+  fs.writeFileSync(file, Buffer.alloc(8192, 0x5a), { mode: 0o600 })
+  const p = startPolicy(isolatedArgs(dir))
+  p.send(rcptRequest({ sender: 'first@x.example' }))
+  p.send(rcptRequest({ sender: 'second@x.example' }))
+  const replies = await p.replies(2)
+  t.match(replies[0], /^action=(DUNNO|DEFER_IF_PERMIT 4\.2\.0 Greylisted)/, 'fail_action, or served at once from the fresh file')
+  t.match(replies[1], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/, 'a fresh database serves the next request')
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  t.equal(p.stderr(), '')
+  assertWellFormed(p.stdout())
+  t.equal(fs.readdirSync(path.join(dir, 'db')).filter((f) => f.includes('.corrupt-')).length, 1, 'the corrupt file kept aside')
+  t.match(fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8'), /corrupt file renamed to .*policyd-ts\.sqlite\.corrupt-/)
+})
+
+t.test('a whitelist file edited while the process runs is picked up without a restart', async (t) => {
+  const dir = t.testdir({ clients: '# nothing yet\n' })
+  const list = path.join(dir, 'clients')
+  const args = isolatedArgs(dir).map((a, i, all) => (all[i - 1] === '--greylist_whitelist_clients' ? list : a))
+  const p = startPolicy(args)
+  p.send(rcptRequest({ client_address: '198.51.100.7' }))
+  t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT/)
+  fs.writeFileSync(list, '198.51.100.0/24\n')
+  // The files are checked at most once a second.
+  const end = Date.now() + 5000
+  let answered = 1
+  let last = ''
+  while (Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 300))
+    p.send(rcptRequest({ client_address: '198.51.100.7', sender: `s${answered}@x.example` }))
+    answered++
+    last = (await p.replies(answered))[answered - 1]
+    if (last === 'action=DUNNO') break
+  }
+  t.equal(last, 'action=DUNNO', 'whitelisted after the edit')
+  p.child.stdin.end()
+  await p.exited()
+  t.match(fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8'), /reason=client-whitelist .*whitelist=".*clients:1 198\.51\.100\.0\/24"/)
+})
