@@ -153,7 +153,8 @@ export function ipInNetwork(ip: ParsedIp, cidr: Cidr): boolean {
   return masked.bytes.every((b, i) => b === cidr.net.bytes[i])
 }
 
-function stripAngles(address: string): string {
+/** `<a@b>` -> `a@b`; anything else is returned trimmed. */
+export function stripAngles(address: string): string {
   const s = address.trim()
   return s.startsWith('<') && s.endsWith('>') ? s.slice(1, -1).trim() : s
 }

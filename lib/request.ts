@@ -1,7 +1,7 @@
 // One policy request, normalised once: the rest of the program never looks
 // at raw attribute text again.
 
-import { parseIp, type ParsedIp } from './normalize'
+import { parseIp, stripAngles, type ParsedIp } from './normalize'
 
 export interface PolicyRequest {
   attrs: ReadonlyMap<string, string>
@@ -25,10 +25,6 @@ function attr(attrs: ReadonlyMap<string, string>, name: string): string {
   return (attrs.get(name) ?? '').trim()
 }
 
-function stripBrackets(address: string): string {
-  return address.startsWith('<') && address.endsWith('>') ? address.slice(1, -1) : address
-}
-
 export function toPolicyRequest(attrs: ReadonlyMap<string, string>): PolicyRequest {
   const clientAddress = attr(attrs, 'client_address')
   return {
@@ -39,8 +35,8 @@ export function toPolicyRequest(attrs: ReadonlyMap<string, string>): PolicyReque
     clientIp: clientAddress === '' ? null : parseIp(clientAddress),
     clientName: attr(attrs, 'client_name').toLowerCase() || 'unknown',
     helo: attr(attrs, 'helo_name'),
-    sender: stripBrackets(attr(attrs, 'sender')),
-    recipient: stripBrackets(attr(attrs, 'recipient')),
+    sender: stripAngles(attr(attrs, 'sender')),
+    recipient: stripAngles(attr(attrs, 'recipient')),
     instance: attr(attrs, 'instance'),
     queueId: attr(attrs, 'queue_id'),
   }
