@@ -128,6 +128,8 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   async function shutdown(reason: EndReason | 'signal'): Promise<void> {
     if (shuttingDown) return
     shuttingDown = true
+    // Let the work queued behind the last reply (its commit, its log line) run first.
+    await new Promise((resolve) => setImmediate(resolve))
     log.log(3, `exiting: ${reason}`)
     store.close()
     await log.close()

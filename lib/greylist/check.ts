@@ -52,14 +52,21 @@ function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex')
 }
 
+const paramsOf = new WeakMap<Config, GreylistParams>()
+
+/** The state machine's parameters, made once per configuration. */
 export function greylistParams(config: Config): GreylistParams {
-  return {
+  let params = paramsOf.get(config)
+  if (params) return params
+  params = {
     delay: config.greylist_delay,
     maxAge: config.greylist_max_age,
     retryWindow: config.greylist_retry_window,
     autoWhitelist: config.greylist_auto_whitelist,
     maxEntries: config.greylist_max_entries,
   }
+  paramsOf.set(config, params)
+  return params
 }
 
 function expand(template: string, values: Record<string, string>): string {
@@ -88,7 +95,8 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
   if (recipientEntry) return pass('recipient-whitelist', { whitelist: recipientEntry })
 
   const keys = greylistKeys(req, req.clientIp, config, ctx.authenticatedDomain)
-  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, greylistParams(config)))
+  const params = greylistParams(config)
+  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params))
   const fields: Record<string, string | number> = { key: keys.subject }
 
   switch (outcome.kind) {

@@ -73,8 +73,9 @@ export class ClientWhitelist {
         }
       }
     }
+    if (this.names.size === 0 && this.regexes.length === 0) return null
     const name = clientName.toLowerCase().replace(/\.$/, '')
-    if (name !== '' && name !== 'unknown') {
+    if (name !== '' && name !== 'unknown' && this.names.size > 0) {
       for (const suffix of suffixes(name)) {
         const hit = this.names.get(suffix)
         if (hit) return hit.desc
@@ -135,6 +136,7 @@ export class RecipientWhitelist {
   }
 
   match(recipient: string): string | null {
+    if (this.size === 0) return null
     const rcpt = recipient.toLowerCase()
     const at = rcpt.lastIndexOf('@')
     let local = at === -1 ? rcpt : rcpt.slice(0, at)
