@@ -1,0 +1,287 @@
+// A small stub resolver on dns-packet: UDP with retries over the servers,
+// TCP when an answer is truncated, a per-process cache that honours TTLs.
+// Node's own resolver refuses names with ':', '/', '%' or spaces, which
+// SPF macro expansion produces (RFC 7208 test suite); this one sends any
+// name whose labels fit the wire format. Nothing here writes to stdio.
+
+import type * as DnsPacket from 'dns-packet'
+
+export type RrType = 'TXT' | 'A' | 'AAAA' | 'MX' | 'PTR'
+export type Rcode = 'NOERROR' | 'NXDOMAIN' | 'SERVFAIL' | 'REFUSED' | 'TIMEOUT' | 'ERROR'
+
+export interface MxRecord {
+  preference: number
+  exchange: string
+}
+
+export interface DnsAnswer {
+  rcode: Rcode
+  /** TXT: each record's strings joined (bytes as latin1); A/AAAA: addresses; PTR: names. */
+  records: string[]
+  mx: MxRecord[]
+}
+
+export interface ResolverOptions {
+  /** `ip`, `ip:port` or `[ipv6]:port`; default: the nameservers of /etc/resolv.conf. */
+  servers?: string[]
+  /** Per try, milliseconds. */
+  timeoutMs?: number
+  /** Tries per server list pass. */
+  tries?: number
+  cacheMaxEntries?: number
+  /** Milliseconds, for the cache. */
+  now?: () => number
+  resolvConf?: string
+}
+
+export interface Resolver {
+  query(name: string, type: RrType): Promise<DnsAnswer>
+  stats(): { queries: number; cacheHits: number; cacheEntries: number }
+  close(): void
+}
+
+interface Server {
+  host: string
+  port: number
+  family: 4 | 6
+}
+
+/** Negative answers are cached this long (seconds) unless the zone's SOA says less. */
+const NEGATIVE_TTL = 60
+const MAX_TTL = 86400
+
+export function parseServer(text: string): Server | null {
+  const t = text.trim()
+  let m = /^\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?$/.exec(t)
+  if (m) return { host: m[1], port: m[2] ? Number(m[2]) : 53, family: 6 }
+  m = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(t)
+  if (m) return { host: m[1], port: m[2] ? Number(m[2]) : 53, family: 4 }
+  if (/^[0-9a-fA-F:]+$/.test(t) && t.includes(':')) return { host: t, port: 53, family: 6 }
+  return null
+}
+
+export function readResolvConf(text: string): string[] {
+  const out: string[] = []
+  for (const line of text.split('\n')) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line)
+    if (m) out.push(m[1].replace(/%.*$/, ''))
+  }
+  return out
+}
+
+/** True when every label fits the wire format (1-63 bytes) and the name 253 bytes. */
+export function isWireName(name: string): boolean {
+  const n = name.replace(/\.$/, '')
+  if (n === '' || Buffer.byteLength(n) > 253) return false
+  return n.split('.').every((l) => l.length > 0 && Buffer.byteLength(l) <= 63)
+}
+
+export function createResolver(opts: ResolverOptions = {}): Resolver {
+  return new StubResolver(opts)
+}
+
+class StubResolver implements Resolver {
+  private servers: Server[] | null = null
+  private readonly cache = new Map<string, { expires: number; answer: DnsAnswer }>()
+  private sockets: Partial<Record<4 | 6, import('node:dgram').Socket>> = {}
+  private readonly pending = new Map<number, (msg: DnsPacket.Packet) => void>()
+  private queries = 0
+  private cacheHits = 0
+  private closed = false
+  private packet: typeof DnsPacket | null = null
+
+  constructor(private readonly opts: ResolverOptions) {}
+
+  private now(): number {
+    return this.opts.now ? this.opts.now() : Date.now()
+  }
+
+  private dns(): typeof DnsPacket {
+    this.packet ??= require('dns-packet') as typeof DnsPacket
+    return this.packet
+  }
+
+  private serverList(): Server[] {
+    if (this.servers) return this.servers
+    let names = this.opts.servers
+    if (!names || names.length === 0) {
+      try {
+        const fs = require('node:fs') as typeof import('node:fs')
+        names = readResolvConf(fs.readFileSync(this.opts.resolvConf ?? '/etc/resolv.conf', 'utf8'))
+      } catch {
+        names = []
+      }
+    }
+    const parsed = names.map(parseServer).filter((s): s is Server => s !== null)
+    this.servers = parsed.length > 0 ? parsed : [{ host: '127.0.0.1', port: 53, family: 4 }]
+    return this.servers
+  }
+
+  stats(): { queries: number; cacheHits: number; cacheEntries: number } {
+    return { queries: this.queries, cacheHits: this.cacheHits, cacheEntries: this.cache.size }
+  }
+
+  async query(name: string, type: RrType): Promise<DnsAnswer> {
+    const qname = name.replace(/\.$/, '').toLowerCase()
+    const key = `${type} ${qname}`
+    const hit = this.cache.get(key)
+    if (hit && hit.expires > this.now()) {
+      this.cacheHits++
+      return hit.answer
+    }
+    if (hit) this.cache.delete(key)
+    if (!isWireName(qname)) return { rcode: 'ERROR', records: [], mx: [] }
+    const { answer, ttl } = await this.lookup(qname, type)
+    if (ttl > 0 && !this.closed) {
+      this.cache.set(key, { expires: this.now() + ttl * 1000, answer })
+      const max = this.opts.cacheMaxEntries ?? 1000
+      while (this.cache.size > max) this.cache.delete(this.cache.keys().next().value as string)
+    }
+    return answer
+  }
+
+  private async lookup(qname: string, type: RrType): Promise<{ answer: DnsAnswer; ttl: number }> {
+    const servers = this.serverList()
+    const tries = Math.max(1, this.opts.tries ?? 2)
+    let last: Rcode = 'TIMEOUT'
+    for (let attempt = 0; attempt < tries * servers.length; attempt++) {
+      const server = servers[attempt % servers.length]
+      this.queries++
+      let reply = await this.udpQuery(server, qname, type)
+      if (reply && (reply as { flag_tc?: boolean }).flag_tc) reply = await this.tcpQuery(server, qname, type)
+      if (!reply) {
+        last = 'TIMEOUT'
+        continue
+      }
+      const rcode = String((reply as { rcode?: string }).rcode ?? 'NOERROR')
+      if (rcode === 'SERVFAIL' || rcode === 'REFUSED') {
+        last = rcode
+        continue
+      }
+      if (rcode === 'NXDOMAIN') return { answer: { rcode, records: [], mx: [] }, ttl: negativeTtl(reply) }
+      if (rcode !== 'NOERROR') {
+        last = 'ERROR'
+        continue
+      }
+      return toAnswer(reply, type)
+    }
+    return { answer: { rcode: last, records: [], mx: [] }, ttl: 0 }
+  }
+
+  private socket(family: 4 | 6): import('node:dgram').Socket {
+    let s = this.sockets[family]
+    if (s) return s
+    const dgram = require('node:dgram') as typeof import('node:dgram')
+    s = dgram.createSocket(family === 4 ? 'udp4' : 'udp6')
+    s.on('message', (msg) => {
+      let decoded: DnsPacket.Packet
+      try {
+        decoded = this.dns().decode(msg)
+      } catch {
+        return
+      }
+      const waiter = this.pending.get(decoded.id ?? -1)
+      if (waiter) waiter(decoded)
+    })
+    s.on('error', () => undefined)
+    s.unref()
+    this.sockets[family] = s
+    return s
+  }
+
+  private newId(): number {
+    const crypto = require('node:crypto') as typeof import('node:crypto')
+    for (;;) {
+      const id = crypto.randomInt(0, 65536)
+      if (!this.pending.has(id)) return id
+    }
+  }
+
+  private udpQuery(server: Server, qname: string, type: RrType): Promise<DnsPacket.Packet | null> {
+    if (this.closed) return Promise.resolve(null)
+    const id = this.newId()
+    const msg = this.dns().encode({ type: 'query', id, flags: this.dns().RECURSION_DESIRED, questions: [{ type, name: qname, class: 'IN' }] })
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => done(null), this.opts.timeoutMs ?? 2000)
+      const done = (reply: DnsPacket.Packet | null): void => {
+        clearTimeout(timer)
+        this.pending.delete(id)
+        resolve(reply)
+      }
+      this.pending.set(id, (reply) => {
+        // An answer must be to our question: same name (any case) and type.
+        const q = reply.questions?.[0]
+        if (reply.type !== 'response' || !q || q.type !== type || q.name.toLowerCase() !== qname) return
+        done(reply)
+      })
+      this.socket(server.family).send(msg, server.port, server.host, (err) => {
+        if (err) done(null)
+      })
+    })
+  }
+
+  private tcpQuery(server: Server, qname: string, type: RrType): Promise<DnsPacket.Packet | null> {
+    const net = require('node:net') as typeof import('node:net')
+    const id = this.newId()
+    const msg = this.dns().streamEncode({ type: 'query', id, flags: this.dns().RECURSION_DESIRED, questions: [{ type, name: qname, class: 'IN' }] })
+    return new Promise((resolve) => {
+      let buf = Buffer.alloc(0)
+      const sock = net.connect({ host: server.host, port: server.port })
+      const timer = setTimeout(() => finish(null), this.opts.timeoutMs ?? 2000)
+      const finish = (reply: DnsPacket.Packet | null): void => {
+        clearTimeout(timer)
+        sock.destroy()
+        resolve(reply)
+      }
+      sock.on('connect', () => sock.write(msg))
+      sock.on('data', (d) => {
+        buf = Buffer.concat([buf, d])
+        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+          try {
+            const reply = this.dns().streamDecode(buf)
+            finish(reply.id === id ? reply : null)
+          } catch {
+            finish(null)
+          }
+        }
+      })
+      sock.on('error', () => finish(null))
+      sock.on('close', () => finish(null))
+    })
+  }
+
+  close(): void {
+    this.closed = true
+    for (const s of Object.values(this.sockets)) s?.close()
+    this.sockets = {}
+    for (const waiter of this.pending.values()) waiter({ type: 'response', id: -1 } as DnsPacket.Packet)
+  }
+}
+
+function negativeTtl(reply: DnsPacket.Packet): number {
+  const soa = reply.authorities?.find((a) => a.type === 'SOA') as { ttl?: number; data?: { minimum?: number } } | undefined
+  const fromSoa = soa ? Math.min(soa.ttl ?? NEGATIVE_TTL, soa.data?.minimum ?? NEGATIVE_TTL) : NEGATIVE_TTL
+  return Math.max(1, Math.min(fromSoa, NEGATIVE_TTL))
+}
+
+function toAnswer(reply: DnsPacket.Packet, type: RrType): { answer: DnsAnswer; ttl: number } {
+  const records: string[] = []
+  const mx: MxRecord[] = []
+  let ttl = MAX_TTL
+  for (const a of reply.answers ?? []) {
+    if (a.type !== type) continue
+    ttl = Math.min(ttl, a.ttl ?? 0)
+    if (a.type === 'TXT') {
+      const data = a.data as Buffer | Buffer[] | string
+      const parts = Array.isArray(data) ? data : [data]
+      records.push(parts.map((p) => (Buffer.isBuffer(p) ? p.toString('latin1') : String(p))).join(''))
+    } else if (a.type === 'MX') {
+      const d = a.data as { preference: number; exchange: string }
+      mx.push({ preference: d.preference, exchange: d.exchange })
+    } else {
+      records.push(String(a.data))
+    }
+  }
+  if (records.length === 0 && mx.length === 0) ttl = negativeTtl(reply)
+  return { answer: { rcode: 'NOERROR', records, mx }, ttl }
+}

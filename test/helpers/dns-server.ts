@@ -1,0 +1,138 @@
+// An authoritative DNS server on 127.0.0.1 for tests: serves a zone given
+// as the RFC 7208 suite's `zonedata` (UDP, and TCP on the same port for
+// answers too long for 512 bytes). Names listed with TIMEOUT never answer.
+import dgram from 'node:dgram'
+import net from 'node:net'
+import * as dnsPacket from 'dns-packet'
+
+export type ZoneRecord = string | Record<string, unknown>
+export type Zone = Record<string, ZoneRecord[]>
+
+export interface DnsServer {
+  port: number
+  address: string
+  queries: number
+  setZone(zone: Zone): void
+  close(): Promise<void>
+}
+
+const TYPES = ['TXT', 'SPF', 'A', 'AAAA', 'MX', 'PTR', 'CNAME'] as const
+
+function txtStrings(value: unknown): Buffer[] {
+  const parts = Array.isArray(value) ? value : [value]
+  // The suite writes raw bytes as \xNN escapes inside YAML double quotes: those arrive as latin1 code points.
+  return parts.map((p) => Buffer.from(String(p), 'latin1'))
+}
+
+function answersFor(zone: Zone, qname: string, qtype: string, depth = 0): { timeout: boolean; nxdomain: boolean; answers: dnsPacket.Answer[] } {
+  const key = Object.keys(zone).find((k) => k.toLowerCase() === qname.toLowerCase().replace(/\.$/, ''))
+  if (key === undefined) return { timeout: false, nxdomain: true, answers: [] }
+  const records = zone[key]
+  const answers: dnsPacket.Answer[] = []
+  const hasTxt = records.some((r) => typeof r === 'object' && 'TXT' in r)
+  for (const r of records) {
+    if (typeof r !== 'object') continue
+    const [type, value] = Object.entries(r)[0]
+    if (!TYPES.includes(type as (typeof TYPES)[number])) continue
+    const name = qname
+    // Drivers copy SPF records to TXT when the name has no TXT entry.
+    const effective = type === 'SPF' && qtype === 'TXT' && !hasTxt ? 'TXT' : type
+    if (type === 'CNAME' && qtype !== 'CNAME') {
+      const target = String(value)
+      answers.push({ type: 'CNAME', name, ttl: 300, class: 'IN', data: target })
+      // A CNAME loop is answered with the chain so far, as a real server would stop.
+      if (depth < 8) answers.push(...answersFor(zone, target, qtype, depth + 1).answers)
+      continue
+    }
+    if (effective !== qtype || value === 'NONE') continue
+    if (effective === 'TXT' || effective === 'SPF') answers.push({ type: effective as 'TXT', name, ttl: 300, class: 'IN', data: txtStrings(value) })
+    else if (effective === 'A' || effective === 'AAAA') answers.push({ type: effective, name, ttl: 300, class: 'IN', data: String(value) })
+    else if (effective === 'MX') {
+      const [preference, exchange] = value as [number, string]
+      answers.push({ type: 'MX', name, ttl: 300, class: 'IN', data: { preference, exchange } })
+    } else if (effective === 'PTR') answers.push({ type: 'PTR', name, ttl: 300, class: 'IN', data: String(value) })
+  }
+  // TIMEOUT: queries this name has no data for are never answered.
+  if (answers.length === 0 && records.some((r) => r === 'TIMEOUT')) return { timeout: true, nxdomain: false, answers }
+  return { timeout: false, nxdomain: false, answers }
+}
+
+export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
+  let zone = initial
+  const udp = dgram.createSocket('udp4')
+  const sockets = new Set<net.Socket>()
+  const tcp = net.createServer((sock) => {
+    sockets.add(sock)
+    sock.on('close', () => sockets.delete(sock))
+    sock.on('error', () => undefined)
+    let buf = Buffer.alloc(0)
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d])
+      while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        const len = buf.readUInt16BE(0)
+        const reply = answer(buf.subarray(2, 2 + len), false)
+        buf = buf.subarray(2 + len)
+        if (reply) {
+          const head = Buffer.alloc(2)
+          head.writeUInt16BE(reply.length)
+          sock.write(Buffer.concat([head, reply]))
+        }
+      }
+    })
+  })
+  const server: DnsServer = {
+    port: 0,
+    address: '127.0.0.1',
+    queries: 0,
+    setZone: (z) => {
+      zone = z
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy()
+        udp.close(() => tcp.close(() => resolve()))
+      }),
+  }
+  function answer(msg: Buffer, udpLimit: boolean): Buffer | null {
+    let q: dnsPacket.Packet
+    try {
+      q = dnsPacket.decode(msg)
+    } catch {
+      return null
+    }
+    server.queries++
+    const question = q.questions?.[0]
+    if (!question) return null
+    const { timeout, nxdomain, answers } = answersFor(zone, question.name, question.type)
+    if (timeout) return null
+    let reply = dnsPacket.encode({
+      type: 'response', id: q.id, flags: dnsPacket.AUTHORITATIVE_ANSWER | (nxdomain ? 3 : 0), questions: [question], answers,
+    })
+    if (udpLimit && reply.length > 512) {
+      reply = dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.AUTHORITATIVE_ANSWER | dnsPacket.TRUNCATED_RESPONSE, questions: [question], answers: [] })
+    }
+    return reply
+  }
+  udp.on('message', (msg, rinfo) => {
+    let reply: Buffer | null
+    try {
+      reply = answer(msg, true)
+    } catch {
+      // Zone data a real server could not serve: answer SERVFAIL.
+      const q = dnsPacket.decode(msg)
+      reply = dnsPacket.encode({ type: 'response', id: q.id, flags: 2, questions: q.questions })
+    }
+    if (reply) udp.send(reply, rinfo.port, rinfo.address)
+  })
+  return new Promise((resolve, reject) => {
+    udp.once('error', reject)
+    udp.bind(0, '127.0.0.1', () => {
+      const port = udp.address().port
+      tcp.once('error', reject)
+      tcp.listen(port, '127.0.0.1', () => {
+        server.port = port
+        resolve(server)
+      })
+    })
+  })
+}
