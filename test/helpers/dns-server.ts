@@ -57,6 +57,16 @@ function answersFor(zone: Zone, qname: string, qtype: string, depth = 0): { time
   return { timeout: false, nxdomain: false, answers }
 }
 
+/** Zone data a real server could not serve (a string over 255 bytes...) is answered SERVFAIL. */
+function servfail(msg: Buffer): Buffer | null {
+  try {
+    const q = dnsPacket.decode(msg)
+    return dnsPacket.encode({ type: 'response', id: q.id, flags: 2, questions: q.questions })
+  } catch {
+    return null
+  }
+}
+
 export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
   let zone = initial
   const udp = dgram.createSocket('udp4')
@@ -70,7 +80,12 @@ export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
       buf = Buffer.concat([buf, d])
       while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
         const len = buf.readUInt16BE(0)
-        const reply = answer(buf.subarray(2, 2 + len), false)
+        let reply: Buffer | null
+        try {
+          reply = answer(buf.subarray(2, 2 + len), false)
+        } catch {
+          reply = servfail(buf.subarray(2, 2 + len))
+        }
         buf = buf.subarray(2 + len)
         if (reply) {
           const head = Buffer.alloc(2)
@@ -118,9 +133,7 @@ export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
     try {
       reply = answer(msg, true)
     } catch {
-      // Zone data a real server could not serve: answer SERVFAIL.
-      const q = dnsPacket.decode(msg)
-      reply = dnsPacket.encode({ type: 'response', id: q.id, flags: 2, questions: q.questions })
+      reply = servfail(msg)
     }
     if (reply) udp.send(reply, rinfo.port, rinfo.address)
   })

@@ -1,0 +1,71 @@
+import t from 'tap'
+import { createResolver, isWireName, parseServer, readResolvConf } from '../lib/dns/resolver'
+import { startDnsServer } from './helpers/dns-server'
+
+t.test('server addresses and resolv.conf', async (t) => {
+  t.same(parseServer('192.0.2.1'), { host: '192.0.2.1', port: 53, family: 4 })
+  t.same(parseServer('127.0.0.1:5353'), { host: '127.0.0.1', port: 5353, family: 4 })
+  t.same(parseServer('[2001:db8::1]:5353'), { host: '2001:db8::1', port: 5353, family: 6 })
+  t.same(parseServer('2001:db8::1'), { host: '2001:db8::1', port: 53, family: 6 })
+  t.equal(parseServer('dns.example'), null)
+  t.same(readResolvConf('# comment\nnameserver 192.0.2.53\nsearch example\nnameserver fe80::1%eth0\n'), ['192.0.2.53', 'fe80::1'])
+  t.ok(isWireName('a.example'))
+  t.notOk(isWireName(`${'x'.repeat(64)}.example`))
+  t.notOk(isWireName('a..example'))
+})
+
+t.test('answers, TTL cache with an injected clock, negative answers', async (t) => {
+  const server = await startDnsServer({
+    'txt.example': [{ TXT: ['v=spf1 ', '-all'] }],
+    'a.example': [{ A: '192.0.2.1' }, { A: '192.0.2.2' }],
+    'mx.example': [{ MX: [10, 'mail.example'] }],
+  })
+  t.teardown(() => server.close())
+  let now = 1_000_000
+  const r = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 500, now: () => now })
+  t.teardown(() => r.close())
+  t.same(await r.query('TXT.example.', 'TXT'), { rcode: 'NOERROR', records: ['v=spf1 -all'], mx: [] }, 'strings of one record joined')
+  t.same((await r.query('a.example', 'A')).records.sort(), ['192.0.2.1', '192.0.2.2'])
+  t.same((await r.query('mx.example', 'MX')).mx, [{ preference: 10, exchange: 'mail.example' }])
+  t.equal((await r.query('missing.example', 'A')).rcode, 'NXDOMAIN')
+  t.same(await r.query('a.example', 'TXT'), { rcode: 'NOERROR', records: [], mx: [] }, 'no data')
+  const sent = server.queries
+  await r.query('txt.example', 'TXT')
+  t.equal(server.queries, sent, 'served from the cache within the TTL')
+  now += 301_000
+  await r.query('txt.example', 'TXT')
+  t.equal(server.queries, sent + 1, 'asked again after the TTL (300 s)')
+  t.equal(r.stats().cacheHits, 1)
+})
+
+t.test('a truncated UDP answer is asked again over TCP', async (t) => {
+  const long = Array.from({ length: 12 }, (_, i) => `ip4:192.0.2.${i}/32 ip4:198.51.100.${i}/32`).join(' ')
+  // Character-strings hold at most 255 bytes; the answer is well over 512.
+  const server = await startDnsServer({ 'big.example': [{ TXT: [`v=spf1 ${long.slice(0, 200)}`, long.slice(200, 400)] }, { TXT: `v=other ${'x'.repeat(200)}` }] })
+  t.teardown(() => server.close())
+  const r = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 1000 })
+  t.teardown(() => r.close())
+  const a = await r.query('big.example', 'TXT')
+  t.equal(a.rcode, 'NOERROR')
+  t.equal(a.records.length, 2)
+  t.ok(a.records.some((x) => x.startsWith('v=spf1 ip4:192.0.2.0/32')))
+})
+
+t.test('a name that never answers is TIMEOUT after the tries, and is not cached', async (t) => {
+  const server = await startDnsServer({ 'slow.example': ['TIMEOUT'] })
+  t.teardown(() => server.close())
+  const r = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 100, tries: 2 })
+  t.teardown(() => r.close())
+  const started = Date.now()
+  t.equal((await r.query('slow.example', 'TXT')).rcode, 'TIMEOUT')
+  t.ok(Date.now() - started >= 190, 'two tries of 100 ms')
+  t.equal(server.queries, 2)
+  t.equal(r.stats().cacheEntries, 0)
+})
+
+t.test('names the wire format cannot carry are not sent', async (t) => {
+  const r = createResolver({ servers: ['127.0.0.1:9'], timeoutMs: 50, tries: 1 })
+  t.teardown(() => r.close())
+  t.equal((await r.query(`${'x'.repeat(64)}.example`, 'A')).rcode, 'ERROR')
+  t.equal(r.stats().queries, 0)
+})
