@@ -48,3 +48,31 @@ t.test('a whitelist file edited while the process runs is picked up without a re
   await p.exited()
   t.match(fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8'), /reason=client-whitelist .*whitelist=".*clients:1 198\.51\.100\.0\/24"/)
 })
+
+t.test('kill -9 of a writer mid-stream: the database stays sound and the next process serves', async (t) => {
+  const dir = t.testdir()
+  const args = isolatedArgs(dir, ['--debugLevel', '0'])
+  const victim = startPolicy(args)
+  let sent = 0
+  // Keep it writing, then kill it without warning in the middle of the stream.
+  for (; sent < 300; sent++) victim.send(rcptRequest({ sender: `k${sent}@kill.example`, instance: `k${sent}` }))
+  await victim.replies(50)
+  victim.child.kill('SIGKILL')
+  t.equal((await victim.exited()).signal, 'SIGKILL')
+
+  const next = startPolicy(args)
+  next.send(rcptRequest({ sender: 'k0@kill.example' }))
+  next.send(rcptRequest({ sender: 'after@kill.example' }))
+  const replies = await next.replies(2)
+  t.match(replies[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in (29\d|300) seconds$/, 'a triplet recorded before the kill is known (too early)')
+  t.match(replies[1], /^action=DEFER_IF_PERMIT/)
+  next.child.stdin.end()
+  t.equal((await next.exited()).code, 0)
+  const Database = (await import('better-sqlite3')).default
+  const db = new Database(path.join(dir, 'db', 'policyd-ts.sqlite'))
+  t.equal((db.prepare('PRAGMA integrity_check').get() as { integrity_check: string }).integrity_check, 'ok')
+  const rows = (db.prepare("SELECT count(*) AS n FROM triplet WHERE key LIKE '%kill.example%'").get() as { n: number }).n
+  // A decision is committed just after its reply: all answered ones are kept, but perhaps the very last.
+  t.ok(rows >= 49, `${rows} triplets kept of the ${sent} sent before the kill (the 50 answered, less at most the last)`)
+  db.close()
+})
