@@ -2,7 +2,7 @@
 // --version, --test-mode and argument errors at a terminal do.
 
 import { parseArgv } from './argv'
-import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, ENV_PREFIX, OPTIONS, formatValue, type ConfigKey } from './config'
+import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, ENV_PREFIX, OPTIONS, formatValue } from './config'
 
 export const EX_USAGE = 64
 export const EX_CONFIG = 78
@@ -20,13 +20,6 @@ export async function main(argv: string[]): Promise<void> {
 
 function isTerminal(): boolean {
   return (require('node:tty') as typeof import('node:tty')).isatty(0)
-}
-
-function optionType(key: ConfigKey): 'string' {
-  // Every value is read as text and validated by config.ts, so that the
-  // command line, the environment and the file share one parser.
-  void key
-  return 'string'
 }
 
 export async function runInteractive(argv: string[]): Promise<number> {
@@ -59,9 +52,11 @@ export async function runInteractive(argv: string[]): Promise<number> {
     .fail((msg, err) => {
       failure = msg ?? err?.message ?? 'bad arguments'
     })
+  // Every value is read as text and validated by config.ts, so that the
+  // command line, the environment and the file share one parser.
   for (const key of CONFIG_KEYS) {
     const spec = OPTIONS[key]
-    cli.option(key, { type: optionType(key), describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
+    cli.option(key, { type: 'string', describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
   }
   const args = (await cli.parseAsync()) as Record<string, unknown>
   if (failure !== null) {
