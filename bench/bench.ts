@@ -147,7 +147,7 @@ async function main(): Promise<void> {
   const policyArgs = (d: string): string[] => [
     ...NODE_FLAGS, BIN, '--config', '/dev/null', '--db_path', path.join(d, 'db', 'bench.sqlite'),
     '--syslog_socket', path.join(d, 'no-syslog'), '--log_file', path.join(d, 'bench.log'), '--debugLevel', '1',
-    '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
+    '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '', '--spf_enabled', 'no',
   ]
   const echo: Server = { name: 'bare node echo', argv: () => [ECHO] }
   const greylist: Server = { name: 'policyd-ts greylist', argv: policyArgs }

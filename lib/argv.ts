@@ -22,6 +22,7 @@ export interface ParsedArgv {
 
 export function parseArgv(argv: readonly string[]): ParsedArgv {
   const out: ParsedArgv = { options: {}, flags: new Set(), errors: [] }
+  let positionalConfig = false
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     if (arg === '-h') {
@@ -30,7 +31,12 @@ export function parseArgv(argv: readonly string[]): ParsedArgv {
     }
     if (!arg.startsWith('--')) {
       if (i === 0 && (COMMANDS as readonly string[]).includes(arg)) out.command = arg
-      else out.errors.push(`unexpected argument ${JSON.stringify(arg)}`)
+      // policyd-spf takes its config file as the one argument: the same
+      // master.cf argv works with policyd-ts in its place.
+      else if (arg.includes('/') && !positionalConfig && out.command === undefined) {
+        positionalConfig = true
+        out.configPath ??= arg
+      } else out.errors.push(`unexpected argument ${JSON.stringify(arg)}`)
       continue
     }
     const eq = arg.indexOf('=')
@@ -46,7 +52,10 @@ export function parseArgv(argv: readonly string[]): ParsedArgv {
       out.errors.push(`option --${name} needs a value`)
       continue
     }
-    if (name === 'config') out.configPath = value
+    if (name === 'config') {
+      if (positionalConfig) out.errors.push('a config file given both as an argument and with --config')
+      out.configPath = value
+    }
     else if (isConfigKey(name)) out.options[name] = value
     else out.errors.push(`unknown option --${name}`)
   }

@@ -41,6 +41,7 @@ export async function runInteractive(argv: string[]): Promise<number> {
       type: 'string',
       describe: `Config file (KEY = value lines); default ${DEFAULT_CONFIG_FILE}, or $${ENV_PREFIX}CONFIG`,
     })
+    .command('$0 [file]', false, (y) => y.positional('file', { type: 'string', describe: 'config file, as policyd-spf takes it (same as --config)' }))
     .option('test-mode', { type: 'boolean', describe: 'Print the effective configuration with the source of each value and exit (0, or 78 on a bad configuration)' })
     .strict()
     .version(version())
@@ -67,7 +68,7 @@ export async function runInteractive(argv: string[]): Promise<number> {
 
   const options: Record<string, string> = {}
   for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
-  const configPath = typeof args.config === 'string' ? args.config : undefined
+  const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
   if (args['test-mode']) return testMode(options, configPath)
 
   const { runSpawn } = require('./spawn') as typeof import('./spawn')
@@ -91,6 +92,7 @@ export async function testMode(options: Record<string, string>, configPath: stri
   }
   const { describeFiles } = require('./greylist/lists') as typeof import('./greylist/lists')
   out.push(...describeFiles(loaded.config).map((l) => `# ${l}`))
+  out.push(...loaded.notices.map((n) => `# ${n}`))
   process.stdout.write(`${out.join('\n')}\n`)
   if (loaded.errors.length > 0) {
     process.stderr.write(loaded.errors.map((e) => `policyd-ts: error: ${e}\n`).join(''))

@@ -4,6 +4,9 @@
 // and defaults). Defaults are written as an admin would write them in the
 // file and parsed by the same code as every other source.
 
+import { parseServerAddress } from './dns/server-address'
+import { parseCidr, parseIp } from './normalize'
+
 export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
 
 export interface OptionSpec {
@@ -45,14 +48,42 @@ export interface Config {
   greylist_max_entries: number
   greylist_whitelist_clients: string[]
   greylist_whitelist_recipients: string[]
+  greylist_spf_key: boolean
+  spf_enabled: boolean
+  dns_servers: string[]
+  TestOnly: number
+  HELO_reject: string
+  Mail_From_reject: string
+  PermError_reject: boolean
+  TempError_Defer: boolean
+  No_Mail: boolean
+  Reject_Not_Pass_Domains: string[]
+  HELO_pass_restriction: string
+  Mail_From_pass_restriction: string
+  skip_addresses: string[]
+  Whitelist: string[]
+  Domain_Whitelist: string[]
+  HELO_Whitelist: string[]
+  Domain_Whitelist_PTR: string[]
+  Per_User: string
+  Prospective: string
+  Header_Type: string
+  Hide_Receiver: boolean
+  Authserv_Id: string
+  SPF_Enhanced_Status_Codes: boolean
+  Reason_Message: string
+  Lookup_Time: number
+  Whitelist_Lookup_Time: number
+  Void_Limit: number
+  Mock: boolean
 }
 
 export type ConfigKey = keyof Config
 
 export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   debugLevel: {
-    type: 'int', default: '1', min: 0, max: 4,
-    doc: 'Log detail: 0 errors only, 1 one line per decision, 2 each check, 3 configuration and start/stop, 4 every input line.',
+    type: 'int', default: '1', min: -1, max: 5,
+    doc: 'Log detail: 0 errors only, 1 one line per decision, 2 each check, 3 configuration and start/stop, 4 every input line (-1 nothing, 5 as 4: policyd-spf\'s range).',
   },
   fail_action: {
     type: 'action', default: 'DUNNO',
@@ -167,6 +198,134 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
     type: 'list', default: '/etc/policyd-ts/whitelist_recipients, /etc/policyd-ts/whitelist_recipients.local',
     doc: 'Recipient whitelist files in postgrey\'s format; changed files are reread without restart.',
   },
+  greylist_spf_key: {
+    type: 'bool', default: 'yes',
+    doc: 'When the MAIL FROM domain passes SPF (by a record narrower than the whole Internet), key the triplet by that domain instead of the client network, so a sender pool retrying from another address is not greylisted again.',
+  },
+  spf_enabled: {
+    type: 'bool', default: 'yes',
+    doc: 'Check SPF (RFC 7208) of the HELO name and the MAIL FROM domain, with the options below (spelled as in policyd-spf.conf).',
+  },
+  dns_servers: {
+    type: 'list', default: '',
+    doc: 'DNS servers for SPF, each ip, ip:port or [ipv6]:port, tried in order; empty means the nameservers of /etc/resolv.conf.',
+  },
+  TestOnly: {
+    type: 'int', default: '1', min: 0, max: 1,
+    doc: 'As in policyd-spf: 1 acts on SPF results; 0 is a dry run in which no SPF result rejects or defers (and a result that would have gets no header), only logs.',
+  },
+  HELO_reject: {
+    type: 'enum', default: 'Fail', values: ['Fail', 'SPF_Not_Pass', 'Softfail', 'Null', 'False', 'No_Check'],
+    doc: 'HELO check policy: reject on Fail; SPF_Not_Pass also on Softfail and Neutral; Softfail on Fail and Softfail; Null on Fail of the null sender only; False never (header only); No_Check skips the HELO check.',
+  },
+  Mail_From_reject: {
+    type: 'enum', default: 'Fail', values: ['Fail', 'SPF_Not_Pass', 'Softfail', 'False', 'No_Check'],
+    doc: 'MAIL FROM check policy: reject on Fail; SPF_Not_Pass also on Softfail and Neutral; Softfail on Fail and Softfail; False never (header only); No_Check skips the MAIL FROM check.',
+  },
+  PermError_reject: {
+    type: 'bool', default: 'no',
+    doc: 'Reject (550 5.7.24) when the checked identity\'s SPF record is broken (permerror); otherwise the result only goes into the header.',
+  },
+  TempError_Defer: {
+    type: 'bool', default: 'no',
+    doc: 'Defer (DEFER_IF_PERMIT 4.7.24) when DNS fails during the check (temperror); otherwise the result only goes into the header.',
+  },
+  No_Mail: {
+    type: 'bool', default: 'no',
+    doc: 'Reject only for domains whose record is exactly "v=spf1 -all" (domains that send no mail); other results that would reject get a header.',
+  },
+  Reject_Not_Pass_Domains: {
+    type: 'list', default: '',
+    doc: 'Domains (and their subdomains) for which any result but Pass, None, TempError and PermError rejects, as with SPF_Not_Pass, with the text "Receiver policy for SPF <result>".',
+  },
+  HELO_pass_restriction: {
+    type: 'string', default: '',
+    doc: 'When the HELO check passes (and MAIL FROM does not reject), answer this access(5) restriction or restriction class instead of a header.',
+  },
+  Mail_From_pass_restriction: {
+    type: 'string', default: '',
+    doc: 'When the MAIL FROM check passes, answer this access(5) restriction or restriction class instead of a header.',
+  },
+  skip_addresses: {
+    type: 'list', default: '127.0.0.0/8,::ffff:127.0.0.0/104,::1',
+    doc: 'Client networks (CIDR) not checked for SPF: local connections; the header says "SPF check N/A for local connections".',
+  },
+  Whitelist: {
+    type: 'list', default: '',
+    doc: 'Client networks (CIDR) not checked for SPF, such as a secondary MX or a known forwarder.',
+  },
+  Domain_Whitelist: {
+    type: 'list', default: '',
+    doc: 'Domains whose SPF-authorised hosts are not checked: a client that passes SPF for one of them skips the checks.',
+  },
+  HELO_Whitelist: {
+    type: 'list', default: '',
+    doc: 'HELO names not checked, when the name\'s A/AAAA records contain the client address.',
+  },
+  Domain_Whitelist_PTR: {
+    type: 'list', default: '',
+    doc: 'Domains whose hosts are not checked: the client\'s forward-confirmed host name equals one or ends in "." plus one (unlike policyd-spf, which matched any suffix of an unconfirmed PTR name).',
+  },
+  Per_User: {
+    type: 'string', default: '',
+    doc: 'text,/path/to/file: per-recipient overrides of the SPF policy keys, one "recipient,Key=value|Key=value" line each (policyd-spf.peruser(5)); the file is reread when it changes.',
+  },
+  Prospective: {
+    type: 'string', default: '',
+    doc: 'Check as if the mail came from this IP address (outgoing mail): results that would reject still reject, no header is added.',
+  },
+  Header_Type: {
+    type: 'enum', default: 'SPF', values: ['SPF', 'AR', 'None'],
+    doc: 'Header added for results that let mail through: SPF a Received-SPF field (RFC 7208 9.1), AR an Authentication-Results field (RFC 8601), None no header.',
+  },
+  Hide_Receiver: {
+    type: 'bool', default: 'no',
+    doc: 'Write <UNKNOWN> instead of the recipient domain in headers, reply texts and logs (BCC recipients stay hidden).',
+  },
+  Authserv_Id: {
+    type: 'string', default: 'HOSTNAME',
+    doc: 'The authserv-id of Authentication-Results fields; HOSTNAME means the system host name (or hostname, when set).',
+  },
+  SPF_Enhanced_Status_Codes: {
+    type: 'bool', default: 'yes',
+    doc: 'Use the RFC 7372 codes 5.7.23 (fail), 5.7.24 (permerror) and 4.7.24 (temperror) in replies; no gives a bare 550 and DEFER_IF_PERMIT.',
+  },
+  Reason_Message: {
+    type: 'string', default: 'Message {rejectdefer} due to: {spf}. Please see {url}',
+    doc: 'Text of SPF rejections and deferrals: {rejectdefer} is "rejected" or "deferred", {spf} the explanation, {url} a page that explains the result.',
+  },
+  Lookup_Time: {
+    type: 'duration', default: '20s', min: 1, max: 300,
+    doc: 'Time limit of each SPF check (HELO and MAIL FROM each) for all its DNS lookups together; past it the result is temperror.',
+  },
+  Whitelist_Lookup_Time: {
+    type: 'duration', default: '10s', min: 1, max: 300,
+    doc: 'Time limit of the DNS lookups of each of Domain_Whitelist, HELO_Whitelist and Domain_Whitelist_PTR.',
+  },
+  Void_Limit: {
+    type: 'int', default: '2', min: 0, max: 100,
+    doc: 'DNS lookups with an empty answer allowed in one SPF check before it is a permerror (RFC 7208 4.6.4).',
+  },
+  Mock: {
+    type: 'bool', default: 'no',
+    doc: 'Answer every request "DUNNO mock header field that should be ignored" without any check, as policyd-spf\'s Mock does (for a second service whose first header milters cannot see).',
+  },
+}
+
+/**
+ * Keys of policyd-spf.conf that policyd-ts reads without acting on them, so
+ * that such a file works unchanged; each is logged once at start-up.
+ */
+export const IGNORED_KEYS: Readonly<Record<string, string>> = {
+  defaultSeedOnly: 'deprecated in policyd-spf, which ignores it too; TestOnly decides',
+  QueueID: 'the decision line always carries queue_id',
+  Socket: 'pyspf-milter only',
+  PidFile: 'pyspf-milter only',
+  UserID: 'pyspf-milter only',
+  UMask: 'pyspf-milter only',
+  InternalHosts: 'pyspf-milter only',
+  IntHosts: 'pyspf-milter only',
+  MacroList: 'pyspf-milter only',
 }
 
 export const CONFIG_KEYS = Object.keys(OPTIONS) as ConfigKey[]
@@ -179,6 +338,8 @@ export interface LoadedConfig {
   config: Config
   sources: Record<ConfigKey, Source>
   errors: string[]
+  /** Keys read but not acted on (IGNORED_KEYS), one line each, for the log. */
+  notices: string[]
   configFile: string
   configFileFound: boolean
 }
@@ -279,6 +440,7 @@ export interface ConfigInputs {
 /** Merge defaults, config file, environment and command line (highest last) into one validated Config. */
 export function loadConfig(inputs: ConfigInputs): LoadedConfig {
   const errors: string[] = []
+  const notices: string[] = []
   const raw: Partial<Record<ConfigKey, string>> = {}
   const sources = {} as Record<ConfigKey, Source>
   for (const key of CONFIG_KEYS) {
@@ -301,6 +463,10 @@ export function loadConfig(inputs: ConfigInputs): LoadedConfig {
   if (text !== undefined && text.trim() !== '') {
     const { values } = parseConfigFile(text, inputs.parseDotenv())
     for (const { key, value, line } of values) {
+      if (Object.prototype.hasOwnProperty.call(IGNORED_KEYS, key)) {
+        notices.push(`${configFile}:${line}: ${key} = ${value} is read but not used: ${IGNORED_KEYS[key]}`)
+        continue
+      }
       if (!isConfigKey(key)) {
         errors.push(`${configFile}:${line}: unknown key ${key}`)
         continue
@@ -343,14 +509,35 @@ export function loadConfig(inputs: ConfigInputs): LoadedConfig {
   }
   const typed = config as unknown as Config
   errors.push(...crossCheck(typed))
-  return { config: typed, sources, errors, configFile, configFileFound }
+  return { config: typed, sources, errors, notices, configFile, configFileFound }
 }
 
-/** Rules between keys, which no single value can break. */
+const DOMAIN_NAME = /^(?=.{1,253}\.?$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$/i
+const REASON_FIELDS = new Set(['rejectdefer', 'spf', 'url'])
+
+/** Rules between keys and on the items of lists, which the value forms alone cannot state. */
 function crossCheck(c: Config): string[] {
   const errors: string[] = []
   if (c.greylist_retry_window <= c.greylist_delay) {
     errors.push(`greylist_retry_window (${c.greylist_retry_window}s) must be longer than greylist_delay (${c.greylist_delay}s), or no retry could ever pass`)
+  }
+  for (const key of ['skip_addresses', 'Whitelist'] as const) {
+    for (const item of c[key]) if (!parseCidr(item)) errors.push(`${key}: ${JSON.stringify(item)} is not an IP address or network (a.b.c.d/n, x:y::/n)`)
+  }
+  for (const key of ['Domain_Whitelist', 'HELO_Whitelist', 'Domain_Whitelist_PTR', 'Reject_Not_Pass_Domains'] as const) {
+    for (const item of c[key]) if (!DOMAIN_NAME.test(item)) errors.push(`${key}: ${JSON.stringify(item)} is not a domain name`)
+  }
+  for (const item of c.dns_servers) {
+    if (!parseServerAddress(item)) errors.push(`dns_servers: ${JSON.stringify(item)} is not ip, ip:port or [ipv6]:port`)
+  }
+  if (c.Prospective !== '' && !parseIp(c.Prospective)) errors.push(`Prospective: ${JSON.stringify(c.Prospective)} is not an IP address`)
+  if (c.Per_User !== '' && !/^text\s*,\s*\S/.test(c.Per_User)) errors.push(`Per_User: ${JSON.stringify(c.Per_User)} must be text,/path/to/file`)
+  if (c.Header_Type === 'AR' && c.Authserv_Id === '') errors.push('Header_Type AR needs an Authserv_Id')
+  for (const m of c.Reason_Message.matchAll(/\{([^}]*)\}/g)) {
+    if (!REASON_FIELDS.has(m[1])) errors.push(`Reason_Message: unknown field {${m[1]}} (known: {rejectdefer}, {spf}, {url})`)
+  }
+  for (const key of ['HELO_pass_restriction', 'Mail_From_pass_restriction'] as const) {
+    if (/[^\x20-\x7e]/.test(c[key])) errors.push(`${key}: only printable ASCII is allowed in a Postfix action`)
   }
   return errors
 }

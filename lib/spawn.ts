@@ -71,6 +71,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   silenceStdio(log)
   const configErrors = [...args.argvErrors, ...loaded.errors]
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
+  for (const notice of loaded.notices) log.log(1, notice)
 
   const store = new SqliteStore({
     path: config.db_path,

@@ -45,3 +45,10 @@ t.test('yargs reads the same options', async (t) => {
     t.equal(args.config, configPath)
   }
 })
+
+t.test("a config file as the one argument, as policyd-spf's master.cf line gives it", async (t) => {
+  t.equal(parseArgv(['/etc/postfix-policyd-spf-python/policyd-spf.conf']).configPath, '/etc/postfix-policyd-spf-python/policyd-spf.conf')
+  const both = parseArgv(['/etc/a.conf', '--config', '/etc/b.conf'])
+  t.same(both.errors, ['a config file given both as an argument and with --config'])
+  t.same(parseArgv(['/etc/a.conf', '/etc/b.conf']).errors, ['unexpected argument "/etc/b.conf"'])
+})

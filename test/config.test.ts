@@ -62,6 +62,11 @@ t.test('value forms', async (t) => {
     ['greylist_action', 'defer', 'DEFER'], ['db_corrupt_action', 'FAIL', 'fail'],
     ['fail_action', 'DEFER_IF_PERMIT Service unavailable', 'DEFER_IF_PERMIT Service unavailable'], ['fail_action', '450 4.7.1 later', '450 4.7.1 later'],
     ['greylist_ipv4_prefix', '32', 32], ['greylist_ipv6_prefix', '0', 0],
+    ['debugLevel', '-1', -1], ['debugLevel', '5', 5],
+    ['HELO_reject', 'spf_not_pass', 'SPF_Not_Pass'], ['Mail_From_reject', 'NO_CHECK', 'No_Check'],
+    ['PermError_reject', 'True', true], ['Hide_Receiver', 'Yes', true], ['SPF_Enhanced_Status_Codes', 'No', false],
+    ['Lookup_Time', '20', 20], ['Header_Type', 'ar', 'AR'],
+    ['skip_addresses', '127.0.0.0/8,::ffff:127.0.0.0/104,::1', ['127.0.0.0/8', '::ffff:127.0.0.0/104', '::1']],
   ]
   for (const [key, raw, want] of cases) t.same(parseValue(key, raw), { value: want }, `${key}=${raw}`)
 })
@@ -71,7 +76,11 @@ t.test('bad values name the key and the expected form', async (t) => {
     ['greylist_delay', 'soon', /greylist_delay: expected a duration/],
     ['greylist_delay', '0', /at least 1s/],
     ['greylist_ipv4_prefix', '33', /from 0 to 32/],
-    ['debugLevel', '5', /debugLevel: expected an integer from 0 to 4/],
+    ['debugLevel', '6', /debugLevel: expected an integer from -1 to 5/],
+    ['HELO_reject', 'Reject', /one of Fail, SPF_Not_Pass, Softfail, Null, False, No_Check/],
+    ['Mail_From_reject', 'Null', /one of Fail, SPF_Not_Pass, Softfail, False, No_Check/],
+    ['TestOnly', '2', /from 0 to 1/],
+    ['Lookup_Time', '0', /from 1s to 300s/],
     ['debugLevel', '1.5', /integer/],
     ['greylist_enabled', 'maybe', /yes or no/],
     ['greylist_action', 'REJECT', /one of DEFER_IF_PERMIT, DEFER, 450, 451/],
@@ -103,4 +112,71 @@ t.test('an explicit config file that is missing is an error', async (t) => {
 t.test('greylist_retry_window shorter than greylist_delay is refused', async (t) => {
   const l = load({ cli: { greylist_delay: '1h', greylist_retry_window: '30m' } })
   t.match(l.errors.join('\n'), /greylist_retry_window .* must be longer than greylist_delay/)
+})
+
+const fixture = (name: string): string => require('node:fs').readFileSync(require('node:path').join(__dirname, 'fixtures', name), 'utf8')
+
+t.test("Debian's default policyd-spf.conf is read unchanged", async (t) => {
+  const l = load({ file: fixture('policyd-spf.debian.conf'), configPath: '/etc/postfix-policyd-spf-python/policyd-spf.conf' })
+  t.same(l.errors, [])
+  t.same(l.notices, [])
+  t.equal(l.config.debugLevel, 1)
+  t.equal(l.config.TestOnly, 1)
+  t.equal(l.config.HELO_reject, 'Fail')
+  t.equal(l.config.Mail_From_reject, 'Fail')
+  t.equal(l.config.PermError_reject, false)
+  t.equal(l.config.TempError_Defer, false)
+  t.same(l.config.skip_addresses, ['127.0.0.0/8', '::ffff:127.0.0.0/104', '::1'])
+  for (const key of ['debugLevel', 'TestOnly', 'HELO_reject', 'Mail_From_reject', 'PermError_reject', 'TempError_Defer', 'skip_addresses'] as const) {
+    t.equal(l.sources[key], 'file', `${key} from the file`)
+  }
+})
+
+t.test('a policyd-spf.conf with every option is read, the milter-only keys noted', async (t) => {
+  const l = load({ file: fixture('policyd-spf.every-option.conf'), configPath: '/etc/x/policyd-spf.conf' })
+  t.same(l.errors, [])
+  const c = l.config
+  t.same(
+    [c.debugLevel, c.TestOnly, c.HELO_reject, c.Mail_From_reject, c.PermError_reject, c.TempError_Defer],
+    [2, 0, 'SPF_Not_Pass', 'Softfail', true, true],
+  )
+  t.equal(c.HELO_pass_restriction, 'helo_passed_spf')
+  t.equal(c.Mail_From_pass_restriction, 'spf_fin, passed_spf')
+  t.equal(c.No_Mail, true)
+  t.same(c.Reject_Not_Pass_Domains, ['aol.com', 'hotmail.com'])
+  t.equal(c.Prospective, '192.168.0.4')
+  t.same(c.skip_addresses, ['127.0.0.0/8', '::ffff:127.0.0.0/104', '::1', '10.0.0.0/8'])
+  t.same(c.Whitelist, ['192.168.0.0/31', '192.168.1.12'])
+  t.same(c.HELO_Whitelist, ['relay.example.com', 'sender.example.org'])
+  t.same(c.Domain_Whitelist, ['pobox.com', 'trustedforwarder.org'])
+  t.same(c.Domain_Whitelist_PTR, ['yahoo.com'])
+  t.equal(c.Per_User, 'text,/etc/postfix-policyd-spf-python/userconf')
+  t.equal(c.SPF_Enhanced_Status_Codes, false)
+  t.equal(c.Header_Type, 'AR')
+  t.equal(c.Hide_Receiver, true)
+  t.equal(c.Authserv_Id, 'mx.example.com')
+  t.same([c.Lookup_Time, c.Whitelist_Lookup_Time, c.Void_Limit], [30, 5, 3])
+  t.equal(c.Reason_Message, 'Message {rejectdefer} by SPF: {spf} ({url})')
+  t.equal(c.Mock, false)
+  t.equal(l.notices.length, 8, 'each key read but not used is noted')
+  t.match(l.notices.join('\n'), /policyd-spf.conf:30: defaultSeedOnly = 1 is read but not used: deprecated/)
+  t.match(l.notices.join('\n'), /Socket = \/var\/run\/pyspf-milter.sock is read but not used: pyspf-milter only/)
+})
+
+t.test('list items and rules between keys are checked', async (t) => {
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ skip_addresses: '127.0.0.0/8, 10.0.0.0/33' }, /skip_addresses: "10.0.0.0\/33" is not an IP address or network/],
+    [{ Whitelist: 'relay.example' }, /Whitelist: "relay.example" is not an IP address/],
+    [{ Domain_Whitelist: 'ok.example, bad_domain..example' }, /Domain_Whitelist: "bad_domain..example" is not a domain name/],
+    [{ HELO_Whitelist: 'a b@c' }, /HELO_Whitelist: "b@c" is not a domain name/],
+    [{ dns_servers: '127.0.0.1:99999' }, /dns_servers: "127.0.0.1:99999" is not ip/],
+    [{ dns_servers: 'ns.example' }, /dns_servers: "ns.example"/],
+    [{ Prospective: '192.0.2.300' }, /Prospective: "192.0.2.300" is not an IP address/],
+    [{ Per_User: '/etc/userconf' }, /Per_User: .* must be text,\/path/],
+    [{ Header_Type: 'AR', Authserv_Id: '' }, /Header_Type AR needs an Authserv_Id/],
+    [{ Reason_Message: 'Rejected: {reason}' }, /Reason_Message: unknown field \{reason\}/],
+  ]
+  for (const [cli, want] of cases) t.match(load({ cli }).errors.join('\n'), want, JSON.stringify(cli))
+  const ok = load({ cli: { dns_servers: '127.0.0.1:5353, [2001:db8::53]:53, 2001:db8::1, 192.0.2.53', Header_Type: 'AR' } })
+  t.same(ok.errors, [])
 })

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { createResolver, isWireName, parseServer, readResolvConf } from '../lib/dns/resolver'
+import { createResolver, isWireName, readResolvConf } from '../lib/dns/resolver'
+import { parseServerAddress as parseServer } from '../lib/dns/server-address'
 import { startDnsServer } from './helpers/dns-server'
 
 t.test('server addresses and resolv.conf', async (t) => {

@@ -5,6 +5,7 @@
 // name whose labels fit the wire format. Nothing here writes to stdio.
 
 import type * as DnsPacket from 'dns-packet'
+import { parseServerAddress, type ServerAddress } from './server-address'
 
 export type RrType = 'TXT' | 'A' | 'AAAA' | 'MX' | 'PTR'
 export type Rcode = 'NOERROR' | 'NXDOMAIN' | 'SERVFAIL' | 'REFUSED' | 'TIMEOUT' | 'ERROR'
@@ -40,25 +41,11 @@ export interface Resolver {
   close(): void
 }
 
-interface Server {
-  host: string
-  port: number
-  family: 4 | 6
-}
+type Server = ServerAddress
 
 /** Negative answers are cached this long (seconds) unless the zone's SOA says less. */
 const NEGATIVE_TTL = 60
 const MAX_TTL = 86400
-
-export function parseServer(text: string): Server | null {
-  const t = text.trim()
-  let m = /^\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?$/.exec(t)
-  if (m) return { host: m[1], port: m[2] ? Number(m[2]) : 53, family: 6 }
-  m = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(t)
-  if (m) return { host: m[1], port: m[2] ? Number(m[2]) : 53, family: 4 }
-  if (/^[0-9a-fA-F:]+$/.test(t) && t.includes(':')) return { host: t, port: 53, family: 6 }
-  return null
-}
 
 export function readResolvConf(text: string): string[] {
   const out: string[] = []
@@ -112,7 +99,7 @@ class StubResolver implements Resolver {
         names = []
       }
     }
-    const parsed = names.map(parseServer).filter((s): s is Server => s !== null)
+    const parsed = names.map(parseServerAddress).filter((s): s is Server => s !== null)
     this.servers = parsed.length > 0 ? parsed : [{ host: '127.0.0.1', port: 53, family: 4 }]
     return this.servers
   }

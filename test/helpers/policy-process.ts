@@ -14,7 +14,7 @@ export interface PolicyProcess {
   exited(timeoutMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
-/** Options that keep a test away from the machine's files: a temp database, no syslog, a log file. */
+/** Options that keep a test away from the machine's files and network: a temp database, no syslog, a log file, no DNS. */
 export function isolatedArgs(dir: string, extra: string[] = []): string[] {
   return [
     '--config', '/dev/null',
@@ -23,6 +23,8 @@ export function isolatedArgs(dir: string, extra: string[] = []): string[] {
     '--log_file', path.join(dir, 'policyd-ts.log'),
     '--greylist_whitelist_clients', '',
     '--greylist_whitelist_recipients', '',
+    // SPF needs a DNS server: tests that check SPF turn it on with their own (helpers/dns-server.ts).
+    '--spf_enabled', 'no',
     ...extra,
   ]
 }
