@@ -18,6 +18,10 @@ export class BoundedMap<K, V> {
     while (this.map.size > this.limit) this.map.delete(this.map.keys().next().value as K)
   }
 
+  delete(key: K): boolean {
+    return this.map.delete(key)
+  }
+
   get size(): number {
     return this.map.size
   }

@@ -1,17 +1,26 @@
 // Runs the enabled checks on one normalised request and combines their
-// verdicts into one action. This is also the one place where a failing
-// check (store down, locked, corrupt, full) becomes the configured
-// fail_action, logged once per change of state.
+// verdicts into one action: SPF first (its authenticated domain keys the
+// greylist triplet), then greylisting while SPF lets the mail through; the
+// most severe verdict wins. This is also the one place where a failing
+// check (store down, locked, corrupt, full; an internal error) becomes the
+// configured fail_action, logged once per change of state.
+// Headers go out through a queue per message (./header-queue).
 
 import type { Config } from './config'
 import { checkGreylist, type GreylistContext } from './greylist/check'
+import type { HeaderQueue } from './header-queue'
 import type { PolicyRequest } from './request'
+import type { SpfContext } from './spf/check'
 import { StoreError } from './store/types'
 import { combineVerdicts, type SeverityName, type Verdict } from './verdict'
 
 export interface DecideContext {
   config: Config
   greylist: GreylistContext
+  /** Made on first use: SPF loads its modules and resolver only when a request needs them. */
+  spf?: () => SpfContext
+  headers: HeaderQueue
+  log: (level: number, msg: string) => void
   logStateChange: (topic: string, state: string, level: number, msg: string) => void
 }
 
@@ -21,12 +30,17 @@ export interface Decision {
   winner: Verdict | null
 }
 
+/** policyd-spf's Mock reply: DUNNO with a text Postfix ignores. */
+export const MOCK_ACTION = 'DUNNO mock header field that should be ignored'
+
 /** Which verdict severity a configured fail_action stands for. */
 export function failSeverity(failAction: string): SeverityName {
   const word = failAction.trim().split(/\s+/)[0].toUpperCase()
+  if (word === 'DUNNO') return 'dunno'
   if (word === 'REJECT' || /^5\d\d$/.test(word)) return 'reject'
   if (word.startsWith('DEFER') || /^4\d\d$/.test(word)) return 'defer'
-  return 'dunno'
+  // OK, PERMIT, WARN, HOLD and the like: an explicit action, given as it is.
+  return 'restriction'
 }
 
 function failedVerdict(check: string, config: Config, reason: string): Verdict {
@@ -34,17 +48,35 @@ function failedVerdict(check: string, config: Config, reason: string): Verdict {
 }
 
 export async function decide(req: PolicyRequest, ctx: DecideContext, now: number): Promise<Decision> {
+  const { config } = ctx
+  if (config.Mock) return { action: MOCK_ACTION, verdicts: [], winner: null }
   const verdicts: Verdict[] = []
-  if (ctx.config.greylist_enabled) {
+  let authenticatedDomain: string | undefined
+  if (config.spf_enabled && ctx.spf) {
     try {
-      verdicts.push(await checkGreylist(req, ctx.greylist, now))
+      const { checkSpf } = require('./spf/check') as typeof import('./spf/check')
+      const spf = await checkSpf(req, ctx.spf())
+      verdicts.push(spf.verdict)
+      authenticatedDomain = spf.authenticatedDomain
+    } catch (err) {
+      ctx.log(0, `SPF check failed, answering fail_action ${config.fail_action} for it: ${(err as Error).stack ?? err}`)
+      verdicts.push(failedVerdict('spf', config, 'internal-error'))
+    }
+  }
+  // Greylisting mail that SPF refuses would only record triplets that never come back.
+  const refused = verdicts.some((v) => v.severity === 'defer' || v.severity === 'reject')
+  if (config.greylist_enabled && !refused) {
+    try {
+      verdicts.push(await checkGreylist(req, ctx.greylist, now, authenticatedDomain))
       ctx.logStateChange('store', 'ok', 0, 'database available again')
     } catch (err) {
       if (!(err instanceof StoreError)) throw err
-      ctx.logStateChange('store', err.failure, 0, `database ${err.failure}, answering fail_action ${ctx.config.fail_action}: ${err.message}`)
-      verdicts.push(failedVerdict('greylist', ctx.config, `store-${err.failure}`))
+      ctx.logStateChange('store', err.failure, 0, `database ${err.failure}, answering fail_action ${config.fail_action}: ${err.message}`)
+      verdicts.push(failedVerdict('greylist', config, `store-${err.failure}`))
     }
   }
-  const { action, winner } = combineVerdicts(verdicts)
-  return { action, verdicts, winner }
+  const combined = combineVerdicts(verdicts)
+  const header = ctx.headers.take(req, combined.headers, combined.action === null)
+  const action = combined.action ?? (header !== null ? `PREPEND ${header}` : 'DUNNO')
+  return { action, verdicts, winner: combined.winner }
 }

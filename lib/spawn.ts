@@ -6,6 +6,7 @@ import { loadConfig, type Config, type LoadedConfig } from './config'
 import type { DecideContext } from './decide'
 import { createLogger, type Logger } from './log'
 import { BoundedMap } from './bounded-map'
+import { HeaderQueue } from './header-queue'
 import { createPolicy } from './policy'
 import { serve, type EndReason } from './server'
 import { SqliteStore } from './store/sqlite'
@@ -81,10 +82,21 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   })
   let context: DecideContext | undefined
   const logStateChange = log.logStateChange.bind(log)
+  const logLine = (level: number, msg: string): void => log.log(level, msg)
+  let spf: import('./spf/check').SpfContext | undefined
   const getContext = (): DecideContext => {
     context ??= {
       config,
       logStateChange,
+      log: logLine,
+      headers: new HeaderQueue(64, logLine),
+      spf: () => {
+        if (!spf) {
+          const { createSpfContext } = require('./spf/context') as typeof import('./spf/context')
+          spf = createSpfContext(config, { hostname: systemHostname(config), log: logLine })
+        }
+        return spf
+      },
       greylist: {
         config,
         store,
@@ -92,7 +104,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
         headerSent: new BoundedMap(256),
         version,
         hostname: systemHostname(config),
-        log: (level, msg) => log.log(level, msg),
+        log: logLine,
         logStateChange,
       },
     }
@@ -133,6 +145,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve))
     log.log(3, `exiting: ${reason}`)
     store.close()
+    spf?.resolver.close()
     await log.close()
     const exit = (): never => process.exit(0)
     if (process.stdout.writableLength === 0 || reason === 'output-closed') exit()

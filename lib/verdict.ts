@@ -6,6 +6,8 @@
 export const Severity = {
   dunno: 0,
   prepend: 10,
+  /** An access(5) restriction to apply instead (policyd-spf's *_pass_restriction). */
+  restriction: 15,
   greylist: 20,
   defer: 30,
   reject: 40,
@@ -16,7 +18,7 @@ export type SeverityName = keyof typeof Severity
 export interface Verdict {
   check: string
   severity: SeverityName
-  /** The access(5) action for defer/reject; unused for dunno/prepend. */
+  /** The access(5) action for restriction/greylist/defer/reject (and fail_action stand-ins). */
   action?: string
   /** Header lines (`Name: value`) to add when the mail is let through. */
   headers?: string[]
@@ -25,14 +27,19 @@ export interface Verdict {
   fields?: Record<string, string | number>
 }
 
-/** One action from several verdicts: the most severe defer/reject, else the headers to prepend, else DUNNO. */
-export function combineVerdicts(verdicts: Verdict[]): { action: string; winner: Verdict | null } {
+export interface Combined {
+  winner: Verdict | null
+  /** The action of the winner when it stops the mail or names a restriction; null when the mail goes on (DUNNO or a header). */
+  action: string | null
+  /** Headers of every verdict, in check order, for this message. */
+  headers: string[]
+}
+
+/** One outcome from several verdicts: the most severe wins; the first of equals. */
+export function combineVerdicts(verdicts: readonly Verdict[]): Combined {
   let winner: Verdict | null = null
   for (const v of verdicts) if (!winner || Severity[v.severity] > Severity[winner.severity]) winner = v
-  if (!winner) return { action: 'DUNNO', winner }
-  if (Severity[winner.severity] >= Severity.greylist) return { action: winner.action ?? 'DUNNO', winner }
   const headers = verdicts.flatMap((v) => v.headers ?? [])
-  // Postfix takes one PREPEND per reply: the first header goes now.
-  if (headers.length > 0) return { action: `PREPEND ${headers[0]}`, winner }
-  return { action: winner.action ?? 'DUNNO', winner }
+  const action = winner !== null && Severity[winner.severity] >= Severity.restriction ? (winner.action ?? 'DUNNO') : null
+  return { winner, action, headers }
 }

@@ -4,6 +4,7 @@ import path from 'node:path'
 import { loadConfig, type Config } from '../lib/config'
 import { decide, type DecideContext } from '../lib/decide'
 import { BoundedMap } from '../lib/bounded-map'
+import { HeaderQueue } from '../lib/header-queue'
 import { toPolicyRequest } from '../lib/request'
 import { SqliteStore } from '../lib/store/sqlite'
 import { StoreError, type GreylistStore } from '../lib/store/types'
@@ -27,6 +28,8 @@ function context(t: Tap.Test, cfg: Config, store?: GreylistStore) {
   const ctx: DecideContext = {
     config: cfg,
     logStateChange,
+    log: (_l, m) => logs.push(m),
+    headers: new HeaderQueue(16, (_l, m) => logs.push(m)),
     greylist: {
       config: cfg,
       store: s,

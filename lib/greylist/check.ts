@@ -25,8 +25,6 @@ export interface GreylistContext {
   hostname: string
   log: (level: number, msg: string) => void
   logStateChange: (topic: string, state: string, level: number, msg: string) => void
-  /** Set by the SPF check when the MAIL FROM domain passed: greylist by that domain instead of the client network. */
-  authenticatedDomain?: string
 }
 
 export interface GreylistKeys {
@@ -82,7 +80,12 @@ export function rfc5322Date(seconds: number): string {
   return `${day}, ${two(d.getUTCDate())} ${month} ${d.getUTCFullYear()} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} +0000`
 }
 
-export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, now: number): Promise<Verdict> {
+/**
+ * The greylist verdict of one request. `authenticatedDomain`: the MAIL FROM
+ * domain when it passed SPF (greylist_spf_key): the triplet is keyed by it
+ * instead of the client network, so a sender pool is one client.
+ */
+export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, now: number, authenticatedDomain?: string): Promise<Verdict> {
   const { config } = ctx
   const pass = (reason: string, fields?: Record<string, string | number>): Verdict => ({ check: 'greylist', severity: 'dunno', reason, fields })
   if (req.protocolState !== 'RCPT') return pass('not-rcpt-stage')
@@ -94,7 +97,7 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
   const recipientEntry = ctx.whitelists.matchRecipient(req.recipient)
   if (recipientEntry) return pass('recipient-whitelist', { whitelist: recipientEntry })
 
-  const keys = greylistKeys(req, req.clientIp, config, ctx.authenticatedDomain)
+  const keys = greylistKeys(req, req.clientIp, config, authenticatedDomain)
   const params = greylistParams(config)
   const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params))
   const fields: Record<string, string | number> = { key: keys.subject }

@@ -10,6 +10,7 @@
 // (`unknown` otherwise), so a PTR record alone cannot fake a name match.
 
 import { maskIp, parseCidr, type ParsedIp } from '../normalize'
+import { WatchedFile } from '../watched-file'
 
 interface Entry {
   desc: string
@@ -195,11 +196,6 @@ export interface WhitelistFileStatus {
   missing: boolean
 }
 
-interface FileState<L> extends WhitelistFileStatus {
-  signature: string
-  list: L
-}
-
 export interface WhitelistFilesOptions {
   log: (level: number, msg: string) => void
   /** Milliseconds. */
@@ -214,15 +210,17 @@ type ListOf<K extends Kind> = K extends 'client' ? ClientWhitelist : RecipientWh
 
 /** Several whitelist files of one kind, merged, each reread when its mtime, size or inode changes. */
 export class WhitelistFiles<K extends Kind> {
-  private files: Array<FileState<ListOf<K>>> = []
+  private readonly files: Array<WatchedFile<{ list: ListOf<K>; errors: string[] }>>
   private merged: ListOf<K> | null = null
   private checkedAt = -Infinity
 
   constructor(
-    private readonly paths: readonly string[],
+    paths: readonly string[],
     private readonly kind: K,
     private readonly opts: WhitelistFilesOptions,
-  ) {}
+  ) {
+    this.files = paths.map((path) => new WatchedFile(path, (text) => this.parse(text, path)))
+  }
 
   private emptyList(): ListOf<K> {
     return (this.kind === 'client' ? new ClientWhitelist() : new RecipientWhitelist()) as ListOf<K>
@@ -239,42 +237,24 @@ export class WhitelistFiles<K extends Kind> {
   refresh(): ListOf<K> {
     const now = this.opts.now()
     if (this.merged && now - this.checkedAt < (this.opts.checkIntervalMs ?? 1000)) return this.merged
+    const firstRead = this.merged === null
     this.checkedAt = now
-    const fs = require('node:fs') as typeof import('node:fs')
-    let changed = this.merged === null
-    this.paths.forEach((path, i) => {
-      const previous = this.files[i]
-      let signature = 'missing'
-      let reason = ''
-      try {
-        const st = fs.statSync(path)
-        signature = `${st.ino}:${st.size}:${st.mtimeMs}`
-      } catch (err) {
-        reason = (err as Error).message
-      }
-      if (previous && previous.signature === signature) return
+    let changed = firstRead
+    for (const file of this.files) {
+      if (!file.poll()) continue
       changed = true
-      let state: FileState<ListOf<K>>
-      if (signature === 'missing') {
-        state = { path, signature, list: this.emptyList(), entries: 0, errors: [], missing: true }
-        const level = this.opts.optional?.has(path) ? 3 : 0
-        this.opts.log(level, `${this.kind} whitelist ${path} unreadable, treated as empty: ${reason}`)
-      } else {
-        try {
-          const { list, errors } = this.parse(fs.readFileSync(path, 'utf8'), path)
-          state = { path, signature, list, entries: list.size, errors, missing: false }
-          for (const e of errors) this.opts.log(0, `${this.kind} whitelist: ${e} (line ignored)`)
-          if (previous) this.opts.log(2, `${this.kind} whitelist ${path} reread: ${list.size} entries`)
-        } catch (err) {
-          state = { path, signature, list: this.emptyList(), entries: 0, errors: [], missing: true }
-          this.opts.log(0, `${this.kind} whitelist ${path} unreadable, treated as empty: ${(err as Error).message}`)
-        }
+      const { value, reason } = file.current
+      if (value === null) {
+        const level = this.opts.optional?.has(file.path) ? 3 : 0
+        this.opts.log(level, `${this.kind} whitelist ${file.path} unreadable, treated as empty: ${reason}`)
+        continue
       }
-      this.files[i] = state
-    })
+      for (const e of value.errors) this.opts.log(0, `${this.kind} whitelist: ${e} (line ignored)`)
+      if (!firstRead) this.opts.log(2, `${this.kind} whitelist ${file.path} reread: ${value.list.size} entries`)
+    }
     if (changed || !this.merged) {
       const merged = this.emptyList()
-      for (const f of this.files) (merged as { merge(o: ListOf<K>): void }).merge(f.list)
+      for (const f of this.files) if (f.current.value) (merged as { merge(o: ListOf<K>): void }).merge(f.current.value.list)
       this.merged = merged
     }
     return this.merged
@@ -289,6 +269,9 @@ export class WhitelistFiles<K extends Kind> {
 
   status(): WhitelistFileStatus[] {
     this.refresh()
-    return this.files.map(({ path, entries, errors, missing }) => ({ path, entries, errors, missing }))
+    return this.files.map((f) => {
+      const v = f.current.value
+      return { path: f.path, entries: v ? v.list.size : 0, errors: v ? v.errors : [], missing: v === null }
+    })
   }
 }

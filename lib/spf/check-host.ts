@@ -15,6 +15,15 @@ export interface SpfResult {
   reason: string
   mechanism?: string
   domain: string
+  /** The record of the checked domain itself, when it had one (No_Mail compares it). */
+  record?: string
+  /**
+   * For pass: the mechanism that matched authorises (nearly) every address:
+   * `all`, an ip4/a/mx network shorter than /8, an ip6 one shorter than /16,
+   * or an `exists` whose name does not depend on the client address. Such a
+   * pass says nothing about who sent the mail.
+   */
+  broad?: boolean
 }
 
 export interface CheckHostInput {
@@ -62,6 +71,9 @@ interface State {
   voidLimit: number
   validated?: Promise<string>
   upperHex: boolean
+  /** The last mechanism that matched outside include:, for `broad`. */
+  lastMatch?: Mechanism
+  topRecord?: string
 }
 
 /** §4.3: a domain that cannot be checked gives none. */
@@ -96,11 +108,34 @@ export async function checkHost(input: CheckHostInput, ctx: CheckHostContext): P
   }
   if (!isCheckableDomain(domain)) return { result: 'none', reason: `no checkable domain in ${JSON.stringify(input.domain)}`, domain }
   try {
-    return await evaluate(domain, state, 0)
+    const r = await evaluate(domain, state, 0)
+    if (r.result === 'pass') r.broad = state.lastMatch === undefined || isBroad(state.lastMatch, state.ip.family)
+    return withRecord(r, state)
   } catch (err) {
-    if (err instanceof Outcome) return { result: err.result, reason: err.reason, domain }
-    if (err instanceof SpfSyntaxError) return { result: 'permerror', reason: err.message, domain }
+    if (err instanceof Outcome) return withRecord({ result: err.result, reason: err.reason, domain }, state)
+    if (err instanceof SpfSyntaxError) return withRecord({ result: 'permerror', reason: err.message, domain }, state)
     throw err
+  }
+}
+
+function withRecord(r: SpfResult, state: State): SpfResult {
+  if (state.topRecord !== undefined) r.record = state.topRecord
+  return r
+}
+
+function isBroad(mech: Mechanism, family: 4 | 6): boolean {
+  switch (mech.name) {
+    case 'all':
+      return true
+    case 'ip4':
+    case 'ip6':
+    case 'a':
+    case 'mx':
+      return family === 4 ? (mech.cidr4 ?? 32) < 8 : (mech.cidr6 ?? 128) < 16
+    case 'exists':
+      return !/%\{[ip]/i.test(mech.target ?? '')
+    default:
+      return false
   }
 }
 
@@ -145,6 +180,7 @@ async function fetchRecord(domain: string, state: State): Promise<SpfRecord | nu
   const records = a.records.filter(isSpfRecord)
   if (records.length === 0) return null
   if (records.length > 1) throw new Outcome('permerror', `${domain} has more than one SPF record`)
+  state.topRecord ??= records[0]
   return parseRecord(records[0])
 }
 
@@ -171,6 +207,7 @@ async function evaluate(domain: string, state: State, depth: number): Promise<Sp
   if (!record) return { result: 'none', reason: `no SPF record for ${domain}`, domain }
   for (const mech of record.mechanisms) {
     if (await matches(mech, domain, state, depth)) {
+      if (mech.name !== 'include') state.lastMatch = mech
       const result = QUALIFIER_RESULT[mech.qualifier]
       const out: SpfResult = { result, reason: `mechanism ${mech.text} matched`, mechanism: mech.text, domain }
       if (result === 'fail') out.explanation = await explain(record, domain, state)
@@ -261,7 +298,8 @@ async function matches(mech: Mechanism, domain: string, state: State, depth: num
   }
 }
 
-function reverseName(ip: ParsedIp): string {
+/** The in-addr.arpa / ip6.arpa name of an address, for its PTR records. */
+export function reverseName(ip: ParsedIp): string {
   if (ip.family === 4) return `${Array.from(ip.bytes).reverse().join('.')}.in-addr.arpa`
   const nibbles: string[] = []
   for (const b of ip.bytes) nibbles.push((b >> 4).toString(16), (b & 15).toString(16))
