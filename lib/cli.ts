@@ -42,6 +42,13 @@ export async function runInteractive(argv: string[]): Promise<number> {
       describe: `Config file (KEY = value lines); default ${DEFAULT_CONFIG_FILE}, or $${ENV_PREFIX}CONFIG`,
     })
     .command('$0 [file]', false, (y) => y.positional('file', { type: 'string', describe: 'config file, as policyd-spf takes it (same as --config)' }))
+    .command('spfquery', 'Check SPF as the server would and print the result word, why, and the action', (y) =>
+      y
+        .option('ip', { type: 'string', demandOption: true, describe: 'client IP address' })
+        .option('sender', { type: 'string', default: '', describe: 'envelope sender (empty: the null sender)' })
+        .option('helo', { type: 'string', default: '', describe: 'HELO/EHLO name' })
+        .option('recipient', { type: 'string', default: 'postmaster@localhost', describe: 'envelope recipient (for Per_User and receiver=)' }),
+    )
     .option('test-mode', { type: 'boolean', describe: 'Print the effective configuration with the source of each value and exit (0, or 78 on a bad configuration)' })
     .strict()
     .version(version())
@@ -70,9 +77,31 @@ export async function runInteractive(argv: string[]): Promise<number> {
   for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
   const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
   if (args['test-mode']) return testMode(options, configPath)
+  if ((args._ as unknown[])[0] === 'spfquery') {
+    return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
+  }
 
   const { runSpawn } = require('./spawn') as typeof import('./spawn')
   await runSpawn({ options, configPath, argvErrors: [] })
+  return 0
+}
+
+/** spfquery: exit 0 with a result, 64 for a bad address, 78 for a bad configuration. */
+async function runSpfQuery(q: import('./spfquery').SpfQuery, options: Record<string, string>, configPath: string | undefined): Promise<number> {
+  const { readConfig, systemHostname } = require('./spawn') as typeof import('./spawn')
+  const { parseIp } = require('./normalize') as typeof import('./normalize')
+  if (!parseIp(q.ip)) {
+    process.stderr.write(`policyd-ts spfquery: --ip ${JSON.stringify(q.ip)} is not an IP address\n`)
+    return EX_USAGE
+  }
+  const loaded = readConfig(options, configPath)
+  if (loaded.errors.length > 0) {
+    process.stderr.write(loaded.errors.map((e) => `policyd-ts: error: ${e}\n`).join(''))
+    return EX_CONFIG
+  }
+  const { spfQuery } = require('./spfquery') as typeof import('./spfquery')
+  const lines = await spfQuery(q, loaded, systemHostname(loaded.config))
+  process.stdout.write(`${lines.join('\n')}\n`)
   return 0
 }
 

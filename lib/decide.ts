@@ -16,7 +16,8 @@ import { combineVerdicts, type SeverityName, type Verdict } from './verdict'
 
 export interface DecideContext {
   config: Config
-  greylist: GreylistContext
+  /** Absent where nothing greylists (spfquery). */
+  greylist?: GreylistContext
   /** Made on first use: SPF loads its modules and resolver only when a request needs them. */
   spf?: () => SpfContext
   headers: HeaderQueue
@@ -65,7 +66,7 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
   }
   // Greylisting mail that SPF refuses would only record triplets that never come back.
   const refused = verdicts.some((v) => v.severity === 'defer' || v.severity === 'reject')
-  if (config.greylist_enabled && !refused) {
+  if (config.greylist_enabled && ctx.greylist && !refused) {
     try {
       verdicts.push(await checkGreylist(req, ctx.greylist, now, authenticatedDomain))
       ctx.logStateChange('store', 'ok', 0, 'database available again')
