@@ -42,7 +42,7 @@ t.test('both pages render with groff -man -ww -z without a warning', async (t) =
 
 t.test('policyd-ts(8) has the sections an admin looks for and names every key it documents', async (t) => {
   const page = fs.readFileSync(path.join(root, 'man', 'policyd-ts.8'), 'utf8')
-  for (const section of ['NAME', 'SYNOPSIS', 'DESCRIPTION', 'POSTFIX SETUP', 'FAILURE POLICY', 'LOGGING', 'DIAGNOSTICS', 'FILES', 'BUGS', 'SEE ALSO']) {
+  for (const section of ['NAME', 'SYNOPSIS', 'DESCRIPTION', 'POSTFIX SETUP', 'SPF', 'MIGRATING FROM POLICYD\\\\-SPF', 'GREYLISTING', 'HEADERS', 'FAILURE POLICY', 'LOGGING', 'DIAGNOSTICS', 'FILES', 'BUGS', 'SEE ALSO']) {
     t.match(page, new RegExp(`^\\.SH ${section}$`, 'm'), section)
   }
   const named = [...plain(page).matchAll(/\b((?:greylist|db|max|syslog|log|fail)_[a-z_0-9]+)\b/g)].map((m) => m[1])
@@ -58,6 +58,8 @@ t.test('master.cf.example has the spawn entries and the time limits', async (t) 
   t.match(ex, /check_policy_service unix:private\/policy/)
   t.match(ex, /check_policy_service inet:127\.0\.0\.1:9998/)
   t.match(ex, /reject_unauth_destination,\s*\n#\s+check_policy_service/)
+  t.match(ex, /smtpd_data_restrictions =\s*\n#\s+check_policy_service unix:private\/policy/, 'the DATA check that carries a second header')
+  t.match(ex, /bin\/policyd-ts \/etc\/postfix-policyd-spf-python\/policyd-spf\.conf --greylist_enabled no$/m, 'the policyd-spf replacement line')
 })
 
 t.test('package.json installs the pages and the binary', async (t) => {
