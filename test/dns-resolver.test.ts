@@ -39,6 +39,21 @@ t.test('answers, TTL cache with an injected clock, negative answers', async (t) 
   t.equal(r.stats().cacheHits, 1)
 })
 
+t.test('a question on the wire is asked once, however many wait for it', async (t) => {
+  const server = await startDnsServer({ 'txt.example': [{ TXT: 'v=spf1 -all' }], 'slow.example': ['TIMEOUT'] })
+  t.teardown(() => server.close())
+  const r = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 100, tries: 1 })
+  t.teardown(() => r.close())
+  const answers = await Promise.all([r.query('txt.example', 'TXT'), r.query('TXT.example.', 'TXT'), r.query('txt.example', 'TXT')])
+  t.same(answers.map((a) => a.records), [['v=spf1 -all'], ['v=spf1 -all'], ['v=spf1 -all']])
+  t.equal(server.queries, 1)
+  const slow = await Promise.all([r.query('slow.example', 'TXT'), r.query('slow.example', 'TXT')])
+  t.same(slow.map((a) => a.rcode), ['TIMEOUT', 'TIMEOUT'])
+  t.equal(server.queries, 2, 'a timing-out question too')
+  t.equal((await r.query('slow.example', 'TXT')).rcode, 'TIMEOUT')
+  t.equal(server.queries, 3, 'and it is asked again afterwards (not cached, not stuck)')
+})
+
 t.test('a truncated UDP answer is asked again over TCP', async (t) => {
   const long = Array.from({ length: 12 }, (_, i) => `ip4:192.0.2.${i}/32 ip4:198.51.100.${i}/32`).join(' ')
   // Character-strings hold at most 255 bytes; the answer is well over 512.

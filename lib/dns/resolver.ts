@@ -70,6 +70,7 @@ export function createResolver(opts: ResolverOptions = {}): Resolver {
 class StubResolver implements Resolver {
   private servers: Server[] | null = null
   private readonly cache = new Map<string, { expires: number; answer: DnsAnswer }>()
+  private readonly inFlight = new Map<string, Promise<DnsAnswer>>()
   private sockets: Partial<Record<4 | 6, import('node:dgram').Socket>> = {}
   private readonly pending = new Map<number, (msg: DnsPacket.Packet) => void>()
   private queries = 0
@@ -118,13 +119,19 @@ class StubResolver implements Resolver {
     }
     if (hit) this.cache.delete(key)
     if (!isWireName(qname)) return { rcode: 'ERROR', records: [], mx: [] }
-    const { answer, ttl } = await this.lookup(qname, type)
-    if (ttl > 0 && !this.closed) {
-      this.cache.set(key, { expires: this.now() + ttl * 1000, answer })
-      const max = this.opts.cacheMaxEntries ?? 1000
-      while (this.cache.size > max) this.cache.delete(this.cache.keys().next().value as string)
-    }
-    return answer
+    // A question already on the wire is not asked twice (a prefetch, or two identities of one domain).
+    const flying = this.inFlight.get(key)
+    if (flying) return flying
+    const asked = this.lookup(qname, type).then(({ answer, ttl }) => {
+      if (ttl > 0 && !this.closed) {
+        this.cache.set(key, { expires: this.now() + ttl * 1000, answer })
+        const max = this.opts.cacheMaxEntries ?? 1000
+        while (this.cache.size > max) this.cache.delete(this.cache.keys().next().value as string)
+      }
+      return answer
+    }).finally(() => this.inFlight.delete(key))
+    this.inFlight.set(key, asked)
+    return asked
   }
 
   private async lookup(qname: string, type: RrType): Promise<{ answer: DnsAnswer; ttl: number }> {

@@ -173,6 +173,11 @@ async function evaluate(e: Evaluation): Promise<SpfOutcome> {
     return { action, text: `${code} ${text}`, reason: `${scope}-${r.result}${byLocalPolicy ? '-receiver-policy' : ''}`, fields }
   }
 
+  const mailDomain = domainOf(sender) || sender
+  const checksMailFrom = sender !== '' && policy.mailFromReject !== 'No_Check'
+  // Ask for the sender's record while the HELO check waits for its own answers.
+  if (checksMailFrom && policy.heloReject !== 'No_Check' && mailDomain !== heloName) void ctx.resolver.query(mailDomain, 'TXT').catch(() => undefined)
+
   let heloResult: SpfResult | null = null
   if (policy.heloReject !== 'No_Check') {
     heloResult = await lookup(heloName, `postmaster@${heloName}`, heloName, lookupMs)
@@ -188,12 +193,12 @@ async function evaluate(e: Evaluation): Promise<SpfOutcome> {
       ? { action: 'restriction', text: policy.heloPassRestriction, reason: 'helo-pass-restriction', fields }
       : null
 
-  if (sender === '' || policy.mailFromReject === 'No_Check') {
+  if (!checksMailFrom) {
     if (!heloResult) return { action: 'dunno', text: '', reason: 'no-identity-checked', fields }
     return heloPass() ?? { action: 'prepend', text: header('helo', heloResult, heloName), reason: `helo-${heloResult.result}`, fields }
   }
 
-  const domain = domainOf(sender) || sender
+  const domain = mailDomain
   const mailFrom = await lookup(domain, sender, heloName, lookupMs)
   fields.spf_mailfrom = mailFrom.result
   let { action, local } = actionFor('mailfrom', mailFrom, policy, domain)
