@@ -29,6 +29,8 @@ export interface Decision {
   action: string
   verdicts: Verdict[]
   winner: Verdict | null
+  /** The name of the header the reply prepends, which may come from an earlier request of the message. */
+  header?: string
 }
 
 /** policyd-spf's Mock reply: DUNNO with a text Postfix ignores. */
@@ -78,6 +80,8 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
   }
   const combined = combineVerdicts(verdicts)
   const header = ctx.headers.take(req, combined.headers, combined.action === null)
-  const action = combined.action ?? (header !== null ? `PREPEND ${header}` : 'DUNNO')
-  return { action, verdicts, winner: combined.winner }
+  if (combined.action === null && header !== null) {
+    return { action: `PREPEND ${header}`, verdicts, winner: combined.winner, header: header.slice(0, header.indexOf(':')) }
+  }
+  return { action: combined.action ?? 'DUNNO', verdicts, winner: combined.winner }
 }

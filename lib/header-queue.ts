@@ -3,7 +3,8 @@
 // here, per `instance`, and go out one per reply that lets mail through:
 // the first with this recipient, the next with the next recipient or with
 // the DATA check (smtpd_data_restrictions). END-OF-MESSAGE cannot take one.
-// A header still waiting when the next message starts is logged as lost.
+// A header still waiting when the next message starts is logged as lost,
+// if any reply of its message let mail through (else there is no message).
 
 import { BoundedMap } from './bounded-map'
 
@@ -11,7 +12,7 @@ import { BoundedMap } from './bounded-map'
 const NO_PREPEND_STATES = new Set(['END-OF-MESSAGE'])
 
 export class HeaderQueue {
-  private readonly waiting: BoundedMap<string, string[]>
+  private readonly waiting: BoundedMap<string, { headers: string[]; letThrough: boolean }>
   private current = ''
 
   constructor(
@@ -27,30 +28,31 @@ export class HeaderQueue {
     if (req.instance === '') {
       // Without a message identity nothing can wait for a later reply.
       const given = canPrepend && fresh.length > 0 ? fresh[0] : null
-      for (const h of fresh) if (h !== given) this.log(1, `header not added (no instance attribute to carry it to a later reply): ${h}`)
+      if (letThrough) for (const h of fresh) if (h !== given) this.log(1, `header not added (no instance attribute to carry it to a later reply): ${h}`)
       return given
     }
     if (req.instance !== this.current) {
       this.dropLeftovers(this.current)
       this.current = req.instance
     }
-    const queue = this.waiting.get(req.instance) ?? []
-    queue.push(...fresh)
-    const given = canPrepend ? (queue.shift() ?? null) : null
-    if (queue.length > 0) this.waiting.set(req.instance, queue)
-    else this.waiting.delete(req.instance)
+    const entry = this.waiting.get(req.instance) ?? { headers: [], letThrough: false }
+    entry.headers.push(...fresh)
+    entry.letThrough ||= letThrough
+    const given = canPrepend ? (entry.headers.shift() ?? null) : null
+    this.waiting.set(req.instance, entry)
     return given
   }
 
   /** Headers waiting for a message, for tests and logs. */
   pending(instance: string): readonly string[] {
-    return this.waiting.get(instance) ?? []
+    return this.waiting.get(instance)?.headers ?? []
   }
 
   private dropLeftovers(instance: string): void {
     const left = this.waiting.get(instance)
-    if (!left) return
-    for (const h of left) this.log(1, `header not added to message ${instance}: no later request of it could carry it (add check_policy_service to smtpd_data_restrictions): ${h}`)
     this.waiting.delete(instance)
+    // No reply let this message through: there is no message to miss a header.
+    if (!left || !left.letThrough) return
+    for (const h of left.headers) this.log(1, `header not added to message ${instance}: no later request of it could carry it (add check_policy_service to smtpd_data_restrictions): ${h}`)
   }
 }
