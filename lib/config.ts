@@ -208,7 +208,7 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   },
   dns_servers: {
     type: 'list', default: '',
-    doc: 'DNS servers for SPF, each ip, ip:port or [ipv6]:port, tried in order; empty means the nameservers of /etc/resolv.conf.',
+    doc: 'DNS servers for SPF, each ip, ip:port or [ipv6]:port, tried in order; empty means the nameservers of /etc/resolv.conf (127.0.0.1 when it names none).',
   },
   TestOnly: {
     type: 'int', default: '1', min: 0, max: 1,
@@ -280,7 +280,7 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   },
   Hide_Receiver: {
     type: 'bool', default: 'no',
-    doc: 'Write <UNKNOWN> instead of the recipient domain in headers, reply texts and logs (BCC recipients stay hidden).',
+    doc: 'Write <UNKNOWN> instead of the recipient domain in headers and reply texts, so BCC recipients stay hidden from senders (the local decision log still names the recipient).',
   },
   Authserv_Id: {
     type: 'string', default: 'HOSTNAME',
