@@ -71,7 +71,6 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
   if (config.greylist_enabled && ctx.greylist && !refused) {
     try {
       verdicts.push(await checkGreylist(req, ctx.greylist, now, authenticatedDomain))
-      ctx.logStateChange('store', 'ok', 0, 'database available again')
     } catch (err) {
       if (!(err instanceof StoreError)) throw err
       ctx.logStateChange('store', err.failure, 0, `database ${err.failure}, answering fail_action ${config.fail_action}: ${err.message}`)

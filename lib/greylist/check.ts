@@ -100,6 +100,8 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
   const keys = greylistKeys(req, req.clientIp, config, authenticatedDomain)
   const params = greylistParams(config)
   const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params))
+  // Only a request that used the store can tell that it works again.
+  ctx.logStateChange('store', 'ok', 0, 'database available again')
   const fields: Record<string, string | number> = { key: keys.subject }
 
   switch (outcome.kind) {
@@ -124,6 +126,8 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
       if (outcome.clientWhitelisted) {
         ctx.log(1, `client ${keys.subject} auto-whitelisted after ${config.greylist_auto_whitelist} greylisting passes`)
       }
+      // In learn-only mode nothing was delayed: no header claims it was.
+      if (config.greylist_learn_only) return pass('first-pass-learn-only', fields)
       if (config.greylist_header === '' || (req.instance !== '' && ctx.headerSent.has(req.instance))) {
         return pass('first-pass', fields)
       }

@@ -86,6 +86,8 @@ export class SqliteStore implements GreylistStore {
   /** A transaction whose reply has been sent, committed right after. */
   private commitScheduled = false
   private inTransaction = false
+  /** A deferred COMMIT failed: commit before replying until one succeeds. */
+  private commitBeforeReply = false
   /** Rows this process added (minus removed) since its last upkeep step. */
   private pendingDelta: Record<Table, number> = { triplet: 0, client: 0 }
   private knownCount: Record<Table, number> = { triplet: 0, client: 0 }
@@ -105,6 +107,10 @@ export class SqliteStore implements GreylistStore {
    * for the WAL write; the next store call commits first in any case. A
    * COMMIT that fails is logged; the answer already given was decided on
    * consistent data, and the next attempt of that triplet simply repeats.
+   * But a failure that lasts (a full disk, a read-only file) would then
+   * defer every new triplet forever without recording one: after a failed
+   * COMMIT the next ones run before the reply, so their failure becomes
+   * fail_action, until one succeeds again.
    */
   async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T> {
     return this.run((_db, s) => {
@@ -129,7 +135,11 @@ export class SqliteStore implements GreylistStore {
           if (client) s.updateClient.run(row.count, row.last, row.lastCounted, expires, clientKey)
           else this.change(s.insertClient.run(row.count, row.last, row.lastCounted, expires, clientKey).changes, 'client', 1)
         }
-        this.scheduleCommit()
+        if (this.commitBeforeReply) {
+          s.commit.run()
+          this.inTransaction = false
+          this.commitBeforeReply = false
+        } else this.scheduleCommit()
         return update.result
       } catch (err) {
         this.rollback(s)
@@ -167,7 +177,8 @@ export class SqliteStore implements GreylistStore {
       this.stmts.commit.run()
     } catch (err) {
       const failure = classifyError(err)
-      this.opts.log(0, `database ${this.opts.path}: commit failed (${failure}): ${(err as Error).message}`)
+      this.opts.log(0, `database ${this.opts.path}: commit failed (${failure}): ${(err as Error).message}; the next requests commit before their reply`)
+      this.commitBeforeReply = true
       this.rollback(this.stmts)
       if (failure === 'corrupt') this.handleCorrupt(`database ${this.opts.path}: ${(err as Error).message}`)
       else if (failure !== 'busy') this.close()
