@@ -125,3 +125,33 @@ t.test('policyd-ts spfquery: the result word first, then why and the action', as
   t.equal(missing.code, 64)
   t.match(missing.stderr, /ip/)
 })
+
+t.test('header injection attempts through the binary never make a second header line', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy([...isolatedArgs(dir, ['--greylist_enabled', 'no']), ...spfArgs()])
+  const attempts: Array<Record<string, string>> = [
+    { helo_name: 'evil.example\rX-Injected: yes' },
+    { helo_name: 'evil.example\u0000X-Injected: yes' },
+    { helo_name: 'a\u0001\u001b[31m\u007fb' },
+    { helo_name: `${'h'.repeat(3000)}.example` },
+    { sender: `${'s'.repeat(3000)}@nospf.test` },
+    { sender: 'm\u00fcller@nospf.test', helo_name: 'b\u00fccher.example' },
+    { sender: '"quoted\\" \\\\ local"@nospf.test' },
+    { helo_name: 'x; receiver=forged.example (comment' },
+  ]
+  for (const [i, a] of attempts.entries()) p.send(rcptRequest({ instance: `inj${i}`, sender: 'a@nospf.test', ...a }))
+  const replies = await p.replies(attempts.length, 20000)
+  for (const [i, r] of replies.entries()) {
+    t.match(r, /^action=PREPEND Received-SPF: None \(mailfrom\) identity=mailfrom; /, `attempt ${i}: one Received-SPF field`)
+    t.notOk(/[^\x20-\x7e]/.test(r), `attempt ${i}: printable ASCII only`)
+    t.equal(r.split('Received-SPF:').length, 2, `attempt ${i}: no second field`)
+    t.notMatch(r, /[\r\n\0]/, `attempt ${i}: one line`)
+    t.ok(r.length < 998, `attempt ${i}: under the header line limit (${r.length})`)
+  }
+  t.match(replies[0], /helo="evil\.example\?x-injected: yes"; /, 'a CR stays inside the quoted value, as a ?')
+  t.match(replies[7], /helo="x; receiver=forged\.example \(comment"; envelope-from="a@nospf\.test"; receiver=example\.org$/, 'a fake key=value stays inside the quoted value')
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  t.equal(p.stderr(), '')
+  assertWellFormed(p.stdout())
+})
