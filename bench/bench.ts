@@ -3,11 +3,13 @@
 // noisy: only ratios measured together mean something).
 //
 //   node dist/bench/bench.js [--requests N] [--cold-runs N]
+//   node dist/bench/bench.js --compare [...]   (beside postgrey and policyd-spf: compare.ts)
 
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { Connection, percentile, request, row } from './driver'
 
 const ROOT = path.resolve(__dirname, '..', '..')
 const BIN = path.join(ROOT, 'bin', 'policyd-ts')
@@ -23,71 +25,17 @@ const PROCS = 8
 const NODE_FLAGS = ['--single-threaded-gc']
 const WARMUP = 500
 
-function request(i: number, tag: string): string {
-  return [
-    'request=smtpd_access_policy', 'protocol_state=RCPT', 'protocol_name=ESMTP',
-    `client_address=10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 'client_name=unknown', 'client_port=4000',
-    'reverse_client_name=unknown', 'server_address=127.0.0.1', 'server_port=25', 'helo_name=bench.example',
-    `sender=sender${i}@${tag}.example`, `recipient=rcpt${i}@example.org`, 'recipient_count=0', 'queue_id=',
-    `instance=${tag}.${i}`, 'size=0', 'etrn_domain=', 'stress=', 'sasl_method=', 'sasl_username=', 'sasl_sender=',
-    'ccert_subject=', 'ccert_issuer=', 'ccert_fingerprint=', 'ccert_pubkey_fingerprint=', 'encryption_protocol=',
-    'encryption_cipher=', 'encryption_keysize=0', 'policy_context=', '', '',
-  ].join('\n')
-}
-
 interface Server {
   name: string
   argv: (dir: string) => string[]
 }
 
-function start(server: Server, dir: string): ChildProcessWithoutNullStreams {
-  const child = spawn(process.execPath, server.argv(dir), { stdio: ['pipe', 'pipe', 'pipe'] })
-  child.stdin.on('error', () => undefined)
-  return child
-}
-
-/** Sends requests one at a time (as smtpd does) and resolves each reply's latency in ms. */
-class Connection {
-  private buf = ''
-  private waiting: ((reply: string) => void) | null = null
-  constructor(readonly child: ChildProcessWithoutNullStreams) {
-    child.stdout.setEncoding('utf8')
-    child.stdout.on('data', (d: string) => {
-      this.buf += d
-      const end = this.buf.indexOf('\n\n')
-      if (end !== -1 && this.waiting) {
-        const reply = this.buf.slice(0, end)
-        this.buf = this.buf.slice(end + 2)
-        const w = this.waiting
-        this.waiting = null
-        w(reply)
-      }
-    })
-  }
-  ask(text: string): Promise<string> {
-    return new Promise((resolve) => {
-      this.waiting = resolve
-      this.child.stdin.write(text)
-    })
-  }
-  peakRssKb(): number {
-    const status = fs.readFileSync(`/proc/${this.child.pid}/status`, 'utf8')
-    return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0)
-  }
-  close(): Promise<void> {
-    return new Promise((resolve) => {
-      this.child.once('exit', () => resolve())
-      this.child.stdin.end()
-    })
-  }
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]
+function start(server: Server, dir: string): Connection {
+  return Connection.spawned(spawn(process.execPath, server.argv(dir), { stdio: ['pipe', 'pipe', 'pipe'] }), server.name)
 }
 
 async function warm(server: Server, dir: string, tag: string): Promise<{ rate: number; p50: number; p99: number; rssKb: number; sample: string }> {
-  const conn = new Connection(start(server, dir))
+  const conn = start(server, dir)
   // Warm up (JIT, caches) before measuring: Postfix reuses a process for
   // many requests, so the steady state is what counts here.
   for (let i = 0; i < WARMUP; i++) await conn.ask(request(i, `${tag}w`))
@@ -107,7 +55,7 @@ async function warm(server: Server, dir: string, tag: string): Promise<{ rate: n
 }
 
 async function concurrent(server: Server, dir: string, tag: string): Promise<number> {
-  const conns = Array.from({ length: PROCS }, () => new Connection(start(server, dir)))
+  const conns = Array.from({ length: PROCS }, () => start(server, dir))
   await Promise.all(conns.map(async (c, n) => {
     for (let i = 0; i < WARMUP / 5; i++) await c.ask(request(i, `${tag}w${n}`))
   }))
@@ -127,17 +75,13 @@ async function cold(server: Server, dir: string, tag: string): Promise<number> {
   const times: number[] = []
   for (let i = 0; i < COLD_RUNS; i++) {
     const t0 = process.hrtime.bigint()
-    const conn = new Connection(start(server, dir))
+    const conn = start(server, dir)
     await conn.ask(request(i, `${tag}cold${i}`))
     times.push(Number(process.hrtime.bigint() - t0) / 1e6)
     await conn.close()
   }
   times.sort((a, b) => a - b)
   return percentile(times, 50)
-}
-
-function row(cells: Array<string | number>, widths: number[]): string {
-  return cells.map((c, i) => String(c).padEnd(widths[i])).join('  ')
 }
 
 async function main(): Promise<void> {
@@ -186,7 +130,17 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: Error) => {
-  process.stderr.write(`bench failed: ${err.stack}\n`)
-  process.exitCode = 1
-})
+if (process.argv.includes('--compare')) {
+  // Required here, not imported: plain npm run bench does not load it.
+  Promise.resolve()
+    .then(() => (require('./compare') as typeof import('./compare')).main())
+    .catch((err: Error) => {
+      process.stderr.write(`bench --compare failed: ${err.stack}\n`)
+      process.exitCode = 1
+    })
+} else {
+  main().catch((err: Error) => {
+    process.stderr.write(`bench failed: ${err.stack}\n`)
+    process.exitCode = 1
+  })
+}
