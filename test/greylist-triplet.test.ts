@@ -1,5 +1,5 @@
 import t from 'tap'
-import { evaluateTriplet, AWL_COUNT_INTERVAL, type GreylistOutcome, type GreylistParams } from '../lib/greylist/triplet'
+import { evaluateTriplet, AWL_COUNT_INTERVAL, TOUCH_INTERVAL, type GreylistOutcome, type GreylistParams } from '../lib/greylist/triplet'
 import type { ClientRow, GreylistView, TripletRow } from '../lib/store/types'
 
 const p: GreylistParams = { delay: 300, maxAge: 35 * 86400, retryWindow: 2 * 86400, autoWhitelist: 5, maxEntries: 1000 }
@@ -44,7 +44,11 @@ t.test('new, too early, pass, known', async (t) => {
   t.same(l.at(1299), { kind: 'early', secondsLeft: 1 })
   t.same(l.at(1300), { kind: 'first-pass', delayed: 300, clientWhitelisted: false })
   t.same(l.at(1400), { kind: 'known' })
-  t.equal(l.triplet!.count, 5)
+  t.equal(l.triplet!.count, 4, 'a known triplet seen again within TOUCH_INTERVAL is not written')
+  t.equal(l.triplet!.last, 1300)
+  t.same(l.at(1300 + TOUCH_INTERVAL), { kind: 'known' })
+  t.equal(l.triplet!.count, 5, 'after TOUCH_INTERVAL it is')
+  t.equal(l.triplet!.last, 1300 + TOUCH_INTERVAL)
   t.equal(l.triplet!.passed, 1300)
 })
 

@@ -107,10 +107,12 @@ t.test('a lock held longer than the busy timeout is a busy failure, and the stor
   store.commitPending()
   const other = new Database(path.join(dir, 'db', 'greylist.sqlite'), { timeout: 0 })
   other.exec('BEGIN IMMEDIATE')
-  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), { failure: 'busy' })
+  const write = (result: string) => () => ({ triplet: { row: row(1), expires: 2 }, result })
+  await t.rejects(store.updateGreylist('k', 'c', write('locked')), { failure: 'busy' })
+  t.equal(await store.updateGreylist('k', 'c', () => ({ result: 'read only' })), 'read only', 'a request that writes nothing needs no lock')
   other.exec('COMMIT')
   other.close()
-  t.equal(await store.updateGreylist('k', 'c', () => ({ result: 'again' })), 'again')
+  t.equal(await store.updateGreylist('k', 'c', write('again')), 'again')
 })
 
 t.test('a newer schema version is refused, not downgraded', async (t) => {

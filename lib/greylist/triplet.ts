@@ -30,6 +30,14 @@ export type GreylistOutcome =
 /** Passes of one client are counted at most once per this many seconds, as postgrey does. */
 export const AWL_COUNT_INTERVAL = 3600
 
+/**
+ * A passed triplet or an auto-whitelisted client is written back (last
+ * seen, count) at most once per this many seconds: most requests of a
+ * busy server are such repeats, and without a write they take no lock and
+ * no commit. Their expiry (greylist_max_age, days) moves in these steps.
+ */
+export const TOUCH_INTERVAL = 600
+
 function isExpired(t: TripletRow, now: number, p: GreylistParams): boolean {
   return t.passed > 0 ? now - t.last > p.maxAge : now - t.first > p.retryWindow
 }
@@ -41,8 +49,9 @@ function tripletExpiry(t: TripletRow, p: GreylistParams): number {
 export function evaluateTriplet(view: GreylistView, now: number, p: GreylistParams): GreylistUpdate<GreylistOutcome> {
   const client = view.client && now - view.client.last <= p.maxAge ? view.client : null
   if (p.autoWhitelist > 0 && client && client.count >= p.autoWhitelist) {
-    const row: ClientRow = { ...client, last: now }
-    return { client: { row, expires: now + p.maxAge }, result: { kind: 'auto-whitelisted', passes: client.count } }
+    const update: GreylistUpdate<GreylistOutcome> = { result: { kind: 'auto-whitelisted', passes: client.count } }
+    if (now - client.last >= TOUCH_INTERVAL) update.client = { row: { ...client, last: now }, expires: now + p.maxAge }
+    return update
   }
 
   const triplet = view.triplet && !isExpired(view.triplet, now, p) ? view.triplet : null
@@ -55,9 +64,12 @@ export function evaluateTriplet(view: GreylistView, now: number, p: GreylistPara
   }
 
   if (triplet.passed > 0) {
-    const row: TripletRow = { ...triplet, last: now, count: triplet.count + 1 }
-    const update: GreylistUpdate<GreylistOutcome> = { triplet: { row, expires: tripletExpiry(row, p) }, result: { kind: 'known' } }
-    if (client) update.client = { row: { ...client, last: now }, expires: now + p.maxAge }
+    const update: GreylistUpdate<GreylistOutcome> = { result: { kind: 'known' } }
+    if (now - triplet.last >= TOUCH_INTERVAL) {
+      const row: TripletRow = { ...triplet, last: now, count: triplet.count + 1 }
+      update.triplet = { row, expires: tripletExpiry(row, p) }
+    }
+    if (client && now - client.last >= TOUCH_INTERVAL) update.client = { row: { ...client, last: now }, expires: now + p.maxAge }
     return update
   }
 

@@ -10,7 +10,7 @@ export interface TripletRow {
   last: number
   /** Time of the first accepted retry, 0 while still greylisted. */
   passed: number
-  /** Attempts seen in all. */
+  /** Attempts seen until it passed, then one per TOUCH_INTERVAL in which it was seen again. */
   count: number
 }
 
@@ -56,6 +56,8 @@ export interface GreylistStore {
   /**
    * Read the triplet and client rows, let `decide` compute what to write,
    * and write it, all as one atomic step against concurrent processes.
+   * `decide` is pure and may be called twice: a store may first try it on
+   * rows read without a lock, and take the lock only when it wants to write.
    */
   updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T>
   /** Delete at most `limit` rows whose expiry time is before `now`; returns how many went. */

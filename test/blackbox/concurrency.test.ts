@@ -59,7 +59,8 @@ t.test(`${PROCESSES} concurrent processes x ${TRIPLETS} requests share one datab
   const second = await round('second round')
   t.equal(second.filter((r) => r.startsWith('action=PREPEND X-Greylist: delayed')).length, TRIPLETS, 'each triplet passed for the first time exactly once, with its header')
   t.equal(second.filter((r) => r.startsWith('action=DEFER')).length, 0, 'nothing deferred after the delay')
-  const passed = db.prepare('SELECT count(*) AS n FROM triplet WHERE passed > 0 AND count = ?').get(2 * PROCESSES) as { n: number }
-  t.equal(passed.n, TRIPLETS, 'every triplet recorded as passed, with all 32 attempts counted')
+  // 16 greylisted attempts, then the first pass; the 15 repeats that follow within minutes need no write.
+  const passed = db.prepare('SELECT count(*) AS n FROM triplet WHERE passed > 0 AND count = ?').get(PROCESSES + 1) as { n: number }
+  t.equal(passed.n, TRIPLETS, 'every triplet recorded as passed once, after all 16 greylisted attempts')
   t.equal((db.prepare('PRAGMA integrity_check').get() as { integrity_check: string }).integrity_check, 'ok')
 })
