@@ -288,6 +288,7 @@ t.test('header values cannot break the header or leave ASCII', async (t) => {
 t.test('an internal error in the SPF check becomes fail_action, greylisting still runs', async (t) => {
   const broken: Resolver = {
     query: () => Promise.reject(new TypeError('resolver exploded')),
+    cached: () => undefined,
     stats: () => ({ queries: 0, cacheHits: 0, cacheEntries: 0 }),
     close: () => undefined,
   }

@@ -37,6 +37,8 @@ export interface ResolverOptions {
 
 export interface Resolver {
   query(name: string, type: RrType): Promise<DnsAnswer>
+  /** The cached answer, if there is a fresh one: no query, no promise. */
+  cached(name: string, type: RrType): DnsAnswer | undefined
   stats(): { queries: number; cacheHits: number; cacheEntries: number }
   close(): void
 }
@@ -71,6 +73,8 @@ class StubResolver implements Resolver {
   private servers: Server[] | null = null
   private readonly cache = new Map<string, { expires: number; answer: DnsAnswer }>()
   private readonly inFlight = new Map<string, Promise<DnsAnswer>>()
+  private readonly idPool = Buffer.alloc(256)
+  private idPos = 256
   private sockets: Partial<Record<4 | 6, import('node:dgram').Socket>> = {}
   private readonly pending = new Map<number, (msg: DnsPacket.Packet) => void>()
   private queries = 0
@@ -107,6 +111,13 @@ class StubResolver implements Resolver {
 
   stats(): { queries: number; cacheHits: number; cacheEntries: number } {
     return { queries: this.queries, cacheHits: this.cacheHits, cacheEntries: this.cache.size }
+  }
+
+  cached(name: string, type: RrType): DnsAnswer | undefined {
+    const hit = this.cache.get(`${type} ${name.replace(/\.$/, '').toLowerCase()}`)
+    if (!hit || hit.expires <= this.now()) return undefined
+    this.cacheHits++
+    return hit.answer
   }
 
   async query(name: string, type: RrType): Promise<DnsAnswer> {
@@ -183,10 +194,25 @@ class StubResolver implements Resolver {
     return s
   }
 
+  /**
+   * Query ids must be unpredictable (an off-path attacker who guesses one
+   * can forge the answer). They come from the kernel's random source, read
+   * 128 at a time: node:crypto would cost milliseconds of every cold start.
+   */
   private newId(): number {
-    const crypto = require('node:crypto') as typeof import('node:crypto')
     for (;;) {
-      const id = crypto.randomInt(0, 65536)
+      if (this.idPos >= this.idPool.length) {
+        const fs = require('node:fs') as typeof import('node:fs')
+        const fd = fs.openSync('/dev/urandom', 'r')
+        try {
+          fs.readSync(fd, this.idPool, 0, this.idPool.length, null)
+        } finally {
+          fs.closeSync(fd)
+        }
+        this.idPos = 0
+      }
+      const id = this.idPool.readUInt16BE(this.idPos)
+      this.idPos += 2
       if (!this.pending.has(id)) return id
     }
   }

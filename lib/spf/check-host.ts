@@ -3,7 +3,7 @@
 import type { DnsAnswer, Resolver, RrType } from '../dns/resolver'
 import { ipInNetwork, maskIp, parseIp, type ParsedIp } from '../normalize'
 import { expandMacros, truncateDomain, type MacroContext } from './macro'
-import { isSpfRecord, parseRecord, SpfSyntaxError, type Mechanism, type Qualifier, type SpfRecord } from './record'
+import { isSpfRecord, parseRecordOnce, SpfSyntaxError, type Mechanism, type Qualifier, type SpfRecord } from './record'
 
 export type SpfResultCode = 'pass' | 'fail' | 'softfail' | 'neutral' | 'none' | 'permerror' | 'temperror'
 
@@ -142,6 +142,9 @@ function isBroad(mech: Mechanism, family: 4 | 6): boolean {
 async function query(state: State, name: string, type: RrType): Promise<DnsAnswer> {
   const left = state.deadline - state.now()
   if (left <= 0) throw new Outcome('temperror', 'lookup time limit exceeded')
+  // A cached answer needs no timer and no race.
+  const cached = state.resolver.cached(name, type)
+  if (cached) return cached
   let timer: NodeJS.Timeout | undefined
   const answer = await Promise.race([
     state.resolver.query(name, type),
@@ -181,7 +184,7 @@ async function fetchRecord(domain: string, state: State): Promise<SpfRecord | nu
   if (records.length === 0) return null
   if (records.length > 1) throw new Outcome('permerror', `${domain} has more than one SPF record`)
   state.topRecord ??= records[0]
-  return parseRecord(records[0])
+  return parseRecordOnce(records[0])
 }
 
 function macroContext(domain: string, state: State): MacroContext {
@@ -243,15 +246,12 @@ async function matches(mech: Mechanism, domain: string, state: State, depth: num
   switch (mech.name) {
     case 'all':
       return true
-    case 'ip4': {
-      if (state.ip.family !== 4) return false
-      return inNet(state.ip, mech.target!, mech)
-    }
+    case 'ip4':
+      return state.ip.family === 4 && mech.net !== undefined && ipInNetwork(state.ip, mech.net)
     case 'ip6': {
       if (state.ip.family !== 6) return false
-      const net = parseIp(mech.target!)
-      if (!net || net.family !== 6) throw new Outcome('permerror', `bad ip6 ${mech.target}`)
-      return inNet(state.ip, mech.target!, mech)
+      if (!mech.net || mech.net.net.family !== 6) throw new Outcome('permerror', `bad ip6 ${mech.target}`)
+      return ipInNetwork(state.ip, mech.net)
     }
     case 'a': {
       countDnsTerm(state)

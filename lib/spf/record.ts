@@ -2,7 +2,7 @@
 // is parsed before anything is evaluated: a syntax error anywhere makes the
 // result permerror, whatever an earlier mechanism would have matched.
 
-import { parseIp } from '../normalize'
+import { parseCidr, parseIp, type Cidr } from '../normalize'
 
 export type Qualifier = '+' | '-' | '~' | '?'
 export type MechanismName = 'all' | 'include' | 'a' | 'mx' | 'ptr' | 'ip4' | 'ip6' | 'exists'
@@ -14,6 +14,8 @@ export interface Mechanism {
   target?: string
   cidr4?: number
   cidr6?: number
+  /** ip4/ip6: the network, masked, parsed once. */
+  net?: Cidr
   text: string
 }
 
@@ -71,7 +73,7 @@ export function checkDomainSpec(spec: string): void {
   }
 }
 
-function parseCidr(text: string, max: number): number {
+function cidrLength(text: string, max: number): number {
   if (!/^(0|[1-9]\d{0,2})$/.test(text)) throw new SpfSyntaxError(`bad CIDR length /${text}`)
   const n = Number(text)
   if (n > max) throw new SpfSyntaxError(`CIDR length /${text} out of range`)
@@ -84,12 +86,33 @@ function splitDualCidr(arg: string): { spec: string | undefined; cidr4?: number;
   const spec = m[1] === '' ? undefined : m[1]
   return {
     spec,
-    cidr4: m[2] !== undefined ? parseCidr(m[2], 32) : undefined,
-    cidr6: m[3] !== undefined ? parseCidr(m[3], 128) : undefined,
+    cidr4: m[2] !== undefined ? cidrLength(m[2], 32) : undefined,
+    cidr6: m[3] !== undefined ? cidrLength(m[3], 128) : undefined,
   }
 }
 
 const IP4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/
+
+/** Records seen by this process, parsed: the same few records come with most mail. */
+const parsed = new Map<string, SpfRecord | SpfSyntaxError>()
+const PARSED_MAX = 512
+
+/** parseRecord(), remembered per record text (a syntax error is remembered and thrown again). */
+export function parseRecordOnce(text: string): SpfRecord {
+  let r = parsed.get(text)
+  if (r === undefined) {
+    try {
+      r = parseRecord(text)
+    } catch (err) {
+      if (!(err instanceof SpfSyntaxError)) throw err
+      r = err
+    }
+    if (parsed.size >= PARSED_MAX) parsed.delete(parsed.keys().next().value as string)
+    parsed.set(text, r)
+  }
+  if (r instanceof SpfSyntaxError) throw r
+  return r
+}
 
 export function parseRecord(text: string): SpfRecord {
   if (!VERSION.test(text)) throw new SpfSyntaxError('not an SPF record')
@@ -155,12 +178,14 @@ function parseMechanism(term: string): Mechanism {
     case 'ip4': {
       const mm = /^:([^/]*)(?:\/(.*))?$/.exec(arg)
       if (!mm || !IP4.test(mm[1])) throw new SpfSyntaxError(`bad ip4 in ${term}`)
-      return { ...base, name, target: mm[1], cidr4: mm[2] !== undefined ? parseCidr(mm[2], 32) : 32 }
+      const cidr4 = mm[2] !== undefined ? cidrLength(mm[2], 32) : 32
+      return { ...base, name, target: mm[1], cidr4, net: parseCidr(`${mm[1]}/${cidr4}`) ?? undefined }
     }
     case 'ip6': {
       const mm = /^:([0-9A-Fa-f:.]+)(?:\/(.*))?$/.exec(arg)
       if (!mm || !mm[1].includes(':') || parseIp(mm[1]) === null) throw new SpfSyntaxError(`bad ip6 in ${term}`)
-      return { ...base, name, target: mm[1], cidr6: mm[2] !== undefined ? parseCidr(mm[2], 128) : 128 }
+      const cidr6 = mm[2] !== undefined ? cidrLength(mm[2], 128) : 128
+      return { ...base, name, target: mm[1], cidr6, net: parseCidr(`${mm[1]}/${cidr6}`) ?? undefined }
     }
     default:
       throw new SpfSyntaxError(`unknown mechanism ${name}`)
