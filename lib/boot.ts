@@ -58,7 +58,7 @@ export function loadBundle(dir: string): { main: Main; mode: StartUp; why: strin
     process.once('exit', () => fs.writeFileSync(cacheFile, script.createCachedData()))
   }
   if (cachedData === undefined) return { main: main as Main, mode: 'bundle', why: 'no code cache' }
-  if (script.cachedDataRejected) return { main: main as Main, mode: 'bundle', why: 'code cache rejected (made by another Node version?)' }
+  if (script.cachedDataRejected) return { main: main as Main, mode: 'bundle', why: 'code cache rejected: made by another Node version or with other V8 flags' }
   return { main: main as Main, mode: 'bundle+cache', why: 'code cache accepted' }
 }
 

@@ -102,6 +102,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
         store,
         whitelists: createGreylistWhitelists(config, (level, msg) => log.log(level, msg), () => Date.now()),
         headerSent: new BoundedMap(256),
+        recentPasses: new BoundedMap(4096),
         version,
         hostname: systemHostname(config),
         log: logLine,

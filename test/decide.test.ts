@@ -156,3 +156,26 @@ t.test('a failing store answers fail_action, logged once per change of state', a
   t.equal((await decide(req(), ctx, T0)).action.split(' ')[0], 'DEFER_IF_PERMIT')
   t.same(logs, ['database busy, answering fail_action DEFER_IF_PERMIT 4.3.0 try later: database locked', 'database available again'], 'so only a real store round trip says the database works again')
 })
+
+t.test('a triplet this process saw pass is answered from memory for TOUCH_INTERVAL, then from the store', async (t) => {
+  const real = new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  let calls = 0
+  const counting: GreylistStore = {
+    updateGreylist: (a, b, f) => (calls++, real.updateGreylist(a, b, f)),
+    purgeExpired: (n, l) => real.purgeExpired(n, l),
+    counts: () => real.counts(),
+    close: () => real.close(),
+  }
+  const { ctx } = context(t, config(), counting)
+  ctx.greylist!.recentPasses = new BoundedMap(16)
+  await decide(req({ instance: 'r1' }), ctx, T0)
+  t.match((await decide(req({ instance: 'r2' }), ctx, T0 + 300)).action, /^PREPEND X-Greylist/)
+  t.equal(calls, 2)
+  const again = await decide(req({ instance: 'r3' }), ctx, T0 + 400)
+  t.equal(again.winner?.reason, 'triplet-known')
+  t.equal(calls, 2, 'answered from memory')
+  t.equal((await decide(req({ instance: 'r4' }), ctx, T0 + 300 + 600)).winner?.reason, 'triplet-known')
+  t.equal(calls, 3, 'after TOUCH_INTERVAL the store is asked (and writes the sighting back)')
+  await decide(req({ instance: 'r5' }), ctx, T0 - 10)
+  t.equal(calls, 4, 'a clock that went back does not trust the memory: the store is asked')
+})

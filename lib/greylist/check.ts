@@ -7,7 +7,7 @@ import { clientNetwork, domainOf, normalizeRecipient, normalizeSender, type Pars
 import type { PolicyRequest } from '../request'
 import type { GreylistStore } from '../store/types'
 import type { Verdict } from '../verdict'
-import { evaluateTriplet, type GreylistParams } from './triplet'
+import { evaluateTriplet, TOUCH_INTERVAL, type GreylistParams } from './triplet'
 
 export interface GreylistWhitelists {
   matchClient(clientName: string, ip: ParsedIp | null): string | null
@@ -20,6 +20,12 @@ export interface GreylistContext {
   whitelists: GreylistWhitelists
   /** Instances (messages) that already got the X-Greylist header. */
   headerSent: BoundedMap<string, true>
+  /**
+   * Triplets (and auto-whitelisted clients, as `client <key>`) this process
+   * found passed, with when: for TOUCH_INTERVAL a repeat is answered from
+   * here, without the database (which would not write it back either).
+   */
+  recentPasses?: BoundedMap<string, number>
   /** The package version, for the header; read only when a header is written. */
   version: () => string
   hostname: string
@@ -98,16 +104,24 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
   if (recipientEntry) return pass('recipient-whitelist', { whitelist: recipientEntry })
 
   const keys = greylistKeys(req, req.clientIp, config, authenticatedDomain)
+  const fields: Record<string, string | number> = { key: keys.subject }
+  const recent = ctx.recentPasses
+  if (recent) {
+    const fresh = (at: number | undefined): boolean => at !== undefined && now >= at && now - at < TOUCH_INTERVAL
+    if (fresh(recent.get(`client ${keys.client}`))) return pass('client-awl', fields)
+    if (fresh(recent.get(keys.triplet))) return pass('triplet-known', fields)
+  }
   const params = greylistParams(config)
   const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params))
   // Only a request that used the store can tell that it works again.
   ctx.logStateChange('store', 'ok', 0, 'database available again')
-  const fields: Record<string, string | number> = { key: keys.subject }
 
   switch (outcome.kind) {
     case 'auto-whitelisted':
+      recent?.set(`client ${keys.client}`, now)
       return pass('client-awl', { ...fields, passes: outcome.passes })
     case 'known':
+      recent?.set(keys.triplet, now)
       return pass('triplet-known', fields)
     case 'table-full':
       ctx.logStateChange('greylist-table', 'full', 0, `greylist table full (${outcome.entries} triplets, greylist_max_entries ${config.greylist_max_entries}): new triplets pass unrecorded until old ones expire`)
@@ -121,6 +135,7 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
       return { check: 'greylist', severity: 'greylist', action: `${config.greylist_action} ${text}`, reason: outcome.kind, fields }
     }
     case 'first-pass': {
+      recent?.set(keys.triplet, now)
       const delayed = Math.round(outcome.delayed)
       fields.delay = delayed
       if (outcome.clientWhitelisted) {
