@@ -6,6 +6,7 @@
 import t from 'tap'
 import fs from 'node:fs'
 import { assertWellFormed, isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
+import { startDnsServer } from '../helpers/dns-server'
 
 /** A small seeded generator (mulberry32), so a failing input can be reproduced. */
 function rng(seed: number): () => number {
@@ -91,4 +92,33 @@ t.test(`fuzzing, ${rounds} rounds with fixed seeds`, async (t) => {
     t.notOk(all.some((r) => /[\r\0]/.test(r) || r.includes('X-Injected: yes\n')), `seed ${seed}: no control characters, no injected header line`)
     t.ok(rss < 120 * 1024, `seed ${seed}: peak RSS ${Math.round(rss / 1024)} MB stays bounded`)
   }
+})
+
+t.test('SPF on: fuzzing with a DNS server on loopback, then 5,000 pipelined requests', async (t) => {
+  const dns = await startDnsServer({
+    'example.net': [{ TXT: 'v=spf1 ip4:192.0.2.0/24 -all' }],
+    'mail.example.net': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.10' }],
+    'fuzz.example': [{ TXT: 'v=spf1 include:%{d2}.example ~all' }],
+  })
+  t.teardown(() => dns.close())
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir, ['--debugLevel', '0', '--spf_enabled', 'yes', '--dns_servers', `127.0.0.1:${dns.port}`, '--Lookup_Time', '1']))
+  const rand = rng(0xdecaf)
+  const parts: Buffer[] = []
+  for (let i = 0; i < 300; i++) parts.push(piece(rand))
+  for (let i = 0; i < 5000; i++) parts.push(Buffer.from(rcptRequest({ sender: `s${i % 50}@example.net`, instance: `p${i}`, recipient: `r${i}@example.org` })))
+  const input = Buffer.concat(parts)
+  const want = countRequests(input)
+  for (let off = 0; off < input.length; off += 65536) p.send(input.subarray(off, off + 65536))
+  const replies = await p.replies(want, 120000)
+  const rss = Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p.child.pid}/status`, 'utf8'))![1])
+  p.child.stdin.end()
+  t.same(await p.exited(20000), { code: 0, signal: null })
+  t.equal(p.stderr(), '')
+  const all = assertWellFormed(p.stdout())
+  t.equal(all.length, want, `one reply per request (${want})`)
+  t.equal(replies.length, want)
+  t.ok(all.slice(-5000).every((r) => /^action=(PREPEND Received-SPF: Pass |DEFER_IF_PERMIT 4\.2\.0 Greylisted|DUNNO$)/.test(r)), 'the pipelined requests get SPF and greylisting answers')
+  t.notOk(all.some((r) => /[\r\0]/.test(r)), 'no control characters in any reply')
+  t.ok(rss < 160 * 1024, `peak RSS ${Math.round(rss / 1024)} MB stays bounded`)
 })
