@@ -177,7 +177,12 @@ class StubResolver implements Resolver {
     let s = this.sockets[family]
     if (s) return s
     const dgram = require('node:dgram') as typeof import('node:dgram')
-    s = dgram.createSocket(family === 4 ? 'udp4' : 'udp6')
+    // Servers are IP addresses: a lookup that hands them back spares node:dns
+    // (loaded on a cold start otherwise).
+    const lookup = (address: string, _options: unknown, callback: (err: null, address: string, family: number) => void): void => {
+      process.nextTick(callback, null, address, family)
+    }
+    s = dgram.createSocket({ type: family === 4 ? 'udp4' : 'udp6', lookup: lookup as unknown as import('node:dgram').SocketOptions['lookup'] })
     s.on('message', (msg) => {
       let decoded: DnsPacket.Packet
       try {
