@@ -22,7 +22,8 @@ function arg(name: string, fallback: number): number {
 const REQUESTS = arg('requests', 3000)
 const COLD_RUNS = arg('cold-runs', 15)
 const PROCS = 8
-const NODE_FLAGS = ['--single-threaded-gc']
+// The flags of master.cf.example's entry, as Postfix would start it (scripts/node-flags.js).
+const NODE_FLAGS = (require('../../scripts/node-flags.js') as { nodeFlags(): string[] }).nodeFlags()
 const WARMUP = 500
 
 interface Server {

@@ -32,7 +32,8 @@ const BIN = path.join(ROOT, 'bin', 'policyd-ts')
 const DEPS = path.join(ROOT, 'scripts', 'bench-compare-deps.sh')
 const POSTGREY = '/usr/sbin/postgrey'
 const POLICYD_SPF = '/usr/bin/policyd-spf'
-const NODE_FLAGS = ['--single-threaded-gc']
+// The flags of master.cf.example's entry, as Postfix would start it (scripts/node-flags.js).
+const NODE_FLAGS = (require('../../scripts/node-flags.js') as { nodeFlags(): string[] }).nodeFlags()
 // spawn(8) gives its children PATH=/usr/bin:/bin and exports TZ, MAIL_CONFIG and LANG only.
 const CHILD_ENV: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8' }
 

@@ -4,11 +4,14 @@
 // dependencies, except better-sqlite3 (a native addon) and lib/interactive
 // (loaded by path, with yargs behind it). The code cache is written by the
 // real binary after it has served a few requests against a DNS server on
-// loopback, so that it holds the functions a request compiles as well.
+// loopback, so that it holds the functions a request compiles as well,
+// and with the node flags of master.cf.example (V8 refuses a cache made
+// under other flags).
 'use strict'
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
+const { nodeFlags } = require('./node-flags')
 
 const root = path.resolve(__dirname, '..')
 const lib = path.join(root, 'dist', 'lib')
@@ -37,7 +40,7 @@ async function makeCodeCache() {
       request({ sender: 'x@example.net', recipient: 'b@example.org', instance: 'm2', client_address: '203.0.113.9' }),
     ]
     const child = spawn(process.execPath, [
-      '--single-threaded-gc', path.join(root, 'bin', 'policyd-ts'),
+      ...nodeFlags(), path.join(root, 'bin', 'policyd-ts'),
       '--config', '/dev/null', '--db_path', path.join(dir, 'db', 'build.sqlite'), '--syslog_socket', path.join(dir, 'none'),
       '--log_file', path.join(dir, 'log'), '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
       '--dns_servers', `127.0.0.1:${dns.port}`,

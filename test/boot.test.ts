@@ -50,9 +50,12 @@ t.test('a bundle without main() is not used', async (t) => {
   t.same(loadBundle(dirWith(t, { [BUNDLE_NAME]: 'exports.other = 1\n' })), { main: null, why: 'the bundle has no main()' })
 })
 
-t.test('the built binary starts from the bundle with its cache', async (t) => {
+t.test('the built binary, run with the node flags of master.cf.example, starts from the bundle with its cache', async (t) => {
   const { spawnSync } = await import('node:child_process')
-  const r = spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'policyd-ts'), '--test-mode', '--config', '/dev/null'], { encoding: 'utf8', env: { PATH: process.env.PATH } })
+  const { nodeFlags } = require('../scripts/node-flags.js') as { nodeFlags(): string[] }
+  const run = (flags: string[]) => spawnSync(process.execPath, [...flags, path.join(__dirname, '..', 'bin', 'policyd-ts'), '--test-mode', '--config', '/dev/null'], { encoding: 'utf8', env: { PATH: process.env.PATH } })
+  const r = run(nodeFlags())
   t.equal(r.status, 0, r.stderr)
   t.match(r.stdout, /^# start-up: bundle\+cache \(code cache accepted\)$/m, 'npm run build made both')
+  t.match(run([...nodeFlags(), '--max-semi-space-size=2']).stdout, /^# start-up: bundle \(code cache rejected: made by another Node version or with other V8 flags\)$/m, 'other V8 flags: the bundle without its cache')
 })

@@ -53,6 +53,8 @@ t.test('master.cf.example has the spawn entries and the time limits', async (t) 
   const ex = fs.readFileSync(path.join(root, 'master.cf.example'), 'utf8')
   t.match(ex, /^policy\s+unix\s+-\s+n\s+n\s+-\s+0\s+spawn$/m)
   t.match(ex, /^\s+user=nobody argv=\/usr\/bin\/node --single-threaded-gc \S+\/bin\/policyd-ts$/m)
+  const { nodeFlags } = require('../scripts/node-flags.js') as { nodeFlags(text?: string): string[] }
+  t.same(nodeFlags(), ['--single-threaded-gc'], 'the flags the build and the benches use')
   t.match(ex, /policy_time_limit = 3600s/)
   t.match(ex, /command_time_limit=3600s/)
   t.match(ex, /check_policy_service unix:private\/policy/)

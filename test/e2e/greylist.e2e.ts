@@ -99,6 +99,7 @@ for (const transport of ['unix', 'inet'] as Transport[]) {
     const pf = await usePostfix(t, { transport, policyArgs: BASE })
     t.match(pf.policyEntry, transport === 'unix' ? /^policy\s+unix\s+-\s+n\s+n\s+-\s+0\s+spawn\n/ : new RegExp(`^127\\.0\\.0\\.1:${pf.policyPort} inet\\s+n\\s+n\\s+n\\s+-\\s+0\\s+spawn\\n\\s+-o command_time_limit=3600s\\n`), 'master.cf entry from master.cf.example')
     t.match(pf.policyEntry, /\n\s+user=nobody argv=\S+ --single-threaded-gc \S+\/bin\/policyd-ts /, 'argv as in master.cf.example')
+    t.equal(pf.startUp, 'bundle+cache (code cache accepted)', 'with those node flags, as nobody, the start-up bundle and its code cache are used')
     const msg = { from: 'alice@sender.example', to: 'bob@example.test', xclient: { addr: '192.0.2.10' } }
 
     const first = await pf.swaks(msg)

@@ -142,6 +142,8 @@ export interface PostfixInstance {
   policyEntry: string
   /** The full policyd-ts argv after the interpreter. */
   policyArgv: string[]
+  /** What `--test-mode` said of the start-up, run as the spawn user with master.cf's command line. */
+  startUp: string
   /** Absolute path of a file given in opts.files. */
   file(name: string): string
   swaks(opts: SwaksOptions): Promise<SwaksResult>
@@ -779,9 +781,12 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
     const [port, policyPortFree] = await freePorts(2)
     const policyPort = transport === 'inet' ? policyPortFree : null
     const { entry, argv } = policyEntryFromExample(transport, policyPort, node, bin, policyArgs)
+    let startUp = ''
 
     if (opts.checkConfig !== false) {
-      const r = asSpawnUser([node, '--single-threaded-gc', bin, '--test-mode', ...argv.slice(argv.indexOf(bin) + 1)])
+      // As master.cf runs it (its node flags too), plus --test-mode.
+      const r = asSpawnUser([node, ...argv.slice(0, argv.indexOf(bin) + 1), '--test-mode', ...argv.slice(argv.indexOf(bin) + 1)])
+      startUp = /^# start-up: (.*)$/m.exec(r.out)?.[1] ?? ''
       if (r.code !== 0) {
         const comments = r.out.split('\n').filter((l) => l.startsWith('#')).join('\n')
         throw new Error(`policyd-ts --test-mode as ${SPAWN_USER} exited ${r.code}: the policy arguments are not usable:\n${r.err.trim()}\n${comments}`)
@@ -892,6 +897,7 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
       maillogFile,
       policyEntry: entry,
       policyArgv: argv.slice(argv.indexOf(bin) + 1),
+      startUp,
       file,
       maillog,
       policyLog,
