@@ -348,15 +348,24 @@ export class SqliteStore implements GreylistStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
-    this.inode = fs.statSync(file).ino
+    const st = fs.statSync(file)
+    this.inode = st.ino
     const Database = require('better-sqlite3') as typeof BetterSqlite3
     const db = new Database(file, { timeout: this.opts.busyTimeoutMs, fileMustExist: true, nativeBinding: nativeBinding() })
     this.db = db
+    // Rows are ~100 bytes and every commit writes whole pages to the WAL:
+    // 1 KiB pages make a new database's commits ~25% cheaper. (Only an empty
+    // file takes it; an existing one keeps its page size.)
+    if (st.size === 0) db.pragma('page_size = 1024')
     db.pragma('journal_mode = WAL')
     db.pragma('synchronous = NORMAL')
     // Checkpoints copy the WAL into the database and fsync: rarer, larger
     // ones cost less per request than the default every 1000 pages.
     db.pragma('wal_autocheckpoint = 10000')
+    // A request touches a few pages and the kernel caches the file for all
+    // processes: 512 KiB per process instead of SQLite's 2 MiB default
+    // (up to 100 processes).
+    db.pragma('cache_size = -512')
     this.migrate(db)
     // From here on a locked database is waited for by whenUnlocked().
     db.pragma('busy_timeout = 0')
