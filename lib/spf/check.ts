@@ -118,7 +118,8 @@ export function receiverOf(req: PolicyRequest, config: Config): string {
 async function evaluate(e: Evaluation): Promise<SpfOutcome> {
   const { req, policy, ctx, msg } = e
   const { config } = ctx
-  const ip = parseIp(config.Prospective || req.clientAddress)
+  const ipText = config.Prospective || req.clientAddress
+  const ip = parseIp(ipText)
   if (!ip) return { action: 'dunno', text: '', reason: 'no-client-address', fields: {} }
   const sender = req.sender.toLowerCase()
   const helo = req.helo.toLowerCase().replace(/\.$/, '')
@@ -128,7 +129,8 @@ async function evaluate(e: Evaluation): Promise<SpfOutcome> {
     let found = msg.lookups.get(key)
     if (!found) {
       found = checkHost(
-        { ip: ip.text, domain, sender: identitySender, helo: heloName },
+        // The address as given: %{i} of IPv6 keeps the case of its hex digits.
+        { ip: ipText, domain, sender: identitySender, helo: heloName },
         { resolver: ctx.resolver, lookupTimeMs: timeMs, voidLimit: policy.voidLimit, receiver: ctx.hostname, now: ctx.now },
       )
       msg.lookups.set(key, found)
