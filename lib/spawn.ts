@@ -100,7 +100,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
       greylist: {
         config,
         store,
-        whitelists: createGreylistWhitelists(config, (level, msg) => log.log(level, msg), () => Date.now()),
+        whitelists: createGreylistWhitelists(config, logLine, () => Date.now()),
         headerSent: new BoundedMap(256),
         recentPasses: new BoundedMap(4096),
         version,

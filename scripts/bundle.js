@@ -23,6 +23,7 @@ function removeOld() {
 }
 
 async function makeCodeCache() {
+  // Compiled by tsc (tsconfig.json includes it for this, the demo and the benches).
   const { startDnsServer } = require(path.join(root, 'dist', 'test', 'helpers', 'dns-server.js'))
   const dns = await startDnsServer({
     'example.net': [{ TXT: 'v=spf1 ip4:192.0.2.0/24 include:_spf.example.net -all' }],
