@@ -9,14 +9,12 @@
 
 import fs = require('node:fs')
 import path = require('node:path')
+import { startUp, type StartUp } from './start-up'
 
 export const BUNDLE_NAME = 'policyd-ts.bundle.js'
 
-export type StartUp = 'modules' | 'bundle' | 'bundle+cache'
 type Main = (argv: string[]) => Promise<void>
 
-/** How this process started, for --test-mode. */
-export const startUp: { mode: StartUp; why: string } = { mode: 'modules', why: 'not started yet' }
 
 function mtime(file: string): number {
   try {

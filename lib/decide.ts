@@ -5,6 +5,12 @@
 // check (store down, locked, corrupt, full; an internal error) becomes the
 // configured fail_action, logged once per change of state.
 // Headers go out through a queue per message (./header-queue).
+//
+// Store writes follow the combined verdict: a check that counts or holds
+// something proposes it as its verdict's `effect`, committed only when the
+// mail goes on and released when any check refuses it. Greylisting's
+// record is its verdict itself (one atomic read-decide-write), so it runs
+// last and only for mail no other check refused.
 
 import type { Config } from './config'
 import { checkGreylist, type GreylistContext } from './greylist/check'
@@ -12,7 +18,7 @@ import type { HeaderQueue } from './header-queue'
 import type { PolicyRequest } from './request'
 import type { SpfContext } from './spf/check'
 import { StoreError } from './store/types'
-import { combineVerdicts, type SeverityName, type Verdict } from './verdict'
+import { combineVerdicts, letsThrough, type SeverityName, type Verdict } from './verdict'
 
 export interface DecideContext {
   config: Config
@@ -78,9 +84,22 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
     }
   }
   const combined = combineVerdicts(verdicts)
+  if (verdicts.some((v) => v.effect)) await settleEffects(verdicts, letsThrough(combined), ctx)
   const header = ctx.headers.take(req, combined.headers, combined.action === null)
   if (combined.action === null && header !== null) {
     return { action: `PREPEND ${header}`, verdicts, winner: combined.winner, header: header.slice(0, header.indexOf(':')) }
   }
   return { action: combined.action ?? 'DUNNO', verdicts, winner: combined.winner }
+}
+
+/** Commit (mail goes on) or release (mail refused) what each check proposed; a failure is logged, the reply stands. */
+async function settleEffects(verdicts: readonly Verdict[], commit: boolean, ctx: DecideContext): Promise<void> {
+  for (const v of verdicts) {
+    if (!v.effect) continue
+    try {
+      await (commit ? v.effect.commit() : v.effect.release())
+    } catch (err) {
+      ctx.log(0, `${v.check}: ${commit ? 'commit' : 'release'} failed, the reply stands: ${(err as Error).message}`)
+    }
+  }
 }

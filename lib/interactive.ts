@@ -66,14 +66,16 @@ export async function runInteractive(argv: string[]): Promise<number> {
     return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
   }
 
+  const { readConfig } = require('./read-config') as typeof import('./read-config')
   const { runSpawn } = require('./spawn') as typeof import('./spawn')
-  await runSpawn({ options, configPath, argvErrors: [] })
+  await runSpawn({ loaded: readConfig(options, configPath), argvErrors: [] })
   return 0
 }
 
 /** spfquery: exit 0 with a result, 64 for a bad address, 78 for a bad configuration. */
 async function runSpfQuery(q: import('./spfquery').SpfQuery, options: Record<string, string>, configPath: string | undefined): Promise<number> {
-  const { readConfig, systemHostname } = require('./spawn') as typeof import('./spawn')
+  const { readConfig } = require('./read-config') as typeof import('./read-config')
+  const { systemHostname } = require('./app') as typeof import('./app')
   const { parseIp } = require('./normalize') as typeof import('./normalize')
   if (!parseIp(q.ip)) {
     process.stderr.write(`policyd-ts spfquery: --ip ${JSON.stringify(q.ip)} is not an IP address\n`)
@@ -92,7 +94,7 @@ async function runSpfQuery(q: import('./spfquery').SpfQuery, options: Record<str
 
 /** Print the effective configuration, one `key = value  # source` line each, then the checks of files it names. */
 export async function testMode(options: Record<string, string>, configPath: string | undefined): Promise<number> {
-  const { readConfig } = require('./spawn') as typeof import('./spawn')
+  const { readConfig } = require('./read-config') as typeof import('./read-config')
   const { version } = require('./version') as typeof import('./version')
   const loaded = readConfig(options, configPath)
   const out: string[] = [
@@ -107,7 +109,7 @@ export async function testMode(options: Record<string, string>, configPath: stri
   const { describeFiles } = require('./greylist/lists') as typeof import('./greylist/lists')
   out.push(...describeFiles(loaded.config).map((l) => `# ${l}`))
   out.push(...loaded.notices.map((n) => `# ${n}`))
-  const { startUp } = require('./boot') as typeof import('./boot')
+  const { startUp } = require('./start-up') as typeof import('./start-up')
   out.push(`# start-up: ${startUp.mode} (${startUp.why})`)
   process.stdout.write(`${out.join('\n')}\n`)
   if (loaded.errors.length > 0) {

@@ -2,40 +2,21 @@
 // SMTP server's socket. This file wires config, log, store and checks to
 // the I/O loop and makes sure nothing but replies ever reaches those fds.
 
-import { loadConfig, type Config, type LoadedConfig } from './config'
-import type { DecideContext } from './decide'
+import { App } from './app'
+import type { Config, LoadedConfig } from './config'
 import { createLogger, type Logger } from './log'
-import { BoundedMap } from './bounded-map'
-import { HeaderQueue } from './header-queue'
-import { createPolicy } from './policy'
+import type { FramerLimits } from './protocol'
 import { serve, type EndReason } from './server'
-import { SqliteStore } from './store/sqlite'
-import { createGreylistWhitelists } from './greylist/lists'
 import { version } from './version'
 
-/** Seconds between two upkeep steps of one process, and rows looked at in each. */
-const UPKEEP_EVERY = 10
-const UPKEEP_ROWS = 1000
-
 export interface SpawnArgs {
-  options: Record<string, string>
-  configPath?: string
+  loaded: LoadedConfig
   argvErrors: string[]
 }
 
-export function readConfig(options: Record<string, string>, configPath: string | undefined): LoadedConfig {
-  const fs = require('node:fs') as typeof import('node:fs')
-  return loadConfig({
-    cli: options,
-    configPath,
-    env: process.env,
-    readFile: (p) => fs.readFileSync(p, 'utf8'),
-    parseDotenv: () => (require('dotenv') as typeof import('dotenv')).parse,
-  })
-}
-
-export function systemHostname(config: Config): string {
-  return config.hostname || (require('node:os') as typeof import('node:os')).hostname()
+/** The framing bounds of every connection, from the configuration. */
+export function framerLimits(config: Config): FramerLimits {
+  return { maxLineLength: config.max_line_length, maxAttributes: config.max_attributes, maxRequestBytes: config.max_request_bytes }
 }
 
 /** Route everything that could print (console, warnings, stray errors) into the log. */
@@ -59,7 +40,7 @@ function silenceStdio(log: Logger): void {
 }
 
 export async function runSpawn(args: SpawnArgs): Promise<void> {
-  const loaded = readConfig(args.options, args.configPath)
+  const { loaded } = args
   const config = loaded.config
   const log = createLogger({
     debugLevel: config.debugLevel,
@@ -70,66 +51,11 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     pid: process.pid,
   })
   silenceStdio(log)
-  const configErrors = [...args.argvErrors, ...loaded.errors]
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
   for (const notice of loaded.notices) log.log(1, notice)
 
-  const store = new SqliteStore({
-    path: config.db_path,
-    busyTimeoutMs: config.db_busy_timeout * 1000,
-    renameCorrupt: config.db_corrupt_action === 'rename',
-    log: (level, msg) => log.log(level, msg),
-  })
-  let context: DecideContext | undefined
-  const logStateChange = log.logStateChange.bind(log)
-  const logLine = (level: number, msg: string): void => log.log(level, msg)
-  let spf: import('./spf/check').SpfContext | undefined
-  const getContext = (): DecideContext => {
-    context ??= {
-      config,
-      logStateChange,
-      log: logLine,
-      headers: new HeaderQueue(64, logLine),
-      spf: () => {
-        if (!spf) {
-          const { createSpfContext } = require('./spf/context') as typeof import('./spf/context')
-          spf = createSpfContext(config, { hostname: systemHostname(config), log: logLine })
-        }
-        return spf
-      },
-      greylist: {
-        config,
-        store,
-        whitelists: createGreylistWhitelists(config, logLine, () => Date.now()),
-        headerSent: new BoundedMap(256),
-        recentPasses: new BoundedMap(4096),
-        version,
-        hostname: systemHostname(config),
-        log: logLine,
-        logStateChange,
-      },
-    }
-    return context
-  }
-
-  let lastUpkeep = Date.now() / 1000
-  const handle = createPolicy({
-    config,
-    configErrors,
-    log,
-    context: getContext,
-    now: () => Date.now() / 1000,
-    afterDecision: (now) => {
-      if (!config.greylist_enabled || now - lastUpkeep < UPKEEP_EVERY) return
-      lastUpkeep = now
-      setImmediate(() => {
-        store.purgeExpired(now, UPKEEP_ROWS).then(
-          (n) => n > 0 && log.log(2, `purged ${n} expired greylist rows`),
-          (err: Error) => log.log(2, `purge skipped: ${err.message}`),
-        )
-      })
-    },
-  })
+  const app = new App({ loaded, argvErrors: args.argvErrors, log })
+  const connection = app.connection()
 
   const onSignal = (): void => {
     log.log(3, 'terminated by signal')
@@ -145,8 +71,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     // Let the work queued behind the last reply (its commit, its log line) run first.
     await new Promise((resolve) => setImmediate(resolve))
     log.log(3, `exiting: ${reason}`)
-    store.close()
-    spf?.resolver.close()
+    app.close()
     await log.close()
     const exit = (): never => process.exit(0)
     if (process.stdout.writableLength === 0 || reason === 'output-closed') exit()
@@ -157,13 +82,9 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   const reason = await serve({
     input: process.stdin,
     output: process.stdout,
-    limits: {
-      maxLineLength: config.max_line_length,
-      maxAttributes: config.max_attributes,
-      maxRequestBytes: config.max_request_bytes,
-    },
-    handle,
-    failAction: () => config.fail_action,
+    limits: framerLimits(config),
+    handle: connection.handle,
+    failAction: () => app.config.fail_action,
     log: (level, msg) => log.log(level, msg),
     maxIdleMs: config.max_idle * 1000,
     maxLifetimeMs: config.max_lifetime * 1000,

@@ -3,12 +3,12 @@
 // resolver as the policy server; prints the result word first, then what
 // led to it and the action the server would answer (greylisting aside).
 
-import { decide, type DecideContext } from './decide'
-import { HeaderQueue } from './header-queue'
+import { App } from './app'
+import { decide } from './decide'
+import type { Logger } from './log'
 import { domainOf } from './normalize'
 import { toPolicyRequest } from './request'
 import { checkHost, type SpfResult } from './spf/check-host'
-import { createSpfContext } from './spf/context'
 import { explanationOf } from './spf/texts'
 import type { LoadedConfig } from './config'
 
@@ -32,7 +32,15 @@ export async function spfQuery(q: SpfQuery, loaded: LoadedConfig, hostname: stri
   const log = (level: number, msg: string): void => {
     if (level <= Math.max(config.debugLevel, 0)) logs.push(msg)
   }
-  const spf = createSpfContext(config, { hostname, log })
+  const logger: Logger = {
+    log,
+    logStateChange: (_topic, _state, level, msg) => log(level, msg),
+    enabled: (level) => level <= Math.max(config.debugLevel, 0),
+    setLevel: () => undefined,
+    close: async () => undefined,
+  }
+  const app = new App({ loaded: { ...loaded, config }, log: logger, hostname })
+  const spf = app.runtime.spf()
   try {
     const sender = q.sender.replace(/^<(.*)>$/, '$1').toLowerCase()
     const helo = q.helo.toLowerCase()
@@ -46,8 +54,7 @@ export async function spfQuery(q: SpfQuery, loaded: LoadedConfig, hostname: stri
       request: 'smtpd_access_policy', protocol_state: 'RCPT', client_address: q.ip, client_name: 'unknown',
       helo_name: q.helo, sender, recipient: q.recipient, instance: 'spfquery',
     })))
-    const ctx: DecideContext = { config, spf: () => spf, headers: new HeaderQueue(1, log), log, logStateChange: () => undefined }
-    const decision = await decide(req, ctx, Date.now() / 1000)
+    const decision = await decide(req, app.connection().context(), app.now())
 
     // The identity whose result decided the action (a HELO fail rejects before MAIL FROM counts).
     const spfVerdict = decision.verdicts.find((v) => v.check === 'spf')
@@ -61,6 +68,6 @@ export async function spfQuery(q: SpfQuery, loaded: LoadedConfig, hostname: stri
     for (const l of logs) out.push(`log: ${l}`)
     return out
   } finally {
-    spf.resolver.close()
+    app.close()
   }
 }

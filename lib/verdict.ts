@@ -25,6 +25,25 @@ export interface Verdict {
   reason: string
   /** Extra key=value fields for the decision log line. */
   fields?: Record<string, string | number>
+  /** What the check holds in the store until the combined verdict is known. */
+  effect?: Effect
+}
+
+/**
+ * A store change a check proposes (e.g. counting a message against a rate
+ * limit): taken provisionally in the check's own atomic step, then kept
+ * (`commit`) when the combined verdict lets the mail through, or given
+ * back (`release`) when any check refuses it, so refused mail costs no
+ * counter. Both may fail: decide() logs it and the reply stands.
+ */
+export interface Effect {
+  commit(): Promise<void>
+  release(): Promise<void>
+}
+
+/** Whether the combined outcome lets the mail go on (DUNNO, a header or a restriction to evaluate). */
+export function letsThrough(combined: Combined): boolean {
+  return combined.winner === null || Severity[combined.winner.severity] < Severity.greylist
 }
 
 export interface Combined {

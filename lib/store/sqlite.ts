@@ -20,6 +20,13 @@ export interface SqliteStoreOptions {
   /** Seconds between two attempts to reopen a failed database. */
   reopenDelay?: number
   now?: () => number
+  /**
+   * How another process's write lock is waited for. 'block' (spawn mode:
+   * the process has one connection and nothing else to do) sleeps in
+   * place; 'yield' (the daemon) returns to the event loop between tries,
+   * so that one waiting request does not stall every other connection.
+   */
+  lockWaits?: 'block' | 'yield'
 }
 
 /**
@@ -116,6 +123,10 @@ export class SqliteStore implements GreylistStore {
    * early COMMIT costs this one: then COMMIT runs before the reply too.
    */
   async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T> {
+    return this.withLockWaits(() => this.updateGreylistNow(tripletKey, clientKey, decide))
+  }
+
+  private updateGreylistNow<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): T {
     return this.run((_db, s) => {
       const read = (): GreylistView => {
         const view: GreylistView = { triplet: null, client: null, tripletCount: this.knownCount.triplet + this.pendingDelta.triplet }
@@ -209,7 +220,31 @@ export class SqliteStore implements GreylistStore {
    * this process's inserts to the shared row counts.
    */
   async purgeExpired(now: number, limit: number): Promise<number> {
-    return this.upkeep(now, limit)
+    return this.withLockWaits(() => this.upkeep(now, limit))
+  }
+
+  /**
+   * Run a store step; in 'yield' mode a lock held by another process is
+   * waited for here, between whole attempts (each attempt either takes the
+   * lock and finishes without yielding, or stops before changing anything).
+   */
+  private async withLockWaits<T>(attempt: () => T): Promise<T> {
+    if (this.opts.lockWaits !== 'yield') return attempt()
+    let waited = 0
+    let step = 0.02
+    for (;;) {
+      try {
+        return attempt()
+      } catch (err) {
+        if (!(err instanceof LockHeld) || waited >= this.opts.busyTimeoutMs) {
+          throw err instanceof LockHeld ? new StoreError('busy', `database ${this.opts.path}: locked by another process for ${this.opts.busyTimeoutMs} ms`) : err
+        }
+        const ms = Math.min(step, this.opts.busyTimeoutMs - waited)
+        await new Promise((resolve) => setTimeout(resolve, ms))
+        waited += ms
+        step = Math.min(step * 2, 2)
+      }
+    }
   }
 
   private upkeep(now: number, limit: number): number {
@@ -252,8 +287,10 @@ export class SqliteStore implements GreylistStore {
       try {
         return begin()
       } catch (err) {
-        if (classifyError(err) !== 'busy' || waited >= this.opts.busyTimeoutMs) throw err
+        if (classifyError(err) !== 'busy') throw err
         this.contendedUntil = performance.now() + CONTENTION_MEMORY_MS
+        if (this.opts.lockWaits === 'yield') throw new LockHeld()
+        if (waited >= this.opts.busyTimeoutMs) throw err
         const ms = Math.min(step, this.opts.busyTimeoutMs - waited)
         Atomics.wait(lockWait(), 0, 0, ms)
         waited += ms
@@ -417,6 +454,13 @@ export class SqliteStore implements GreylistStore {
       this.opts.log(0, `${message}; cannot rename the corrupt file aside: ${(err as Error).message}`)
       return false
     }
+  }
+}
+
+/** Another process holds the write lock; thrown before anything changed, so the step can be retried. */
+class LockHeld extends StoreError {
+  constructor() {
+    super('busy', 'database locked by another process')
   }
 }
 

@@ -1,0 +1,163 @@
+// The composition root: builds the application once from a configuration
+// (store, whitelists, SPF context, log, clock) and hands out connections.
+// Spawn mode serves stdin/stdout as its one connection, the daemon each
+// accepted socket; spfquery and the tests build it the same way. Nothing
+// here knows where connections come from.
+
+import type { Config, LoadedConfig } from './config'
+import { Connection } from './connection'
+import type { Logger } from './log'
+import type { GreylistStore } from './store/types'
+import type { SpfContext } from './spf/check'
+import type { GreylistWhitelists } from './greylist/check'
+import { BoundedMap } from './bounded-map'
+import { createGreylistWhitelists } from './greylist/lists'
+import { version } from './version'
+
+/** Seconds between two upkeep steps of one process, and rows looked at in each. */
+export const UPKEEP_EVERY = 10
+export const UPKEEP_ROWS = 1000
+
+/** Passed triplets remembered per process (see GreylistContext.recentPasses). */
+const RECENT_PASSES = 4096
+
+export interface AppOptions {
+  loaded: LoadedConfig
+  /** Errors found outside the configuration sources (e.g. the command line of the spawn path). */
+  argvErrors?: string[]
+  log: Logger
+  /** Epoch seconds; injected by tests. */
+  now?: () => number
+  /** A store made by the caller (tests); otherwise the configured one is opened on first use. */
+  store?: GreylistStore
+  /** How a waiting SQLite lock is waited for: blocking (spawn: one connection) or yielding (daemon: many). */
+  lockWaits?: 'block' | 'yield'
+  hostname?: string
+}
+
+/**
+ * What every connection of one configuration shares. A reload (daemon HUP)
+ * makes a new Runtime; connections pick it up at their next request.
+ */
+export interface Runtime {
+  readonly config: Config
+  readonly configErrors: readonly string[]
+  readonly generation: number
+  readonly hostname: string
+  readonly whitelists: GreylistWhitelists
+  readonly recentPasses: BoundedMap<string, number>
+  /** Made on first use: SPF loads its modules and resolver only when a request needs them. */
+  spf(): SpfContext
+  readonly spfLoaded: boolean
+  close(): void
+}
+
+export class App {
+  readonly log: Logger
+  readonly store: GreylistStore
+  readonly now: () => number
+  private runtimeNow: Runtime
+  private generation = 0
+  private lastUpkeep: number
+  private readonly ownStore: boolean
+  private readonly hostnameOverride?: string
+
+  constructor(opts: AppOptions) {
+    this.log = opts.log
+    this.now = opts.now ?? (() => Date.now() / 1000)
+    this.hostnameOverride = opts.hostname
+    const config = opts.loaded.config
+    this.ownStore = opts.store === undefined
+    this.store = opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block')
+    this.runtimeNow = this.makeRuntime(opts.loaded, opts.argvErrors ?? [])
+    this.lastUpkeep = this.now()
+  }
+
+  get runtime(): Runtime {
+    return this.runtimeNow
+  }
+
+  get config(): Config {
+    return this.runtimeNow.config
+  }
+
+  /** A new connection's state: framing is the server's, the rest (headers, per-message memory) is here. */
+  connection(): Connection {
+    return new Connection(this)
+  }
+
+  /**
+   * Take a new configuration (daemon HUP). Keys that the running store
+   * depends on cannot change without a restart: the caller checks
+   * `storeKeysChanged` first and refuses such a reload.
+   */
+  reload(loaded: LoadedConfig): void {
+    const old = this.runtimeNow
+    this.runtimeNow = this.makeRuntime(loaded, [])
+    this.log.setLevel(loaded.config.debugLevel)
+    old.close()
+  }
+
+  /** Called after each decided request: a few rows of store upkeep every UPKEEP_EVERY seconds of activity. */
+  afterDecision(now: number): void {
+    if (!this.config.greylist_enabled || now - this.lastUpkeep < UPKEEP_EVERY) return
+    this.lastUpkeep = now
+    setImmediate(() => {
+      this.store.purgeExpired(now, UPKEEP_ROWS).then(
+        (n) => n > 0 && this.log.log(2, `purged ${n} expired greylist rows`),
+        (err: Error) => this.log.log(2, `purge skipped: ${err.message}`),
+      )
+    })
+  }
+
+  /** Close the store and the resolver; the log is the caller's. */
+  close(): void {
+    if (this.ownStore) this.store.close()
+    this.runtimeNow.close()
+  }
+
+  private makeRuntime(loaded: LoadedConfig, argvErrors: readonly string[]): Runtime {
+    const config = loaded.config
+    const log = this.log
+    const logLine = (level: number, msg: string): void => log.log(level, msg)
+    const hostname = this.hostnameOverride ?? systemHostname(config)
+    let spf: SpfContext | undefined
+    return {
+      config,
+      configErrors: [...argvErrors, ...loaded.errors],
+      generation: ++this.generation,
+      hostname,
+      whitelists: createGreylistWhitelists(config, logLine, () => Date.now()),
+      recentPasses: new BoundedMap(RECENT_PASSES),
+      spf: () => {
+        if (!spf) {
+          const { createSpfContext } = require('./spf/context') as typeof import('./spf/context')
+          spf = createSpfContext(config, { hostname, log: logLine })
+        }
+        return spf
+      },
+      get spfLoaded() {
+        return spf !== undefined
+      },
+      close: () => spf?.resolver.close(),
+    }
+  }
+}
+
+export function systemHostname(config: Config): string {
+  return config.hostname || (require('node:os') as typeof import('node:os')).hostname()
+}
+
+function openStore(config: Config, log: Logger, lockWaits: 'block' | 'yield'): GreylistStore {
+  const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')
+  return new SqliteStore({
+    path: config.db_path,
+    busyTimeoutMs: config.db_busy_timeout * 1000,
+    renameCorrupt: config.db_corrupt_action === 'rename',
+    log: (level, msg) => log.log(level, msg),
+    lockWaits,
+  })
+}
+
+/** The package version, read when a header or --version needs it. */
+export { version }
