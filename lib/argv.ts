@@ -7,7 +7,7 @@
 
 import { isConfigKey } from './config'
 
-export const FLAGS = ['help', 'version', 'test-mode'] as const
+export const FLAGS = ['help', 'version', 'test-mode', 'daemon'] as const
 export type Flag = (typeof FLAGS)[number]
 export const COMMANDS = ['spfquery'] as const
 

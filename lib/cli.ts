@@ -1,28 +1,50 @@
 // Entry point. The spawn path (no flags) never loads yargs; --help,
 // --version, --test-mode, spfquery and argument errors at a terminal go to
-// ./interactive. This file is the root of the start-up bundle (see
+// ./interactive; --daemon or a listen key goes to ./daemon. This file is the root of the start-up bundle (see
 // lib/boot.ts); ./interactive stays outside it, loaded by path at run time.
 
 import { parseArgv } from './argv'
 
 export async function main(argv: string[]): Promise<void> {
   const parsed = parseArgv(argv)
+  const daemonFlag = parsed.flags.delete('daemon')
   const interactive = parsed.flags.size > 0 || parsed.command !== undefined || (parsed.errors.length > 0 && isTerminal())
   if (!interactive) {
+    const { readConfig } = require('./read-config') as typeof import('./read-config')
+    const loaded = readConfig(parsed.options, parsed.configPath)
+    if (daemonFlag || loaded.config.listen !== '') {
+      if (parsed.errors.length > 0) {
+        process.stderr.write(parsed.errors.map((e) => `policyd-ts: ${e}\n`).join(''))
+        process.exitCode = 64
+        return
+      }
+      if (loaded.config.listen === '') loaded.config.listen = defaultListen(process.env)
+      const { runDaemon } = loadByPath('daemon/daemon') as typeof import('./daemon/daemon')
+      process.exitCode = await runDaemon({ loaded, options: parsed.options, configPath: parsed.configPath })
+      return
+    }
     const { runSpawn } = require('./spawn') as typeof import('./spawn')
-    await runSpawn({ options: parsed.options, configPath: parsed.configPath, argvErrors: parsed.errors })
+    await runSpawn({ loaded, argvErrors: parsed.errors })
     return
   }
-  process.exitCode = await loadInteractive().runInteractive(argv)
+  process.exitCode = await (loadByPath('interactive') as typeof import('./interactive')).runInteractive(argv)
+}
+
+/** --daemon without listen: the socket systemd passes, else the path Postfix's chrooted smtpd reaches as unix:policyd-ts/policy. */
+export function defaultListen(env: NodeJS.ProcessEnv): string {
+  return env.LISTEN_FDS !== undefined ? 'systemd' : 'unix:/var/spool/postfix/policyd-ts/policy'
 }
 
 function isTerminal(): boolean {
   return (require('node:tty') as typeof import('node:tty')).isatty(0)
 }
 
-/** Required by a computed path, so that a bundler leaves it (and yargs behind it) out of the bundle. */
-function loadInteractive(): typeof import('./interactive') {
+/**
+ * Required by a computed path, so that a bundler leaves it out of the
+ * start-up bundle: the command line (yargs behind it) and the daemon are
+ * never needed by a spawned process.
+ */
+function loadByPath(name: 'interactive' | 'daemon/daemon'): unknown {
   const path = require('node:path') as typeof import('node:path')
-  const file = path.join(__dirname, 'interactive')
-  return require(file) as typeof import('./interactive')
+  return require(path.join(__dirname, name))
 }

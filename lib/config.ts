@@ -5,6 +5,7 @@
 // file and parsed by the same code as every other source.
 
 import { parseServerAddress } from './dns/server-address'
+import { parseHostPort, parseListen } from './listen-address'
 import { parseCidr, parseIp } from './normalize'
 
 export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
@@ -30,6 +31,11 @@ export interface Config {
   max_request_bytes: number
   max_idle: number
   max_lifetime: number
+  listen: string
+  listen_mode: string
+  listen_group: string
+  max_connections: number
+  metrics_listen: string
   db_path: string
   db_busy_timeout: number
   db_corrupt_action: string
@@ -125,6 +131,26 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   max_lifetime: {
     type: 'duration', default: '7200s', min: 1,
     doc: 'Exit after this long in all, between two requests (Postfix does not enforce policy_time_limit on spawned children).',
+  },
+  listen: {
+    type: 'string', default: '',
+    doc: 'Empty: serve one connection on stdin/stdout, as spawn(8) runs it. Otherwise run as a daemon for all smtpd processes, listening on unix:PATH, inet:HOST:PORT or systemd (the socket systemd passes, LISTEN_FDS).',
+  },
+  listen_mode: {
+    type: 'string', default: '0660',
+    doc: 'Permissions (octal) of a unix socket the daemon creates itself.',
+  },
+  listen_group: {
+    type: 'string', default: 'postfix',
+    doc: 'Group of a unix socket the daemon creates itself (Postfix\'s smtpd must be able to connect); empty keeps the daemon\'s own group.',
+  },
+  max_connections: {
+    type: 'int', default: '1000', min: 1, max: 100000,
+    doc: 'Daemon: most connections served at once; a connection beyond this is closed at once (Postfix then answers its default_action) and logged once.',
+  },
+  metrics_listen: {
+    type: 'string', default: '',
+    doc: 'Daemon: HOST:PORT on which GET /metrics serves Prometheus text (format 0.0.4); empty means off.',
   },
   db_path: {
     type: 'string', default: '/var/mta/policyd-ts.sqlite',
@@ -518,6 +544,15 @@ const REASON_FIELDS = new Set(['rejectdefer', 'spf', 'url'])
 /** Rules between keys and on the items of lists, which the value forms alone cannot state. */
 function crossCheck(c: Config): string[] {
   const errors: string[] = []
+  if (c.listen !== '') {
+    if (!parseListen(c.listen)) errors.push(`listen: ${JSON.stringify(c.listen)} is not unix:PATH, inet:HOST:PORT or systemd`)
+    // Postfix closes an idle policy connection itself after
+    // smtpd_policy_service_max_idle (300 s): the daemon closing it first
+    // races with a request on its way.
+    if (c.max_idle <= 300) errors.push(`max_idle (${c.max_idle}s) must be longer than Postfix's smtpd_policy_service_max_idle (300s) when listen is set`)
+  }
+  if (!/^0?[0-7]{3}$/.test(c.listen_mode)) errors.push(`listen_mode: ${JSON.stringify(c.listen_mode)} is not an octal mode such as 0660`)
+  if (c.metrics_listen !== '' && !parseHostPort(c.metrics_listen)) errors.push(`metrics_listen: ${JSON.stringify(c.metrics_listen)} is not HOST:PORT`)
   if (c.greylist_retry_window <= c.greylist_delay) {
     errors.push(`greylist_retry_window (${c.greylist_retry_window}s) must be longer than greylist_delay (${c.greylist_delay}s), or no retry could ever pass`)
   }

@@ -6,7 +6,7 @@
 import type { Readable, Writable } from 'node:stream'
 import { encodeReply, RequestFramer, type Frame, type FramerLimits } from './protocol'
 
-export type EndReason = 'eof' | 'idle' | 'lifetime' | 'output-closed' | 'input-error'
+export type EndReason = 'eof' | 'idle' | 'lifetime' | 'output-closed' | 'input-error' | 'shutdown'
 
 export interface ServeOptions {
   input: Readable
@@ -17,7 +17,10 @@ export interface ServeOptions {
   failAction: () => string
   log: (level: number, msg: string) => void
   maxIdleMs: number
+  /** Infinity: no limit (the daemon's connections; Postfix's own max_ttl ends them). */
   maxLifetimeMs: number
+  /** When aborted, stop reading, answer the requests already received, then end with 'shutdown'. */
+  drain?: AbortSignal
 }
 
 /** Frames queued beyond this pause the input, so pipelined floods cannot grow memory. */
@@ -50,6 +53,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     input.on('error', () => undefined)
     output.on('error', () => undefined)
     input.pause()
+    opts.drain?.removeEventListener('abort', onDrain)
     resolveEnd(reason)
   }
 
@@ -68,10 +72,21 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     }
     idleTimer = setTimeout(checkIdle, Math.max(1, opts.maxIdleMs - idleFor))
   }
-  const lifetimeTimer = setTimeout(() => {
-    lifetimeOver = true
-    if (!busy && queue.length === 0 && !framer.pending) finish('lifetime')
-  }, opts.maxLifetimeMs)
+  const lifetimeTimer = Number.isFinite(opts.maxLifetimeMs)
+    ? setTimeout(() => {
+        lifetimeOver = true
+        if (!busy && queue.length === 0 && !framer.pending) finish('lifetime')
+      }, opts.maxLifetimeMs)
+    : undefined
+  // Draining (the daemon stopping): a request whose first bytes have
+  // arrived is read to its end and answered, then the connection ends.
+  // Postfix sends one request at a time, so that is the one in flight.
+  let draining = false
+  const onDrain = (): void => {
+    if (finished || draining) return
+    draining = true
+    void pump()
+  }
 
   const onData = (chunk: Buffer | string): void => {
     framer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk, queue)
@@ -153,6 +168,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     }
     if (finished) return
     if (inputEnded) finish('eof')
+    else if (draining && !framer.pending) finish('shutdown')
     else if (lifetimeOver && !framer.pending) finish('lifetime')
   }
 
@@ -161,5 +177,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   input.on('error', onInputError)
   output.on('error', onOutputError)
   idleTimer = setTimeout(checkIdle, opts.maxIdleMs)
+  if (opts.drain?.aborted) onDrain()
+  else opts.drain?.addEventListener('abort', onDrain, { once: true })
   return ended
 }

@@ -1,0 +1,201 @@
+// The daemon through the built binary: many connections at once, each with
+// its own framing and headers, bad input on some while others are served,
+// HUP and TERM under load, the socket file's life, max_connections.
+import t from 'tap'
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import { assertWellFormed, isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
+import { connect, socketDir, startDaemon, type Client } from '../helpers/daemon-process'
+
+const GREYLISTED = /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in \d+ seconds$/
+
+function args(dir: string, extra: string[] = []): string[] {
+  return isolatedArgs(dir, ['--greylist_delay', '1s', '--debugLevel', '1', ...extra])
+}
+
+t.test('200 connections with interleaved two-recipient messages: well-formed replies, one header per message, nothing crossed', async (t) => {
+  const dir = t.testdir()
+  const d = await startDaemon(socketDir(t), args(dir))
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const clients: Client[] = await Promise.all(Array.from({ length: 200 }, () => connect(d.socketPath)))
+  // Connections 0 and 1 share one instance id: their header memories must still be their own.
+  const instance = (i: number): string => (i < 2 ? 'shared.1' : `m.${i}`)
+  const message = (c: Client, i: number) => async () => {
+    const r1 = await c.ask(rcptRequest({ instance: instance(i), client_address: `198.51.${i % 250}.7`, recipient: `a${i}@example.org` }))
+    const r2 = await c.ask(rcptRequest({ instance: instance(i), client_address: `198.51.${i % 250}.7`, recipient: `b${i}@example.org` }))
+    return [r1, r2]
+  }
+  const first = await Promise.all(clients.map((c, i) => message(c, i)()))
+  t.same(first.flat().filter((r) => !GREYLISTED.test(r)), [], 'every first attempt greylisted')
+  await new Promise((r) => setTimeout(r, 1100))
+  const again = await Promise.all(clients.map((c, i) => message(c, i)()))
+  let headers = 0
+  again.forEach((replies, i) => {
+    const withHeader = replies.filter((r) => r.startsWith('action=PREPEND X-Greylist: delayed '))
+    if (withHeader.length !== 1) t.fail(`connection ${i}: ${JSON.stringify(replies)}`)
+    headers += withHeader.length
+    if (replies[1] !== 'action=DUNNO') t.fail(`connection ${i}: the second recipient got ${replies[1]}`)
+  })
+  t.equal(headers, 200, 'one X-Greylist header per message, on every connection (also the two sharing an instance id)')
+  for (const c of clients) assertWellFormed(c.output())
+  await Promise.all(clients.map((c) => (c.end(), c.closed)))
+})
+
+t.test('bad input on some connections while others keep being served', async (t) => {
+  const dir = t.testdir()
+  const d = await startDaemon(socketDir(t), args(dir, ['--max_line_length', '1024', '--max_attributes', '40']))
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const good = await Promise.all(Array.from({ length: 8 }, () => connect(d.socketPath)))
+  const bad = await Promise.all(Array.from({ length: 6 }, () => connect(d.socketPath)))
+  bad[0].send(`${'x'.repeat(2 * 1024 * 1024)}\n\n`)
+  bad[1].send(Buffer.from([0x00, 0xff, 0xfe, 0x0d, 0x0a, 0x0a, 0x0a]))
+  bad[2].send(`${Array.from({ length: 100 }, (_, i) => `a${i}=b`).join('\n')}\n\n`)
+  bad[3].send('request=smtpd_access_policy\nprotocol_state=RC')
+  bad[3].end()
+  bad[4].send('garbage without equals\n\n')
+  bad[5].socket.destroy()
+  const rounds = await Promise.all(good.map(async (c, i) => {
+    const out: string[] = []
+    for (let k = 0; k < 20; k++) out.push(await c.ask(rcptRequest({ instance: `g${i}.${k}`, recipient: `r${k}@example.org` })))
+    return out
+  }))
+  t.same(rounds.flat().filter((r) => !GREYLISTED.test(r)), [], 'every request of the well-behaved connections answered')
+  t.equal((await bad[0].replies(1))[0], 'action=DUNNO', 'an oversized line: fail_action')
+  t.equal((await bad[2].replies(1))[0], 'action=DUNNO', 'too many attributes: fail_action')
+  t.equal((await bad[4].replies(1))[0], 'action=DUNNO', 'a line without "=" in a request of no type: an answer, not a crash')
+  await bad[3].closed
+  t.equal(bad[3].output(), '', 'a request cut by EOF is not answered')
+  for (const c of [...good, ...bad]) assertWellFormed(c.output())
+  t.equal(d.child.exitCode, null, 'the daemon is still running')
+})
+
+t.test('HUP during load: configuration reread, no request fails; a bad new configuration keeps the old one', async (t) => {
+  const dir = t.testdir()
+  const conf = path.join(dir, 'policyd-ts.conf')
+  fs.writeFileSync(conf, 'greylist_text = 4.2.0 first text %s\n')
+  const a = args(dir)
+  a[a.indexOf('--config') + 1] = conf
+  const d = await startDaemon(socketDir(t), a)
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const clients = await Promise.all(Array.from({ length: 8 }, () => connect(d.socketPath)))
+  let stop = false
+  const seen = new Set<string>()
+  const load = clients.map(async (c, i) => {
+    for (let k = 0; k < 2000 && !stop; k++) {
+      const r = await c.ask(rcptRequest({ instance: `h${i}.${k}`, recipient: `r${i}.${k}@example.org` }), 5000)
+      seen.add(r.replace(/\d+$/, 'N'))
+    }
+  })
+  await new Promise((r) => setTimeout(r, 200))
+  fs.writeFileSync(conf, 'greylist_text = 4.2.0 second text %s\n')
+  d.child.kill('SIGHUP')
+  await new Promise((r) => setTimeout(r, 300))
+  fs.writeFileSync(conf, 'greylist_max_age = 5x\n')
+  d.child.kill('SIGHUP')
+  await new Promise((r) => setTimeout(r, 300))
+  stop = true
+  await Promise.all(load)
+  t.same([...seen].sort(), ['action=DEFER_IF_PERMIT 4.2.0 first text N', 'action=DEFER_IF_PERMIT 4.2.0 second text N'], 'every request answered, first with the old text, then the new one, never the bad file\'s')
+  for (const c of clients) assertWellFormed(c.output())
+  t.match(d.log(), /configuration reloaded/)
+  t.match(d.log(), /reload refused, keeping the running configuration: .*greylist_max_age/)
+})
+
+t.test('TERM during load: the request in flight on every connection is answered, then exit 0', async (t) => {
+  const dir = t.testdir()
+  const d = await startDaemon(socketDir(t), args(dir))
+  const clients = await Promise.all(Array.from({ length: 16 }, () => connect(d.socketPath)))
+  // Like smtpd, each client has one request on the wire at a time.
+  const current: Array<Promise<string>> = []
+  let term = false
+  const answered = clients.map(async (c, i) => {
+    let n = 0
+    for (let k = 0; k < 100000 && !term; k++) {
+      current[i] = c.ask(rcptRequest({ instance: `t${i}.${k}`, recipient: `r${k}@example.org` }), 5000)
+      await current[i].catch(() => undefined)
+      n++
+    }
+    return n
+  })
+  await new Promise((r) => setTimeout(r, 300))
+  term = true
+  const inFlight = [...current]
+  d.child.kill('SIGTERM')
+  const last = await Promise.allSettled(inFlight)
+  const counts = await Promise.all(answered)
+  t.ok(counts.every((n) => n > 0), 'every connection was served before TERM')
+  t.equal(last.filter((r) => r.status === 'fulfilled' && r.value.startsWith('action=')).length, 16, 'the request in flight on each of the 16 connections is answered')
+  const exit = await d.exited(15000)
+  t.same(exit, { code: 0, signal: null }, 'exit 0')
+  for (const c of clients) {
+    await c.closed
+    assertWellFormed(c.output())
+  }
+  t.equal(d.stderr(), '')
+  t.notOk(fs.existsSync(d.socketPath), 'the socket file is removed')
+})
+
+t.test('the socket file: stale one replaced, live one refused, missing directory named', async (t) => {
+  const dir = t.testdir()
+  const sdir = socketDir(t)
+  const sock = path.join(sdir, 'policy.sock')
+  // A stale socket: bound, then the process "crashed" (closed without unlinking).
+  const stale = net.createServer()
+  await new Promise<void>((r) => stale.listen(sock, r))
+  const tmp = `${sock}.keep`
+  fs.linkSync(sock, tmp)
+  await new Promise<void>((r) => stale.close(() => r()))
+  fs.renameSync(tmp, sock)
+  t.ok(fs.lstatSync(sock).isSocket(), 'a stale socket file is in place')
+  const d = await startDaemon(sdir, args(dir))
+  t.teardown(() => d.child.kill('SIGKILL'))
+  t.equal(fs.lstatSync(sock).mode & 0o777, 0o660, 'mode listen_mode (0660)')
+
+  const second = startPolicy(['--listen', `unix:${sock}`, '--listen_group', '', ...args(dir)])
+  const exit = await second.exited()
+  t.equal(exit.code, 69, 'a second daemon on a live socket exits EX_UNAVAILABLE')
+  t.match(second.stderr(), /another process is listening on it/)
+  t.ok(await (await connect(sock)).ask(rcptRequest()), 'the first daemon still serves')
+
+  const missing = startPolicy(['--listen', `unix:${path.join(sdir, 'nope', 'policy')}`, ...args(dir)])
+  t.equal((await missing.exited()).code, 69)
+  t.match(missing.stderr(), /directory .*nope does not exist/)
+})
+
+t.test('max_connections: connections past it are closed at once and logged once', async (t) => {
+  const dir = t.testdir()
+  const d = await startDaemon(socketDir(t), args(dir, ['--max_connections', '3']))
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const held = await Promise.all(Array.from({ length: 3 }, () => connect(d.socketPath)))
+  for (const c of held) t.match(await c.ask(rcptRequest()), /^action=/)
+  const extra = await Promise.all(Array.from({ length: 4 }, () => connect(d.socketPath)))
+  for (const c of extra) {
+    c.send(rcptRequest())
+    await c.closed
+    t.equal(c.output(), '', 'a connection past max_connections gets no reply (Postfix uses its default_action)')
+  }
+  held[0].end()
+  await held[0].closed
+  await new Promise((r) => setTimeout(r, 100))
+  const later = await connect(d.socketPath)
+  t.match(await later.ask(rcptRequest()), /^action=/, 'served again once a connection ended')
+  await new Promise((r) => setTimeout(r, 100))
+  const log = d.log()
+  t.equal(log.match(/too many connections/g)?.length, 1, 'logged once, not per refused connection')
+  t.match(log, /connections below max_connections again/)
+})
+
+t.test('a socket path too long for a unix address: a clear error', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(['--listen', `unix:/tmp/${'x'.repeat(120)}`, ...args(dir)])
+  t.equal((await p.exited()).code, 69)
+  t.match(p.stderr(), /more than a unix socket address holds/)
+})
+
+t.test('listen = systemd without a socket from systemd: a clear error', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(['--listen', 'systemd', ...args(dir)])
+  t.equal((await p.exited()).code, 69)
+  t.match(p.stderr(), /systemd passed no socket/)
+})
