@@ -11,6 +11,7 @@ import type { GreylistStore } from './store/types'
 import type { SpfContext } from './spf/check'
 import type { GreylistWhitelists } from './greylist/check'
 import { BoundedMap } from './bounded-map'
+import { Metrics } from './metrics'
 import { createGreylistWhitelists } from './greylist/lists'
 import { version } from './version'
 
@@ -56,6 +57,7 @@ export class App {
   readonly log: Logger
   readonly store: GreylistStore
   readonly now: () => number
+  readonly metrics = new Metrics()
   private runtimeNow: Runtime
   private generation = 0
   private lastUpkeep: number
@@ -68,7 +70,7 @@ export class App {
     this.hostnameOverride = opts.hostname
     const config = opts.loaded.config
     this.ownStore = opts.store === undefined
-    this.store = opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block')
+    this.store = timedStore(opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block'), this.metrics)
     this.runtimeNow = this.makeRuntime(opts.loaded, opts.argvErrors ?? [])
     this.lastUpkeep = this.now()
   }
@@ -146,6 +148,24 @@ export class App {
 
 export function systemHostname(config: Config): string {
   return config.hostname || (require('node:os') as typeof import('node:os')).hostname()
+}
+
+/** The store with the time of each operation counted (policyd_store_seconds). */
+function timedStore(store: GreylistStore, metrics: Metrics): GreylistStore {
+  const timed = async <T>(op: string, run: () => Promise<T>): Promise<T> => {
+    const started = performance.now()
+    try {
+      return await run()
+    } finally {
+      metrics.observe('storeSeconds', (performance.now() - started) / 1000, { op })
+    }
+  }
+  return {
+    updateGreylist: (tripletKey, clientKey, decide) => timed('greylist', () => store.updateGreylist(tripletKey, clientKey, decide)),
+    purgeExpired: (now, limit) => timed('purge', () => store.purgeExpired(now, limit)),
+    counts: () => store.counts(),
+    close: () => store.close(),
+  }
 }
 
 function openStore(config: Config, log: Logger, lockWaits: 'block' | 'yield'): GreylistStore {

@@ -48,6 +48,7 @@ export class Connection {
       context: () => context,
       now: this.app.now,
       afterDecision: (now) => this.app.afterDecision(now),
+      metrics: this.app.metrics,
     })
     this.built = { runtime, context, handle }
     return this.built

@@ -5,6 +5,7 @@
 import type { Config } from './config'
 import { decide, type DecideContext, type Decision } from './decide'
 import type { Logger } from './log'
+import type { Metrics } from './metrics'
 import type { Frame } from './protocol'
 import { toPolicyRequest, type PolicyRequest } from './request'
 
@@ -17,6 +18,7 @@ export interface PolicyOptions {
   now: () => number
   /** Called after each decided request (e.g. for incremental store upkeep). */
   afterDecision?: (now: number) => void
+  metrics?: Metrics
 }
 
 /** Quote a log value when it would break the key=value form. */
@@ -58,6 +60,7 @@ export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<str
   }
   return async (frame) => {
     if (frame.kind === 'discarded') {
+      opts.metrics?.add('discarded')
       log.log(0, `request discarded: ${frame.reason}; answering ${config.fail_action}`)
       return config.fail_action
     }
@@ -80,11 +83,22 @@ export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<str
       return 'DUNNO'
     }
     const now = opts.now()
+    const started = opts.metrics ? performance.now() : 0
     const decision = await decide(req, opts.context(), now)
+    if (opts.metrics) count(opts.metrics, req, decision, (performance.now() - started) / 1000)
     // The decision line is written after the reply has gone out: formatting
     // it is a fifth of the work of a request and Postfix need not wait for it.
     if (log.enabled(1)) setImmediate(logDecision, req, decision)
     opts.afterDecision?.(now)
     return decision.action
+  }
+}
+
+function count(m: Metrics, req: PolicyRequest, decision: Decision, seconds: number): void {
+  m.add('requests', { state: req.protocolState || 'none', action: decision.action.split(' ')[0] })
+  m.observe('requestSeconds', seconds)
+  for (const v of decision.verdicts) {
+    m.add('decisions', { check: v.check, result: v.reason })
+    if (v.reason.startsWith('store-')) m.add('storeErrors', { failure: v.reason.slice(6) })
   }
 }

@@ -17,6 +17,8 @@ import { serve } from '../server'
 import { framerLimits } from '../spawn'
 import { version } from '../version'
 import { ListenError, openListener } from './listen'
+import { startMetricsServer, type MetricsServer } from './metrics-server'
+import { addProcessGauges } from '../metrics'
 
 export const EX_CONFIG = 78
 export const EX_UNAVAILABLE = 69
@@ -43,6 +45,7 @@ export interface Daemon {
   reload(): void
   stop(): void
   app: App
+  metricsAddress: string | null
 }
 
 export async function runDaemon(args: DaemonArgs): Promise<number> {
@@ -94,9 +97,22 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
     if (err instanceof ListenError) return fatal(EX_UNAVAILABLE, err.message)
     throw err
   }
-  log.log(1, `daemon started, version ${version()}, listening on ${where}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
+  const { metrics } = app
+  addProcessGauges(metrics, Date.now() / 1000)
+  let metricsServer: MetricsServer | null = null
+  if (config.metrics_listen !== '') {
+    try {
+      metricsServer = await startMetricsServer(config.metrics_listen, metrics, (level, msg) => log.log(level, msg))
+    } catch (err) {
+      server.close()
+      app.close()
+      return fatal(EX_UNAVAILABLE, `cannot serve metrics on ${config.metrics_listen}: ${(err as Error).message}`)
+    }
+  }
+  log.log(1, `daemon started, version ${version()}, listening on ${where}${metricsServer ? `, metrics on http://${metricsServer.address}/metrics` : ''}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
 
   const sockets = new Set<net.Socket>()
+  metrics.gauge('connections', () => sockets.size)
   const drain = new AbortController()
   // One listener per open connection: thousands are expected, not a leak.
   setMaxListeners(0, drain.signal)
@@ -114,6 +130,7 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
       return
     }
     if (sockets.size >= max) {
+      metrics.add('connectionsRefused')
       full = true
       log.logStateChange('connections', 'full', 0, `too many connections (max_connections ${max}): closing new ones until some end; Postfix answers their requests with its default_action`)
       socket.destroy()
@@ -174,6 +191,7 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
   const finish = async (): Promise<void> => {
     if (finishing) return
     finishing = true
+    await metricsServer?.close()
     app.close()
     log.log(1, 'daemon stopped')
     await log.close()
@@ -192,7 +210,7 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
     }, DRAIN_TIMEOUT_MS).unref()
   }
 
-  return { stopped, where, connections: () => sockets.size, reload, stop, app }
+  return { stopped, where, connections: () => sockets.size, reload, stop, app, metricsAddress: metricsServer?.address ?? null }
 }
 
 export { formatListen }

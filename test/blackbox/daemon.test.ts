@@ -199,3 +199,31 @@ t.test('listen = systemd without a socket from systemd: a clear error', async (t
   t.equal((await p.exited()).code, 69)
   t.match(p.stderr(), /systemd passed no socket/)
 })
+
+t.test('metrics_listen: GET /metrics in Prometheus text format, counting the requests served', async (t) => {
+  const dir = t.testdir()
+  const port = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port
+      s.close(() => resolve(p))
+    })
+  })
+  const d = await startDaemon(socketDir(t), args(dir, ['--metrics_listen', `127.0.0.1:${port}`]))
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const c = await connect(d.socketPath)
+  for (let i = 0; i < 3; i++) await c.ask(rcptRequest({ instance: `x${i}`, recipient: `r${i}@example.org` }))
+  c.send(`${'y'.repeat(70000)}\n\n`)
+  await c.replies(4)
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`)
+  t.equal(res.status, 200)
+  t.equal(res.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8')
+  const text = await res.text()
+  t.match(text, /^policyd_requests_total\{state="RCPT",action="DEFER_IF_PERMIT"\} 3$/m)
+  t.match(text, /^policyd_decisions_total\{check="greylist",result="new"\} 3$/m)
+  t.match(text, /^policyd_requests_discarded_total 1$/m)
+  t.match(text, /^policyd_request_seconds_count 3$/m)
+  t.match(text, /^policyd_store_seconds_count\{op="greylist"\} 3$/m)
+  t.match(text, /^policyd_connections 1$/m)
+  t.match(text, /^process_resident_memory_bytes \d+$/m)
+  t.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404)
+})
