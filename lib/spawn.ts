@@ -11,6 +11,7 @@ import { createPolicy } from './policy'
 import { serve, type EndReason } from './server'
 import { SqliteStore } from './store/sqlite'
 import { createGreylistWhitelists } from './greylist/lists'
+import { unreadPolicydSpfConf } from './policyd-spf-conf'
 import { version } from './version'
 
 /** Seconds between two upkeep steps of one process, and rows looked at in each. */
@@ -73,6 +74,8 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   const configErrors = [...args.argvErrors, ...loaded.errors]
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
   for (const notice of loaded.notices) log.log(1, notice)
+  const unreadSpfConf = unreadPolicydSpfConf(loaded)
+  if (unreadSpfConf !== null) log.log(0, unreadSpfConf)
 
   const store = new SqliteStore({
     path: config.db_path,
