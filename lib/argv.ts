@@ -9,7 +9,7 @@ import { isConfigKey } from './config'
 
 export const FLAGS = ['help', 'version', 'test-mode', 'daemon'] as const
 export type Flag = (typeof FLAGS)[number]
-export const COMMANDS = ['spfquery'] as const
+export const COMMANDS = ['spfquery', 'postfix-config'] as const
 
 export interface ParsedArgv {
   /** Config keys given on the command line, spelled as in the table. */

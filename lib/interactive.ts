@@ -34,6 +34,9 @@ export async function runInteractive(argv: string[]): Promise<number> {
         .option('helo', { type: 'string', default: '', describe: 'HELO/EHLO name' })
         .option('recipient', { type: 'string', default: 'postmaster@localhost', describe: 'envelope recipient (for Per_User and receiver=)' }),
     )
+    .command('postfix-config', 'Print the master.cf and main.cf lines for this machine (node, package, spawn user), with checks', (y) =>
+      (require('./postfix-config') as typeof import('./postfix-config')).postfixConfigOptions(y),
+    )
     .option('test-mode', { type: 'boolean', describe: 'Print the effective configuration with the source of each value and exit (0, or 78 on a bad configuration)' })
     .strict()
     .version(version())
@@ -62,6 +65,10 @@ export async function runInteractive(argv: string[]): Promise<number> {
   for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
   const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
   if (args['test-mode']) return testMode(options, configPath)
+  if ((args._ as unknown[])[0] === 'postfix-config') {
+    const { runPostfixConfig } = require('./postfix-config') as typeof import('./postfix-config')
+    return runPostfixConfig(args as unknown as import('./postfix-config').PostfixConfigArgs, options, configPath)
+  }
   if ((args._ as unknown[])[0] === 'spfquery') {
     return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
   }
@@ -109,6 +116,8 @@ export async function testMode(options: Record<string, string>, configPath: stri
   const { describeFiles } = require('./greylist/lists') as typeof import('./greylist/lists')
   out.push(...describeFiles(loaded.config).map((l) => `# ${l}`))
   out.push(...loaded.notices.map((n) => `# ${n}`))
+  const unreadSpfConf = (require('./policyd-spf-conf') as typeof import('./policyd-spf-conf')).unreadPolicydSpfConf(loaded)
+  if (unreadSpfConf !== null) out.push(`# warning: ${unreadSpfConf}`)
   const { startUp } = require('./start-up') as typeof import('./start-up')
   out.push(`# start-up: ${startUp.mode} (${startUp.why})`)
   process.stdout.write(`${out.join('\n')}\n`)

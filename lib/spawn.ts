@@ -7,6 +7,7 @@ import type { Config, LoadedConfig } from './config'
 import { createLogger, type Logger } from './log'
 import type { FramerLimits } from './protocol'
 import { serve, type EndReason } from './server'
+import { unreadPolicydSpfConf } from './policyd-spf-conf'
 import { version } from './version'
 
 export interface SpawnArgs {
@@ -53,6 +54,8 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   silenceStdio(log)
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
   for (const notice of loaded.notices) log.log(1, notice)
+  const unreadSpfConf = unreadPolicydSpfConf(loaded)
+  if (unreadSpfConf !== null) log.log(0, unreadSpfConf)
 
   const app = new App({ loaded, argvErrors: args.argvErrors, log })
   const connection = app.connection()

@@ -13,6 +13,7 @@ import type { LoadedConfig } from '../config'
 import { parseListen, formatListen } from '../listen-address'
 import { createLogger, type Logger } from '../log'
 import { readConfig } from '../read-config'
+import { unreadPolicydSpfConf } from '../policyd-spf-conf'
 import { serve } from '../server'
 import { framerLimits } from '../spawn'
 import { version } from '../version'
@@ -83,6 +84,8 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
     stderr(`policyd-ts: configuration error: ${e}\n`)
   }
   for (const notice of loaded.notices) log.log(1, notice)
+  const unreadSpfConf = unreadPolicydSpfConf(loaded)
+  if (unreadSpfConf !== null) log.log(0, unreadSpfConf)
 
   const app = new App({ loaded, log, lockWaits: 'yield' })
   const server = net.createServer({ pauseOnConnect: false })
