@@ -30,7 +30,6 @@ export function readConfig(options: Record<string, string>, configPath: string |
     configPath,
     env: process.env,
     readFile: (p) => fs.readFileSync(p, 'utf8'),
-    parseDotenv: () => (require('dotenv') as typeof import('dotenv')).parse,
   })
 }
 
@@ -70,8 +69,11 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     pid: process.pid,
   })
   silenceStdio(log)
-  const configErrors = [...args.argvErrors, ...loaded.errors]
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
+  // Logged by every process at its start, so that a bad setting shows up in
+  // the log as long as it is there; each one is ignored (or stands in with a
+  // safe value), and the other keys and checks work as configured.
+  for (const error of [...args.argvErrors.map((e) => `${e} (ignored)`), ...loaded.errors]) log.log(0, `configuration error: ${error}`)
   for (const notice of loaded.notices) log.log(1, notice)
 
   const store = new SqliteStore({
@@ -115,7 +117,6 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   let lastUpkeep = Date.now() / 1000
   const handle = createPolicy({
     config,
-    configErrors,
     log,
     context: getContext,
     now: () => Date.now() / 1000,
