@@ -5,6 +5,7 @@
 // file and parsed by the same code as every other source.
 
 import { parseServerAddress } from './dns/server-address'
+import { recipientEntryProblem } from './greylist/whitelist'
 import { parseCidr, parseIp } from './normalize'
 
 export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
@@ -48,6 +49,7 @@ export interface Config {
   greylist_max_entries: number
   greylist_whitelist_clients: string[]
   greylist_whitelist_recipients: string[]
+  greylist_whitelist_recipient_entries: string[]
   greylist_spf_key: boolean
   spf_enabled: boolean
   dns_servers: string[]
@@ -197,6 +199,10 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   greylist_whitelist_recipients: {
     type: 'list', default: '/etc/policyd-ts/whitelist_recipients, /etc/policyd-ts/whitelist_recipients.local',
     doc: 'Recipient whitelist files in postgrey\'s format; changed files are reread without restart.',
+  },
+  greylist_whitelist_recipient_entries: {
+    type: 'list', default: 'postmaster@, abuse@',
+    doc: 'Recipients never greylisted, as entries of a recipient whitelist file (user@ at any domain, user@domain, domain), in addition to the files: by default the addresses RFC 5321 and RFC 2142 require to accept mail; empty greylists them too.',
   },
   greylist_spf_key: {
     type: 'bool', default: 'yes',
@@ -491,6 +497,10 @@ const ITEM_RULES: Partial<Record<ConfigKey, (item: string) => string | null>> = 
   Domain_Whitelist_PTR: notDomain,
   Reject_Not_Pass_Domains: notDomain,
   dns_servers: (item) => (parseServerAddress(item) ? null : 'is not ip, ip:port or [ipv6]:port'),
+  greylist_whitelist_recipient_entries: (item) => {
+    const problem = recipientEntryProblem(item)
+    return problem === null ? null : `is ${problem.startsWith('not ') ? '' : 'not an entry: '}${problem}`
+  },
 }
 
 /** Rules on whole values that the value forms alone cannot state. */
