@@ -24,8 +24,6 @@ const RECENT_PASSES = 4096
 
 export interface AppOptions {
   loaded: LoadedConfig
-  /** Errors found outside the configuration sources (e.g. the command line of the spawn path). */
-  argvErrors?: string[]
   log: Logger
   /** Epoch seconds; injected by tests. */
   now?: () => number
@@ -42,7 +40,6 @@ export interface AppOptions {
  */
 export interface Runtime {
   readonly config: Config
-  readonly configErrors: readonly string[]
   readonly generation: number
   readonly hostname: string
   readonly whitelists: GreylistWhitelists
@@ -71,7 +68,7 @@ export class App {
     const config = opts.loaded.config
     this.ownStore = opts.store === undefined
     this.store = timedStore(opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block'), this.metrics)
-    this.runtimeNow = this.makeRuntime(opts.loaded, opts.argvErrors ?? [])
+    this.runtimeNow = this.makeRuntime(opts.loaded)
     this.lastUpkeep = this.now()
   }
 
@@ -95,7 +92,7 @@ export class App {
    */
   reload(loaded: LoadedConfig): void {
     const old = this.runtimeNow
-    this.runtimeNow = this.makeRuntime(loaded, [])
+    this.runtimeNow = this.makeRuntime(loaded)
     this.log.setLevel(loaded.config.debugLevel)
     old.close()
   }
@@ -118,7 +115,7 @@ export class App {
     this.runtimeNow.close()
   }
 
-  private makeRuntime(loaded: LoadedConfig, argvErrors: readonly string[]): Runtime {
+  private makeRuntime(loaded: LoadedConfig): Runtime {
     const config = loaded.config
     const log = this.log
     const logLine = (level: number, msg: string): void => log.log(level, msg)
@@ -126,7 +123,6 @@ export class App {
     let spf: SpfContext | undefined
     return {
       config,
-      configErrors: [...argvErrors, ...loaded.errors],
       generation: ++this.generation,
       hostname,
       whitelists: createGreylistWhitelists(config, logLine, () => Date.now()),

@@ -12,13 +12,16 @@ export async function main(argv: string[]): Promise<void> {
   if (!interactive) {
     const { readConfig } = require('./read-config') as typeof import('./read-config')
     const loaded = readConfig(parsed.options, parsed.configPath)
-    if (daemonFlag || loaded.config.listen !== '') {
+    // A listen value that is given but bad still means a daemon was wanted:
+    // it must stop with the error, not serve stdin.
+    const badListen = loaded.errors.some((e) => /: listen: /.test(e))
+    if (daemonFlag || loaded.config.listen !== '' || badListen) {
       if (parsed.errors.length > 0) {
         process.stderr.write(parsed.errors.map((e) => `policyd-ts: ${e}\n`).join(''))
         process.exitCode = 64
         return
       }
-      if (loaded.config.listen === '') loaded.config.listen = defaultListen(process.env)
+      if (loaded.config.listen === '' && !badListen) loaded.config.listen = defaultListen(process.env)
       const { runDaemon } = loadByPath('daemon/daemon') as typeof import('./daemon/daemon')
       process.exitCode = await runDaemon({ loaded, options: parsed.options, configPath: parsed.configPath })
       return

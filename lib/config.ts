@@ -6,6 +6,7 @@
 
 import { parseServerAddress } from './dns/server-address'
 import { parseHostPort, parseListen } from './listen-address'
+import { recipientEntryProblem } from './greylist/whitelist'
 import { parseCidr, parseIp } from './normalize'
 
 export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
@@ -54,6 +55,7 @@ export interface Config {
   greylist_max_entries: number
   greylist_whitelist_clients: string[]
   greylist_whitelist_recipients: string[]
+  greylist_whitelist_recipient_entries: string[]
   greylist_spf_key: boolean
   spf_enabled: boolean
   dns_servers: string[]
@@ -93,7 +95,7 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   },
   fail_action: {
     type: 'action', default: 'DUNNO',
-    doc: 'Action answered when a request cannot be decided (store unavailable, bad configuration, oversized request, internal error).',
+    doc: 'Action answered when a request cannot be decided (store unavailable, oversized request, internal error); a bad setting is not such a case: it is ignored and the checks run.',
   },
   syslog_socket: {
     type: 'string', default: '/dev/log',
@@ -223,6 +225,10 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   greylist_whitelist_recipients: {
     type: 'list', default: '/etc/policyd-ts/whitelist_recipients, /etc/policyd-ts/whitelist_recipients.local',
     doc: 'Recipient whitelist files in postgrey\'s format; changed files are reread without restart.',
+  },
+  greylist_whitelist_recipient_entries: {
+    type: 'list', default: 'postmaster@, abuse@',
+    doc: 'Recipients never greylisted, as entries of a recipient whitelist file (user@ at any domain, user@domain, domain), in addition to the files: by default the addresses RFC 5321 and RFC 2142 require to accept mail; empty greylists them too.',
   },
   greylist_spf_key: {
     type: 'bool', default: 'yes',
@@ -358,13 +364,15 @@ export const CONFIG_KEYS = Object.keys(OPTIONS) as ConfigKey[]
 export const DEFAULT_CONFIG_FILE = '/etc/policyd-ts/policyd-ts.conf'
 export const ENV_PREFIX = 'POLICYD_TS_'
 
-export type Source = 'default' | 'file' | 'environment' | 'command line'
+/** Where the value in effect comes from; `fallback`: a safe value that stands in for a bad setting. */
+export type Source = 'default' | 'file' | 'environment' | 'command line' | 'fallback'
 
 export interface LoadedConfig {
   config: Config
   sources: Record<ConfigKey, Source>
+  /** Configuration errors, each with where it was written and what is used instead; none of them stops a check. */
   errors: string[]
-  /** Keys read but not acted on (IGNORED_KEYS), one line each, for the log. */
+  /** Keys read but not acted on (IGNORED_KEYS) and keys set twice, one line each, for the log. */
   notices: string[]
   configFile: string
   configFileFound: boolean
@@ -432,21 +440,59 @@ export function parseValue(key: ConfigKey, raw: string): { value: unknown } | { 
   }
 }
 
-/** Parse the text of a config file (dotenv syntax: `KEY = value`, `#` comments). */
-export function parseConfigFile(text: string, parse: (src: string) => Record<string, string>): {
-  values: Array<{ key: string; value: string; line: number }>
-} {
-  const parsed = parse(text)
-  const lines = text.split('\n')
-  const values = Object.entries(parsed).map(([key, value]) => {
-    const line = lines.findIndex((l) => new RegExp(`^\\s*(?:export\\s+)?${escapeRegExp(key)}\\s*[=:]`).test(l)) + 1
-    return { key, value, line }
-  })
-  return { values }
+/** One line of a config file that names a key; `problem` when the line is not a clean `key = value`. */
+export interface ConfigLine {
+  line: number
+  key: string
+  value: string
+  problem?: string
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+/**
+ * Read a config file as policyd-spf reads its own: `key = value` per line,
+ * the key spelled exactly, blanks around `=` and at both ends dropped, blank
+ * lines and lines whose first non-blank character is `#` skipped, quotes
+ * kept as they are. Where policyd-spf would silently drop a line (no `=`)
+ * or cut a value (at a `#`), the line comes back with its problem, so that
+ * nothing the admin wrote vanishes unseen. A value may contain `=`.
+ */
+export function readConfigText(text: string): ConfigLine[] {
+  const out: ConfigLine[] = []
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim()
+    if (line === '' || line.startsWith('#')) return
+    const eq = line.indexOf('=')
+    if (eq === -1) {
+      out.push({ line: i + 1, key: '', value: '', problem: `not a "key = value" line${missingEqualsHint(line)}: ${JSON.stringify(line)}` })
+      return
+    }
+    const key = line.slice(0, eq).trim()
+    const value = line.slice(eq + 1).trim()
+    let problem: string | undefined
+    if (key === '') problem = `no key before "=": ${JSON.stringify(line)}`
+    else if (value.includes('#')) problem = `"#" inside the value of ${key}: policyd-spf would end the value there, so the line would mean two things; comments go on lines of their own`
+    else if (/^(["']).*\1$/.test(value) && value.length >= 2) problem = `quotes around the value of ${key} would be part of it (policyd-spf keeps them too); write the value without them`
+    out.push({ line: i + 1, key, value, problem })
+  })
+  return out
+}
+
+function missingEqualsHint(line: string): string {
+  if (/^[\w.-]+\s*:/.test(line)) return ' (":" is not a separator; write key = value)'
+  if (/^[\w.-]+\s+\S/.test(line)) return ' (the "=" between key and value is missing)'
+  return ''
+}
+
+/** The key an admin probably meant: the same letters and digits, case and separators aside. */
+function keyMeant(name: string): ConfigKey | undefined {
+  const shape = (k: string): string => k.toLowerCase().replace(/[^a-z0-9]/g, '')
+  return CONFIG_KEYS.find((k) => shape(k) === shape(name))
+}
+
+function unknownKey(name: string): string {
+  const meant = keyMeant(name)
+  const shown = /^[\w.-]+$/.test(name) ? name : JSON.stringify(name)
+  return `unknown key ${shown}${meant !== undefined ? ` (did you mean ${meant}?)` : ''}`
 }
 
 export function isConfigKey(key: string): key is ConfigKey {
@@ -460,119 +506,220 @@ export interface ConfigInputs {
   configPath?: string
   env: NodeJS.ProcessEnv
   readFile: (path: string) => string
-  parseDotenv: () => (src: string) => Record<string, string>
-}
-
-/** Merge defaults, config file, environment and command line (highest last) into one validated Config. */
-export function loadConfig(inputs: ConfigInputs): LoadedConfig {
-  const errors: string[] = []
-  const notices: string[] = []
-  const raw: Partial<Record<ConfigKey, string>> = {}
-  const sources = {} as Record<ConfigKey, Source>
-  for (const key of CONFIG_KEYS) {
-    raw[key] = OPTIONS[key].default
-    sources[key] = 'default'
-  }
-
-  const configFile = inputs.configPath ?? inputs.env[`${ENV_PREFIX}CONFIG`] ?? DEFAULT_CONFIG_FILE
-  let configFileFound = false
-  let text: string | undefined
-  try {
-    text = inputs.readFile(configFile)
-    configFileFound = true
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    const explicit = inputs.configPath !== undefined || inputs.env[`${ENV_PREFIX}CONFIG`] !== undefined
-    if (explicit || code !== 'ENOENT') errors.push(`cannot read config file ${configFile}: ${(err as Error).message}`)
-  }
-  // An empty file needs no parser (and dotenv costs milliseconds to load).
-  if (text !== undefined && text.trim() !== '') {
-    const { values } = parseConfigFile(text, inputs.parseDotenv())
-    for (const { key, value, line } of values) {
-      if (Object.prototype.hasOwnProperty.call(IGNORED_KEYS, key)) {
-        notices.push(`${configFile}:${line}: ${key} = ${value} is read but not used: ${IGNORED_KEYS[key]}`)
-        continue
-      }
-      if (!isConfigKey(key)) {
-        errors.push(`${configFile}:${line}: unknown key ${key}`)
-        continue
-      }
-      raw[key] = value
-      sources[key] = 'file'
-    }
-  }
-
-  for (const [name, value] of Object.entries(inputs.env)) {
-    if (!name.startsWith(ENV_PREFIX) || value === undefined || name === `${ENV_PREFIX}CONFIG`) continue
-    const wanted = name.slice(ENV_PREFIX.length).toLowerCase()
-    const key = CONFIG_KEYS.find((k) => k.toLowerCase() === wanted)
-    if (key === undefined) {
-      errors.push(`environment variable ${name}: unknown key`)
-      continue
-    }
-    raw[key] = value
-    sources[key] = 'environment'
-  }
-
-  for (const [name, value] of Object.entries(inputs.cli)) {
-    if (!isConfigKey(name)) {
-      errors.push(`unknown option --${name}`)
-      continue
-    }
-    raw[name] = value
-    sources[name] = 'command line'
-  }
-
-  const config = {} as Record<ConfigKey, unknown>
-  for (const key of CONFIG_KEYS) {
-    let parsed = parseValue(key, raw[key]!)
-    if ('error' in parsed) {
-      errors.push(sources[key] === 'file' ? `${configFile}: ${parsed.error}` : `${sources[key]}: ${parsed.error}`)
-      parsed = parseValue(key, OPTIONS[key].default)
-      if ('error' in parsed) throw new Error(`default of ${key} does not parse: ${parsed.error}`)
-    }
-    config[key] = parsed.value
-  }
-  const typed = config as unknown as Config
-  errors.push(...crossCheck(typed))
-  return { config: typed, sources, errors, notices, configFile, configFileFound }
 }
 
 const DOMAIN_NAME = /^(?=.{1,253}\.?$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$/i
 const REASON_FIELDS = new Set(['rejectdefer', 'spf', 'url'])
 
-/** Rules between keys and on the items of lists, which the value forms alone cannot state. */
-function crossCheck(c: Config): string[] {
+const notNetwork = (item: string): string | null => (parseCidr(item) ? null : 'is not an IP address or network (a.b.c.d/n, x:y::/n)')
+const notDomain = (item: string): string | null => (DOMAIN_NAME.test(item) ? null : 'is not a domain name')
+
+/** Rules on the items of lists: a bad item is skipped, the others are kept. */
+const ITEM_RULES: Partial<Record<ConfigKey, (item: string) => string | null>> = {
+  skip_addresses: notNetwork,
+  Whitelist: notNetwork,
+  Domain_Whitelist: notDomain,
+  HELO_Whitelist: notDomain,
+  Domain_Whitelist_PTR: notDomain,
+  Reject_Not_Pass_Domains: notDomain,
+  dns_servers: (item) => (parseServerAddress(item) ? null : 'is not ip, ip:port or [ipv6]:port'),
+  greylist_whitelist_recipient_entries: (item) => {
+    const problem = recipientEntryProblem(item)
+    return problem === null ? null : `is ${problem.startsWith('not ') ? '' : 'not an entry: '}${problem}`
+  },
+}
+
+/** Rules on whole values that the value forms alone cannot state. */
+const VALUE_RULES: Partial<Record<ConfigKey, (value: string) => string | null>> = {
+  listen: (v) => (v === '' || parseListen(v) ? null : `listen: ${JSON.stringify(v)} is not unix:PATH, inet:HOST:PORT or systemd`),
+  listen_mode: (v) => (/^0?[0-7]{3}$/.test(v) ? null : `listen_mode: ${JSON.stringify(v)} is not an octal mode such as 0660`),
+  metrics_listen: (v) => (v === '' || parseHostPort(v) ? null : `metrics_listen: ${JSON.stringify(v)} is not HOST:PORT`),
+  Prospective: (v) => (v === '' || parseIp(v) ? null : `Prospective: ${JSON.stringify(v)} is not an IP address`),
+  Per_User: (v) => (v === '' || /^text\s*,\s*\S/.test(v) ? null : `Per_User: ${JSON.stringify(v)} must be text,/path/to/file`),
+  Reason_Message: (v) => {
+    const unknown = [...v.matchAll(/\{([^}]*)\}/g)].map((m) => m[1]).filter((f) => !REASON_FIELDS.has(f))
+    return unknown.length === 0 ? null : `Reason_Message: unknown field {${unknown[0]}} (known: {rejectdefer}, {spf}, {url})`
+  },
+  HELO_pass_restriction: (v) => (/[^\x20-\x7e]/.test(v) ? 'HELO_pass_restriction: only printable ASCII is allowed in a Postfix action' : null),
+  Mail_From_pass_restriction: (v) => (/[^\x20-\x7e]/.test(v) ? 'Mail_From_pass_restriction: only printable ASCII is allowed in a Postfix action' : null),
+}
+
+/**
+ * A bad setting is ignored, as if it were absent; the few keys below, when
+ * that leaves them at their default, take a safer value instead, because
+ * what the default does could not be taken back.
+ */
+const SAFER_THAN_DEFAULT: Partial<Record<ConfigKey, { set: Partial<Record<ConfigKey, string>>; why: string }>> = {
+  greylist_privacy: { set: { greylist_privacy: 'yes' }, why: 'addresses written to the database cannot be taken back' },
+  Hide_Receiver: { set: { Hide_Receiver: 'yes' }, why: 'a recipient domain shown to a sender cannot be taken back' },
+  Prospective: { set: { spf_enabled: 'no' }, why: 'checking the real clients of outgoing mail would reject your users\' own mail' },
+}
+
+interface Setting {
+  key: ConfigKey
+  raw: string
+  source: Source
+  /** `file:line`, `environment variable NAME` or `command line --key`, for messages. */
+  where: string
+}
+
+function defaultValue(key: ConfigKey): unknown {
+  const parsed = parseValue(key, OPTIONS[key].default)
+  if ('error' in parsed) throw new Error(`default of ${key} does not parse: ${parsed.error}`)
+  return parsed.value
+}
+
+/**
+ * Merge defaults, config file, environment and command line (highest last)
+ * into one Config. A bad setting never stops the rest: it is reported with
+ * where it was written and what is used instead, and ignored (a bad list
+ * item alone is skipped); see SAFER_THAN_DEFAULT for the exceptions.
+ */
+export function loadConfig(inputs: ConfigInputs): LoadedConfig {
+  const merged = new MergedConfig()
+  const configFile = inputs.configPath ?? inputs.env[`${ENV_PREFIX}CONFIG`] ?? DEFAULT_CONFIG_FILE
+  let text: string | undefined
+  try {
+    text = inputs.readFile(configFile)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const explicit = inputs.configPath !== undefined || inputs.env[`${ENV_PREFIX}CONFIG`] !== undefined
+    if (explicit || code !== 'ENOENT') merged.errors.push(`cannot read config file ${configFile}: ${(err as Error).message} (its keys keep their defaults)`)
+  }
+  if (text !== undefined) merged.addFile(configFile, text)
+
+  for (const [name, value] of Object.entries(inputs.env)) {
+    if (!name.startsWith(ENV_PREFIX) || value === undefined || name === `${ENV_PREFIX}CONFIG`) continue
+    const wanted = name.slice(ENV_PREFIX.length).toLowerCase()
+    const key = CONFIG_KEYS.find((k) => k.toLowerCase() === wanted)
+    if (key === undefined) merged.errors.push(`environment variable ${name}: unknown key (ignored)`)
+    else merged.apply({ key, raw: value, source: 'environment', where: `environment variable ${name}` })
+  }
+
+  for (const [name, value] of Object.entries(inputs.cli)) {
+    if (!isConfigKey(name)) merged.errors.push(`unknown option --${name} (ignored)`)
+    else merged.apply({ key: name, raw: value, source: 'command line', where: `command line --${name}` })
+  }
+
+  const { config, sources, errors, notices } = merged.finish()
+  return { config, sources, errors, notices, configFile, configFileFound: text !== undefined }
+}
+
+/** The settings of every source laid over the defaults, with what was wrong in them. */
+class MergedConfig {
+  readonly errors: string[] = []
+  readonly notices: string[] = []
+  private readonly config = {} as Record<ConfigKey, unknown>
+  private readonly sources = {} as Record<ConfigKey, Source>
+  /** Where the value in effect was written, for messages about rules between keys. */
+  private readonly origin = {} as Record<ConfigKey, string>
+  /** Errors whose text ends with what their key is once everything is read. */
+  private readonly ignored: Array<{ index: number; key: ConfigKey }> = []
+  /** Keys whose last setting was bad. */
+  private readonly lastBad = new Set<ConfigKey>()
+
+  constructor() {
+    for (const key of CONFIG_KEYS) this.set(key, defaultValue(key), 'default', 'default')
+  }
+
+  private set(key: ConfigKey, value: unknown, source: Source, where: string): void {
+    this.config[key] = value
+    this.sources[key] = source
+    this.origin[key] = where
+  }
+
+  /** Take one setting, or report why not and leave the key as it was. */
+  apply(s: Setting): void {
+    const parsed = parseValue(s.key, s.raw)
+    if ('error' in parsed) return this.reject(s.key, s.where, parsed.error)
+    let value = parsed.value
+    const itemRule = ITEM_RULES[s.key]
+    if (itemRule) {
+      value = (value as string[]).filter((item) => {
+        const problem = itemRule(item)
+        if (problem !== null) this.errors.push(`${s.where}: ${s.key}: ${JSON.stringify(item)} ${problem} (entry skipped)`)
+        return problem === null
+      })
+    }
+    const valueProblem = VALUE_RULES[s.key]?.(value as string) ?? null
+    if (valueProblem !== null) return this.reject(s.key, s.where, valueProblem)
+    this.set(s.key, value, s.source, s.where)
+    this.lastBad.delete(s.key)
+  }
+
+  private reject(key: ConfigKey, where: string, problem: string): void {
+    this.ignored.push({ index: this.errors.push(`${where}: ${problem}`) - 1, key })
+    this.lastBad.add(key)
+  }
+
+  addFile(file: string, text: string): void {
+    const seenAt = new Map<string, number>()
+    for (const { line, key, value, problem } of readConfigText(text)) {
+      const where = `${file}:${line}`
+      if (key === '') {
+        this.errors.push(`${where}: ${problem} (line ignored)`)
+      } else if (Object.prototype.hasOwnProperty.call(IGNORED_KEYS, key)) {
+        this.notices.push(`${where}: ${key} = ${value} is read but not used: ${IGNORED_KEYS[key]}`)
+      } else if (!isConfigKey(key)) {
+        // A misspelt key is a bad setting of the key meant, so that its safe
+        // value applies (Hide Receiver = yes hides the receiver).
+        const meant = keyMeant(key)
+        if (meant !== undefined) this.reject(meant, where, unknownKey(key))
+        else this.errors.push(`${where}: ${unknownKey(key)} (line ignored)`)
+      } else {
+        const before = seenAt.get(key)
+        if (before !== undefined) this.notices.push(`${where}: ${key} is set again (first at line ${before}); the last line counts, as in policyd-spf`)
+        seenAt.set(key, line)
+        if (problem !== undefined) this.reject(key, where, problem)
+        else this.apply({ key, raw: value, source: 'file', where })
+      }
+    }
+  }
+
+  /** Safer values for bad settings that left their key at the default, then the rules between keys. */
+  finish(): { config: Config; sources: Record<ConfigKey, Source>; errors: string[]; notices: string[] } {
+    const safer = new Map<ConfigKey, string>()
+    for (const key of this.lastBad) {
+      const rule = SAFER_THAN_DEFAULT[key]
+      if (!rule || this.sources[key] !== 'default') continue
+      for (const [k, raw] of Object.entries(rule.set) as Array<[ConfigKey, string]>) {
+        this.set(k, (parseValue(k, raw) as { value: unknown }).value, 'fallback', `instead of the bad ${key}`)
+      }
+      safer.set(key, `${Object.entries(rule.set).map(([k, v]) => `${k} = ${v}`).join(', ')} instead (${rule.why})`)
+    }
+    const config = this.config as unknown as Config
+    for (const { index, key } of this.ignored) {
+      const kept = `${key} = ${formatValue(key, config[key])}${this.sources[key] === 'default' ? ' (its default)' : ` (from the ${this.sources[key]})`}`
+      this.errors[index] += `; ignored, so ${safer.get(key) ?? kept}`
+    }
+    this.errors.push(...crossCheck(config, this.sources, this.origin))
+    return { config, sources: this.sources, errors: this.errors, notices: this.notices }
+  }
+}
+
+/** Rules between keys: the keys of a broken rule go back to their defaults, which keep it. */
+function crossCheck(c: Config, sources: Record<ConfigKey, Source>, origin: Record<ConfigKey, string>): string[] {
   const errors: string[] = []
-  if (c.listen !== '') {
-    if (!parseListen(c.listen)) errors.push(`listen: ${JSON.stringify(c.listen)} is not unix:PATH, inet:HOST:PORT or systemd`)
+  const reset = (...keys: ConfigKey[]): string => {
+    for (const key of keys) {
+      ;(c as unknown as Record<ConfigKey, unknown>)[key] = defaultValue(key)
+      sources[key] = 'default'
+      origin[key] = 'default'
+    }
+    return keys.map((k) => `${k} = ${formatValue(k, c[k])}`).join(', ')
+  }
+  if (c.listen !== '' && c.max_idle <= 300) {
     // Postfix closes an idle policy connection itself after
     // smtpd_policy_service_max_idle (300 s): the daemon closing it first
     // races with a request on its way.
-    if (c.max_idle <= 300) errors.push(`max_idle (${c.max_idle}s) must be longer than Postfix's smtpd_policy_service_max_idle (300s) when listen is set`)
+    errors.push(`max_idle (${c.max_idle}s, ${origin.max_idle}) must be longer than Postfix's smtpd_policy_service_max_idle (300s) when listen is set; so ${reset('max_idle')} (its default)`)
   }
-  if (!/^0?[0-7]{3}$/.test(c.listen_mode)) errors.push(`listen_mode: ${JSON.stringify(c.listen_mode)} is not an octal mode such as 0660`)
-  if (c.metrics_listen !== '' && !parseHostPort(c.metrics_listen)) errors.push(`metrics_listen: ${JSON.stringify(c.metrics_listen)} is not HOST:PORT`)
   if (c.greylist_retry_window <= c.greylist_delay) {
-    errors.push(`greylist_retry_window (${c.greylist_retry_window}s) must be longer than greylist_delay (${c.greylist_delay}s), or no retry could ever pass`)
+    const was = `greylist_retry_window (${c.greylist_retry_window}s, ${origin.greylist_retry_window}) must be longer than greylist_delay (${c.greylist_delay}s, ${origin.greylist_delay}), or no retry could ever pass`
+    errors.push(`${was}; both ignored, so ${reset('greylist_delay', 'greylist_retry_window')} (their defaults)`)
   }
-  for (const key of ['skip_addresses', 'Whitelist'] as const) {
-    for (const item of c[key]) if (!parseCidr(item)) errors.push(`${key}: ${JSON.stringify(item)} is not an IP address or network (a.b.c.d/n, x:y::/n)`)
-  }
-  for (const key of ['Domain_Whitelist', 'HELO_Whitelist', 'Domain_Whitelist_PTR', 'Reject_Not_Pass_Domains'] as const) {
-    for (const item of c[key]) if (!DOMAIN_NAME.test(item)) errors.push(`${key}: ${JSON.stringify(item)} is not a domain name`)
-  }
-  for (const item of c.dns_servers) {
-    if (!parseServerAddress(item)) errors.push(`dns_servers: ${JSON.stringify(item)} is not ip, ip:port or [ipv6]:port`)
-  }
-  if (c.Prospective !== '' && !parseIp(c.Prospective)) errors.push(`Prospective: ${JSON.stringify(c.Prospective)} is not an IP address`)
-  if (c.Per_User !== '' && !/^text\s*,\s*\S/.test(c.Per_User)) errors.push(`Per_User: ${JSON.stringify(c.Per_User)} must be text,/path/to/file`)
-  if (c.Header_Type === 'AR' && c.Authserv_Id === '') errors.push('Header_Type AR needs an Authserv_Id')
-  for (const m of c.Reason_Message.matchAll(/\{([^}]*)\}/g)) {
-    if (!REASON_FIELDS.has(m[1])) errors.push(`Reason_Message: unknown field {${m[1]}} (known: {rejectdefer}, {spf}, {url})`)
-  }
-  for (const key of ['HELO_pass_restriction', 'Mail_From_pass_restriction'] as const) {
-    if (/[^\x20-\x7e]/.test(c[key])) errors.push(`${key}: only printable ASCII is allowed in a Postfix action`)
+  if (c.Header_Type === 'AR' && c.Authserv_Id === '') {
+    errors.push(`Header_Type AR needs an Authserv_Id; so ${reset('Authserv_Id')} (its default)`)
   }
   return errors
 }

@@ -43,7 +43,6 @@ export class Connection {
     const context = this.makeContext(runtime)
     const handle = createPolicy({
       config: runtime.config,
-      configErrors: [...runtime.configErrors],
       log: this.app.log,
       context: () => context,
       now: this.app.now,

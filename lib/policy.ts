@@ -1,6 +1,7 @@
 // From one framed request to one action, with the decision log line. Bad
-// input (discarded requests, lines without '=', another request type) and a
-// bad configuration end here, each with its written action.
+// input (discarded requests, lines without '=', another request type) ends
+// here, each with its written action. A bad setting in the configuration does
+// not: the loader ignores it (lib/config.ts) and the checks run.
 
 import type { Config } from './config'
 import { decide, type DecideContext, type Decision } from './decide'
@@ -11,8 +12,6 @@ import { toPolicyRequest, type PolicyRequest } from './request'
 
 export interface PolicyOptions {
   config: Config
-  /** Errors of the configuration; when any, every request gets fail_action. */
-  configErrors: string[]
   log: Logger
   context: () => DecideContext
   now: () => number
@@ -36,7 +35,6 @@ export function formatFields(fields: Record<string, string | number>): string {
 
 export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<string> {
   const { config, log } = opts
-  let configErrorLogged = false
   const logDecision = (req: PolicyRequest, decision: Decision): void => {
     const fields: Record<string, string | number> = {
       action: decision.action.split(' ')[0],
@@ -67,15 +65,6 @@ export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<str
     if (log.enabled(4)) for (const [k, v] of frame.attrs) log.log(4, `read ${k}=${v}`)
     for (const line of frame.garbage) log.log(0, `ignoring a line without '=': ${JSON.stringify(line)}`)
     for (const name of frame.duplicates) log.log(2, `attribute ${name} repeated; the first value counts`)
-
-    if (opts.configErrors.length > 0) {
-      if (!configErrorLogged) {
-        for (const e of opts.configErrors) log.log(0, `configuration error: ${e}`)
-        configErrorLogged = true
-      }
-      log.log(0, `bad configuration (run policyd-ts --test-mode): answering fail_action ${config.fail_action}`)
-      return config.fail_action
-    }
 
     const req = toPolicyRequest(frame.attrs)
     if (req.request !== 'smtpd_access_policy') {

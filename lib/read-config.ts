@@ -11,6 +11,5 @@ export function readConfig(options: Record<string, string>, configPath: string |
     configPath,
     env: process.env,
     readFile: (p) => fs.readFileSync(p, 'utf8'),
-    parseDotenv: () => (require('dotenv') as typeof import('dotenv')).parse,
   })
 }

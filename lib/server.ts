@@ -23,6 +23,9 @@ export interface ServeOptions {
   drain?: AbortSignal
 }
 
+/** While draining, a connection this long without input (and nothing half-read) is closed. */
+const DRAIN_QUIET_MS = 100
+
 /** Frames queued beyond this pause the input, so pipelined floods cannot grow memory. */
 const HIGH_WATER_FRAMES = 32
 
@@ -46,6 +49,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     finished = true
     clearTimeout(idleTimer)
     clearTimeout(lifetimeTimer)
+    clearTimeout(quietTimer)
     input.off('data', onData)
     input.off('end', onEnd)
     input.off('error', onInputError)
@@ -78,16 +82,24 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
         if (!busy && queue.length === 0 && !framer.pending) finish('lifetime')
       }, opts.maxLifetimeMs)
     : undefined
-  // Draining (the daemon stopping): a request whose first bytes have
-  // arrived is read to its end and answered, then the connection ends.
-  // Postfix sends one request at a time, so that is the one in flight.
+  // Draining (the daemon stopping): every request that reaches us is
+  // answered; the connection ends once it has been quiet for
+  // DRAIN_QUIET_MS with nothing half-read. Postfix sends one request at a
+  // time, so the one it has on the wire when TERM comes is answered, and
+  // an idle connection closes at once.
   let draining = false
+  let quietTimer: NodeJS.Timeout | undefined
+  const endWhenQuiet = (): void => {
+    clearTimeout(quietTimer)
+    quietTimer = setTimeout(() => {
+      if (!finished && !busy && queue.length === 0 && !framer.pending) finish('shutdown')
+    }, DRAIN_QUIET_MS)
+  }
   const onDrain = (): void => {
     if (finished || draining) return
     draining = true
     void pump()
   }
-
   const onData = (chunk: Buffer | string): void => {
     framer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk, queue)
     if (queue.length > HIGH_WATER_FRAMES && !paused) {
@@ -168,7 +180,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     }
     if (finished) return
     if (inputEnded) finish('eof')
-    else if (draining && !framer.pending) finish('shutdown')
+    else if (draining && !framer.pending) endWhenQuiet()
     else if (lifetimeOver && !framer.pending) finish('lifetime')
   }
 

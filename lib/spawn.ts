@@ -53,11 +53,15 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
   })
   silenceStdio(log)
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
+  // Logged by every process at its start, so that a bad setting shows up in
+  // the log as long as it is there; each one is ignored (or stands in with a
+  // safe value), and the other keys and checks work as configured.
+  for (const error of [...args.argvErrors.map((e) => `${e} (ignored)`), ...loaded.errors]) log.log(0, `configuration error: ${error}`)
   for (const notice of loaded.notices) log.log(1, notice)
   const unreadSpfConf = unreadPolicydSpfConf(loaded)
   if (unreadSpfConf !== null) log.log(0, unreadSpfConf)
 
-  const app = new App({ loaded, argvErrors: args.argvErrors, log })
+  const app = new App({ loaded, log })
   const connection = app.connection()
 
   const onSignal = (): void => {

@@ -1,5 +1,4 @@
 import t from 'tap'
-import { parse as parseDotenv } from 'dotenv'
 import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, OPTIONS, formatValue, loadConfig, parseValue, type ConfigKey } from '../lib/config'
 
 function load(opts: { cli?: Record<string, string>; env?: Record<string, string>; file?: string; configPath?: string }) {
@@ -11,7 +10,6 @@ function load(opts: { cli?: Record<string, string>; env?: Record<string, string>
       if (opts.file === undefined) throw Object.assign(new Error(`ENOENT: no such file, open '${p}'`), { code: 'ENOENT' })
       return opts.file
     },
-    parseDotenv: () => parseDotenv,
   })
 }
 
@@ -42,7 +40,7 @@ t.test('defaults with no file, no env, no options', async (t) => {
 })
 
 t.test('precedence: command line > environment > file > default', async (t) => {
-  const file = 'greylist_delay = 60\ngreylist_max_age = 10d  # comment\ndebugLevel=3\n'
+  const file = 'greylist_delay = 60\n# comment\ngreylist_max_age = 10d\ndebugLevel=3\n'
   const l = load({ file, env: { POLICYD_TS_GREYLIST_DELAY: '120', POLICYD_TS_debuglevel: '2' }, cli: { greylist_delay: '7m' } })
   t.same(l.errors, [])
   t.equal(l.config.greylist_delay, 420)
@@ -93,13 +91,114 @@ t.test('bad values name the key and the expected form', async (t) => {
   }
 })
 
-t.test('errors are collected, the default is used meanwhile', async (t) => {
+t.test('errors are collected with where they were written; a bad setting is ignored', async (t) => {
   const l = load({ file: 'greylist_delay = never\nno_such_key = 1\n', configPath: '/etc/x.conf', env: { POLICYD_TS_BOGUS: '1' }, cli: { nope: '1' } })
   t.equal(l.config.greylist_delay, 300)
-  t.match(l.errors.join('\n'), /\/etc\/x.conf:2: unknown key no_such_key/)
-  t.match(l.errors.join('\n'), /\/etc\/x.conf: bad value "never" for greylist_delay/)
-  t.match(l.errors.join('\n'), /POLICYD_TS_BOGUS: unknown key/)
-  t.match(l.errors.join('\n'), /unknown option --nope/)
+  t.equal(l.sources.greylist_delay, 'default', 'the value in effect is labelled by where it comes from, not by the bad setting')
+  const all = l.errors.join('\n')
+  t.match(all, /\/etc\/x.conf:2: unknown key no_such_key \(line ignored\)/)
+  t.match(all, /\/etc\/x.conf:1: bad value "never" for greylist_delay: expected a duration .*; ignored, so greylist_delay = 300s \(its default\)/)
+  t.match(all, /POLICYD_TS_BOGUS: unknown key/)
+  t.match(all, /unknown option --nope/)
+})
+
+t.test('lines the reader cannot take are errors naming file and line; nothing vanishes (issue 9 item 7)', async (t) => {
+  const file = [
+    '# a comment',
+    'greylist_delay 60',
+    'Hide Receiver = yes',
+    'Reason_Message = Message {rejectdefer} due to: {spf} #see {url}',
+    'greylist_max_age: 10d',
+    'greylist_text = "4.2.0 come back later"',
+    '= 5',
+    'TestOnly = 0   # dry run first',
+    '   # an indented comment',
+    '',
+  ].join('\n')
+  const l = load({ file, configPath: '/etc/p.conf' })
+  const at = (line: number): string => l.errors.find((e) => e.startsWith(`/etc/p.conf:${line}: `)) ?? `(no error at line ${line})`
+  t.match(at(2), /not a "key = value" line \(the "=" between key and value is missing\): "greylist_delay 60" \(line ignored\)/)
+  t.match(at(3), /unknown key "Hide Receiver" \(did you mean Hide_Receiver\?\)/)
+  t.match(at(4), /"#" inside the value of Reason_Message: policyd-spf would end the value there/)
+  t.match(at(5), /":" is not a separator/)
+  t.match(at(6), /quotes around the value of greylist_text/)
+  t.match(at(7), /no key before "="/)
+  t.match(at(8), /"#" inside the value of TestOnly/)
+  t.equal(l.errors.length, 7, l.errors.join('\n'))
+  t.equal(l.config.greylist_delay, 300)
+  t.equal(l.config.Reason_Message, OPTIONS.Reason_Message.default, 'not cut at the #')
+  t.equal(l.config.greylist_max_age, 35 * 86400)
+  t.equal(l.config.greylist_text, OPTIONS.greylist_text.default)
+  t.equal(l.config.Hide_Receiver, true, 'a misspelt key counts as a bad setting of the key meant: Hide_Receiver takes its safe value')
+})
+
+t.test('values are read as policyd-spf reads them', async (t) => {
+  const file = 'skip_addresses=127.0.0.0/8,10.0.0.0/8\r\n\tdebugLevel\t=\t2 \r\nfail_action = DEFER_IF_PERMIT see https://example.org/?a=b\nHELO_pass_restriction =\n'
+  const l = load({ file, configPath: '/etc/p.conf' })
+  t.same(l.errors, [])
+  t.same(l.config.skip_addresses, ['127.0.0.0/8', '10.0.0.0/8'], 'no blanks around =, CRLF line ends')
+  t.equal(l.config.debugLevel, 2, 'tabs around key and value')
+  t.equal(l.config.fail_action, 'DEFER_IF_PERMIT see https://example.org/?a=b', 'the value runs to the end of the line, = included')
+  t.equal(l.config.HELO_pass_restriction, '', 'an empty value')
+  t.equal(l.sources.HELO_pass_restriction, 'file')
+  const twice = load({ file: 'greylist_delay = 60\ngreylist_delay = 90\ngreylist_max_age = 1d\ngreylist_max_age = 1x\n', configPath: '/etc/p.conf' })
+  t.equal(twice.config.greylist_delay, 90, 'the last line counts, as in policyd-spf')
+  t.match(twice.notices.join('\n'), /\/etc\/p.conf:2: greylist_delay is set again \(first at line 1\)/)
+  t.equal(twice.config.greylist_max_age, 86400, 'a bad last line is ignored: the line before counts')
+})
+
+t.test('one bad value leaves every other key as configured (issue 9 item 6)', async (t) => {
+  const file = [
+    'greylist_delay = 5x',
+    'Mail_From_reject = Null',
+    'Whitelist = 192.0.2.0/24, relay.example, 2001:db8::/32',
+    'HELO_reject = SPF_Not_Pass',
+    'fail_action = TEMPFAIL',
+    'greylist_max_age = 10d',
+  ].join('\n')
+  const l = load({ file, configPath: '/etc/p.conf' })
+  t.equal(l.config.greylist_delay, 300)
+  t.equal(l.config.Mail_From_reject, 'Fail')
+  t.same(l.config.Whitelist, ['192.0.2.0/24', '2001:db8::/32'], 'the bad entry is skipped, the good ones kept')
+  t.equal(l.sources.Whitelist, 'file')
+  t.equal(l.config.HELO_reject, 'SPF_Not_Pass')
+  t.equal(l.config.fail_action, 'DUNNO')
+  t.equal(l.config.greylist_max_age, 864000)
+  const all = l.errors.join('\n')
+  t.match(all, /^\/etc\/p.conf:1: bad value "5x" for greylist_delay: .*; ignored, so greylist_delay = 300s \(its default\)$/m)
+  t.match(all, /^\/etc\/p.conf:2: bad value "Null" for Mail_From_reject: .*; ignored, so Mail_From_reject = Fail \(its default\)$/m)
+  t.match(all, /^\/etc\/p.conf:3: Whitelist: "relay.example" is not an IP address or network .*\(entry skipped\)$/m)
+  t.match(all, /^\/etc\/p.conf:5: bad value "TEMPFAIL" for fail_action: .*; ignored, so fail_action = DUNNO \(its default\)$/m)
+  t.equal(l.errors.length, 4)
+})
+
+t.test('a bad setting falls back to a lower source, else to the default, else to a safer value', async (t) => {
+  const lower = load({ file: 'greylist_delay = 60\n', configPath: '/etc/p.conf', env: { POLICYD_TS_GREYLIST_DELAY: 'soon' } })
+  t.equal(lower.config.greylist_delay, 60)
+  t.equal(lower.sources.greylist_delay, 'file')
+  t.match(lower.errors[0], /^environment variable POLICYD_TS_GREYLIST_DELAY: bad value "soon" .*; ignored, so greylist_delay = 60s \(from the file\)$/)
+
+  const privacy = load({ cli: { greylist_privacy: 'sure', Hide_Receiver: 'hidden' } })
+  t.equal(privacy.config.greylist_privacy, true, 'storing addresses cannot be undone: hashes')
+  t.equal(privacy.config.Hide_Receiver, true, 'a receiver shown to a sender cannot be undone: hidden')
+  t.equal(privacy.sources.greylist_privacy, 'fallback')
+  t.match(privacy.errors.join('\n'), /greylist_privacy: .*; ignored, so greylist_privacy = yes instead \(addresses written/)
+  const keptNo = load({ file: 'greylist_privacy = no\n', configPath: '/etc/p.conf', cli: { greylist_privacy: 'sure' } })
+  t.equal(keptNo.config.greylist_privacy, false, 'an explicit lower setting still counts')
+
+  const prospective = load({ file: 'Prospective = 192.0.2.300\n', configPath: '/etc/p.conf' })
+  t.equal(prospective.config.Prospective, '')
+  t.equal(prospective.config.spf_enabled, false, 'checking the real client of outgoing mail would reject the users\' own mail')
+  t.match(prospective.errors[0], /^\/etc\/p.conf:1: Prospective: "192.0.2.300" is not an IP address; ignored, so spf_enabled = no instead/)
+
+  const window = load({ file: 'greylist_delay = 3d\n', configPath: '/etc/p.conf' })
+  t.equal(window.config.greylist_delay, 300, 'a delay no retry could pass: both keys go back to their defaults')
+  t.equal(window.config.greylist_retry_window, 2 * 86400)
+  t.match(window.errors[0], /greylist_retry_window \(172800s, default\) must be longer than greylist_delay \(259200s, \/etc\/p.conf:1\).*; both ignored, so greylist_delay = 300s, greylist_retry_window = 172800s/)
+
+  const ar = load({ cli: { Header_Type: 'AR', Authserv_Id: '' } })
+  t.equal(ar.config.Header_Type, 'AR')
+  t.equal(ar.config.Authserv_Id, 'HOSTNAME')
 })
 
 t.test('an explicit config file that is missing is an error', async (t) => {
@@ -179,4 +278,24 @@ t.test('list items and rules between keys are checked', async (t) => {
   for (const [cli, want] of cases) t.match(load({ cli }).errors.join('\n'), want, JSON.stringify(cli))
   const ok = load({ cli: { dns_servers: '127.0.0.1:5353, [2001:db8::53]:53, 2001:db8::1, 192.0.2.53', Header_Type: 'AR' } })
   t.same(ok.errors, [])
+  const entries = load({ cli: { greylist_whitelist_recipient_entries: 'postmaster@, @example.org /(/, hostmaster@example.org example.net' } })
+  t.same(entries.config.greylist_whitelist_recipient_entries, ['postmaster@', 'hostmaster@example.org', 'example.net'])
+  t.match(entries.errors.join('\n'), /greylist_whitelist_recipient_entries: "@example.org" is not a domain, user@, user@domain or \/regex\/ \(entry skipped\)/)
+  t.match(entries.errors.join('\n'), /greylist_whitelist_recipient_entries: "\/\(\/" is not an entry: bad regular expression/)
+  t.equal(entries.errors.length, 2, entries.errors.join('\n'))
+})
+
+t.test('the shipped example config is valid as it is and with every setting in use; the package ships examples/', async (t) => {
+  const root = require('node:path').join(__dirname, '..')
+  const text: string = require('node:fs').readFileSync(require('node:path').join(root, 'examples', 'policyd-ts.conf'), 'utf8')
+  const shipped = load({ file: text, configPath: '/etc/policyd-ts/policyd-ts.conf' })
+  t.same(shipped.errors, [])
+  t.ok(CONFIG_KEYS.every((k) => shipped.sources[k] === 'default'), 'as shipped it changes nothing')
+  const inUse = load({ file: text.replace(/^#(?=\w+ = )/gm, ''), configPath: '/etc/policyd-ts/policyd-ts.conf' })
+  t.same(inUse.errors, [])
+  const set = CONFIG_KEYS.filter((k) => inUse.sources[k] === 'file')
+  t.ok(set.length >= 20, `its settings are keys policyd-ts knows (${set.length})`)
+  t.ok(set.includes('greylist_whitelist_recipient_entries'))
+  const pkg = JSON.parse(require('node:fs').readFileSync(require('node:path').join(root, 'package.json'), 'utf8')) as { files: string[] }
+  t.ok(pkg.files.includes('examples/'), 'package.json files lists examples/')
 })

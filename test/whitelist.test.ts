@@ -3,6 +3,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { parseIp } from '../lib/normalize'
 import { parseClientWhitelist, parseRecipientWhitelist, WhitelistFiles } from '../lib/greylist/whitelist'
+import { createGreylistWhitelists } from '../lib/greylist/lists'
+import { loadConfig } from '../lib/config'
 
 const fixtures = path.join(__dirname, 'fixtures')
 
@@ -101,4 +103,40 @@ t.test('a missing optional (default) file is logged at level 3 only', async (t) 
   const files = new WhitelistFiles([p], 'recipient', { log: (l, m) => logs.push([l, m]), now: () => 0, optional: new Set([p]) })
   t.equal(files.match('x@example.org'), null)
   t.same(logs.map(([l]) => l), [3])
+})
+
+function configWith(cli: Record<string, string>) {
+  return loadConfig({ cli, configPath: '/dev/null', env: {}, readFile: () => '' }).config
+}
+
+t.test('a fresh install (no whitelist file) lets mail to postmaster@ and abuse@ through; the key can empty that (issue 9 item 5)', async (t) => {
+  const dir = t.testdir()
+  const missing = { greylist_whitelist_recipients: path.join(dir, 'no-such-file') }
+  const fresh = createGreylistWhitelists(configWith(missing), () => undefined, () => 0)
+  t.equal(fresh.matchRecipient('postmaster@example.org'), 'greylist_whitelist_recipient_entries postmaster@')
+  t.equal(fresh.matchRecipient('Abuse+report@Sub.Example.NET'), 'greylist_whitelist_recipient_entries abuse@')
+  t.equal(fresh.matchRecipient('bob@example.org'), null)
+  t.equal(fresh.matchRecipient('postmaster-not@example.org'), null)
+
+  const emptied = createGreylistWhitelists(configWith({ ...missing, greylist_whitelist_recipient_entries: '' }), () => undefined, () => 0)
+  t.equal(emptied.matchRecipient('postmaster@example.org'), null, 'an empty value greylists them too')
+
+  const own = createGreylistWhitelists(configWith({ greylist_whitelist_recipients: path.join(fixtures, 'whitelist_recipients') }), () => undefined, () => 0)
+  t.equal(own.matchRecipient('postmaster@example.org'), `${path.join(fixtures, 'whitelist_recipients')}:2 postmaster@`, 'a file entry is named first')
+})
+
+/** The example lines of a shipped file, with their "#" removed. */
+function uncommented(text: string): string {
+  return text.replace(/^#(?=[^\s#])/gm, '')
+}
+
+t.test('the shipped example whitelists are valid as they are and with their example entries in use', async (t) => {
+  const examples = path.join(__dirname, '..', 'examples')
+  for (const [name, parse] of [['whitelist_clients', parseClientWhitelist], ['whitelist_recipients', parseRecipientWhitelist]] as const) {
+    const text = fs.readFileSync(path.join(examples, name), 'utf8')
+    t.same(parse(text, name).errors, [], `${name} as shipped`)
+    const inUse = parse(uncommented(text), name)
+    t.same(inUse.errors, [], `${name} with its examples in use`)
+    t.ok(inUse.list.size >= 2, `${name} shows entries (${inUse.list.size})`)
+  }
 })

@@ -168,25 +168,43 @@ export class RecipientWhitelist {
   }
 }
 
+/** Add one entry of a recipient whitelist to `list`; returns why it is not an entry, or null. */
+function addRecipientEntry(list: RecipientWhitelist, entry: string, desc: string): string | null {
+  if (entry.length >= 2 && entry.startsWith('/') && entry.endsWith('/')) {
+    const re = parseRegex(entry)
+    if (typeof re === 'string') return `bad regular expression (${re})`
+    list.regexes.push({ re, desc })
+    return null
+  }
+  const lower = entry.toLowerCase()
+  const at = lower.lastIndexOf('@')
+  if (at === lower.length - 1 && at > 0) list.localParts.set(lower.slice(0, -1), { desc })
+  else if (at > 0) list.addresses.set(lower, { desc })
+  else if (at === -1 && /^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$/.test(lower)) list.domains.set(lower.replace(/\.$/, ''), { desc })
+  else return 'not a domain, user@, user@domain or /regex/'
+  return null
+}
+
 export function parseRecipientWhitelist(text: string, source: string): { list: RecipientWhitelist; errors: string[] } {
   const list = new RecipientWhitelist()
   const errors: string[] = []
   for (const { entry, line } of lines(text)) {
-    const desc = `${source}:${line} ${entry}`
-    if (entry.length >= 2 && entry.startsWith('/') && entry.endsWith('/')) {
-      const re = parseRegex(entry)
-      if (typeof re === 'string') errors.push(`${source}:${line}: bad regular expression (${re}): ${entry}`)
-      else list.regexes.push({ re, desc })
-      continue
-    }
-    const lower = entry.toLowerCase()
-    const at = lower.lastIndexOf('@')
-    if (at === lower.length - 1 && at > 0) list.localParts.set(lower.slice(0, -1), { desc })
-    else if (at > 0) list.addresses.set(lower, { desc })
-    else if (at === -1 && /^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$/.test(lower)) list.domains.set(lower.replace(/\.$/, ''), { desc })
-    else errors.push(`${source}:${line}: not a domain, user@, user@domain or /regex/: ${entry}`)
+    const problem = addRecipientEntry(list, entry, `${source}:${line} ${entry}`)
+    if (problem !== null) errors.push(`${source}:${line}: ${problem}: ${entry}`)
   }
   return { list, errors }
+}
+
+/** Why `entry` is not a recipient whitelist entry, or null (for entries given in the configuration). */
+export function recipientEntryProblem(entry: string): string | null {
+  return addRecipientEntry(new RecipientWhitelist(), entry, '')
+}
+
+/** Recipient entries given in the configuration (checked when it was loaded), each described as `source entry`. */
+export function recipientWhitelistOf(entries: readonly string[], source: string): RecipientWhitelist {
+  const list = new RecipientWhitelist()
+  for (const entry of entries) addRecipientEntry(list, entry, `${source} ${entry}`)
+  return list
 }
 
 export interface WhitelistFileStatus {

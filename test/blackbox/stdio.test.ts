@@ -12,7 +12,7 @@ t.test('pipelined requests: one reply each, in order; EOF exits 0 with nothing o
     rcptRequest({ sender: 'a@x.example' }) +
       rcptRequest({ sender: 'a@x.example' }) +
       rcptRequest({ protocol_state: 'DATA', recipient: '' }) +
-      rcptRequest({ sender: 'b@x.example', recipient: 'postmaster@example.org' }),
+      rcptRequest({ sender: 'b@x.example', recipient: 'carol@example.org' }),
   )
   const replies = await p.replies(4)
   t.match(replies[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in 300 seconds$/)
@@ -126,19 +126,36 @@ t.test('max_lifetime: exits between requests once the lifetime is over', async (
   t.same(await p.exited(5000), { code: 0, signal: null })
 })
 
-t.test('spawn mode with a bad argument and a config file: nothing on stderr, every request gets fail_action, errors logged', async (t) => {
+t.test('spawn mode with a bad argument and a config file: nothing on stderr, the argument is ignored, the file counts, errors logged', async (t) => {
   const dir = t.testdir({ 'p.conf': 'greylist_delay = 10\nfail_action = DEFER_IF_PERMIT 4.3.0 config problem\n' })
   const args = isolatedArgs(dir, ['--no_such_key', '1']).map((a) => (a === '/dev/null' ? path.join(dir, 'p.conf') : a))
   const p = startPolicy(args)
   p.send(rcptRequest())
   p.send(rcptRequest())
   const replies = await p.replies(2)
-  t.same(replies, ['action=DEFER_IF_PERMIT 4.3.0 config problem', 'action=DEFER_IF_PERMIT 4.3.0 config problem'])
+  t.same(replies, ['action=DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 10 seconds', 'action=DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 10 seconds'])
   p.child.stdin.end()
   t.equal((await p.exited()).code, 0)
   t.equal(p.stderr(), '')
   const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
-  t.match(log, /configuration error: unknown option --no_such_key/)
+  t.match(log, /configuration error: unknown option --no_such_key \(ignored\)/)
+})
+
+t.test('a fresh install (no whitelist files): mail to postmaster@ and abuse@ is not greylisted, other recipients are', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir))
+  p.send(
+    rcptRequest({ recipient: 'postmaster@example.org' }) +
+      rcptRequest({ recipient: 'abuse@example.org' }) +
+      rcptRequest({ recipient: 'bob@example.org' }),
+  )
+  const replies = await p.replies(3)
+  t.same(replies.slice(0, 2), ['action=DUNNO', 'action=DUNNO'])
+  t.match(replies[2], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/)
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.match(log, /decision action=DUNNO check=greylist reason=recipient-whitelist .*recipient=postmaster@example\.org .*whitelist="greylist_whitelist_recipient_entries postmaster@"/)
 })
 
 t.test('unwritable database: mail flows with fail_action and the failure is logged once', async (t) => {
