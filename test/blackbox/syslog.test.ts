@@ -4,7 +4,7 @@ import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { rcptRequest, startPolicy } from '../helpers/policy-process'
+import { isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
 
 async function until(check: () => boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms
@@ -53,4 +53,19 @@ t.test('debugLevel 0 logs no decision line', async (t) => {
   await p.exited()
   const log = fs.existsSync(path.join(dir, 'f.log')) ? fs.readFileSync(path.join(dir, 'f.log'), 'utf8') : ''
   t.notMatch(log, /decision/)
+})
+
+t.test('a value with control bytes or other non-printable characters is one field of the decision line', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir, ['--greylist_enabled', 'no', '--debugLevel', '4']))
+  p.send(rcptRequest({ helo_name: 'evil\x01check', sender: 'a\x1b[31m@example.net', recipient: 'bob\u202e@example.org' }))
+  await p.replies(1)
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  const decision = log.split('\n').find((l) => l.includes(': decision '))
+  t.ok(decision, 'a decision line')
+  t.match(decision, / helo="evil\\x01check" sender="a\\x1b\[31m@example\.net" recipient="bob\\u\{202e\}@example\.org" /)
+  t.match(log, / read helo_name="evil\\x01check"$/m, 'input lines at debugLevel 4 too')
+  t.equal(p.stderr(), '')
 })
