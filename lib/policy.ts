@@ -69,7 +69,10 @@ export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<str
       instance: req.instance,
     }
     if (req.queueId !== '') fields.queue_id = req.queueId
-    if (decision.header !== undefined) fields.header = decision.header
+    if (decision.header !== undefined) {
+      fields.header = decision.header
+      fields.header_check = decision.headerCheck ?? 'unknown'
+    }
     for (const v of decision.verdicts) {
       if (v !== decision.winner && log.enabled(2)) log.log(2, `check=${v.check} reason=${logValue(v.reason)} severity=${v.severity}`)
       Object.assign(fields, v.fields ?? {})

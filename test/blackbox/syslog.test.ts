@@ -69,3 +69,16 @@ t.test('a value with control bytes or other non-printable characters is one fiel
   t.match(log, / read helo_name="evil\\x01check"$/m, 'input lines at debugLevel 4 too')
   t.equal(p.stderr(), '')
 })
+
+t.test('a decision made while the store is unusable says that greylisting was skipped', async (t) => {
+  const dir = t.testdir({ 'not-a-directory': '' })
+  const args = isolatedArgs(dir).map((a, i, all) => (all[i - 1] === '--db_path' ? path.join(dir, 'not-a-directory', 'p.sqlite') : a))
+  const p = startPolicy(args)
+  p.send(rcptRequest())
+  t.same(await p.replies(1), ['action=DUNNO'], 'fail_action')
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.match(log, /: decision action=DUNNO check=greylist reason=store-(\w+) .* greylist=skipped-store-\1$/m)
+  t.equal(p.stderr(), '')
+})
