@@ -12,6 +12,7 @@
 // record is its verdict itself (one atomic read-decide-write), so it runs
 // last and only for mail no other check refused.
 
+import { BoundedMap } from './bounded-map'
 import type { Config } from './config'
 import { checkGreylist, type GreylistContext } from './greylist/check'
 import type { HeaderQueue } from './header-queue'
@@ -37,6 +38,8 @@ export interface Decision {
   winner: Verdict | null
   /** The name of the header the reply prepends, which may come from an earlier request of the message. */
   header?: string
+  /** The check that made that header: not always the winner of this reply. */
+  headerCheck?: string
 }
 
 /** policyd-spf's Mock reply: DUNNO with a text Postfix ignores. */
@@ -52,8 +55,23 @@ export function failSeverity(failAction: string): SeverityName {
   return 'restriction'
 }
 
+/** A check that could not run: fail_action, and a field that says so even when another check wins. */
 function failedVerdict(check: string, config: Config, reason: string): Verdict {
-  return { check, severity: failSeverity(config.fail_action), action: config.fail_action, reason }
+  return { check, severity: failSeverity(config.fail_action), action: config.fail_action, reason, fields: { [check]: `skipped-${reason}` } }
+}
+
+/**
+ * Which check made each header waiting in a queue, for the decision line:
+ * a header may go out with a later reply of its message that another check
+ * decides. Bounded like the queue; an entry goes when its header does.
+ */
+const headerChecks = new WeakMap<HeaderQueue, BoundedMap<string, string>>()
+const HEADER_CHECKS_KEPT = 256
+
+function headerChecksOf(queue: HeaderQueue): BoundedMap<string, string> {
+  let checks = headerChecks.get(queue)
+  if (!checks) headerChecks.set(queue, (checks = new BoundedMap(HEADER_CHECKS_KEPT)))
+  return checks
 }
 
 export async function decide(req: PolicyRequest, ctx: DecideContext, now: number): Promise<Decision> {
@@ -85,9 +103,16 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
   }
   const combined = combineVerdicts(verdicts)
   if (verdicts.some((v) => v.effect)) await settleEffects(verdicts, letsThrough(combined), ctx)
+  if (combined.headers.length > 0) {
+    const checks = headerChecksOf(ctx.headers)
+    for (const v of verdicts) for (const h of v.headers ?? []) checks.set(h, v.check)
+  }
   const header = ctx.headers.take(req, combined.headers, combined.action === null)
   if (combined.action === null && header !== null) {
-    return { action: `PREPEND ${header}`, verdicts, winner: combined.winner, header: header.slice(0, header.indexOf(':')) }
+    const checks = headerChecksOf(ctx.headers)
+    const headerCheck = checks.get(header) ?? 'unknown'
+    checks.delete(header)
+    return { action: `PREPEND ${header}`, verdicts, winner: combined.winner, header: header.slice(0, header.indexOf(':')), headerCheck }
   }
   return { action: combined.action ?? 'DUNNO', verdicts, winner: combined.winner }
 }

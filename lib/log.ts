@@ -1,10 +1,12 @@
 // Logging to syslog without a native module: one long-lived logger(1) child
 // per process reads lines on its stdin (with a <PRI> prefix each) and sends
 // them to the syslog socket. When the socket is missing or logger dies,
-// lines go to log_file. Nothing is ever written to stdout or stderr: under
-// spawn(8) both are the SMTP server's socket.
+// lines go to log_file. When syslog stops taking lines, logger(1) blocks and
+// its pipe fills: then lines wait in a bounded queue, and past it they are
+// dropped and counted, never buffered without limit. Nothing is ever written
+// to stdout or stderr: under spawn(8) both are the SMTP server's socket.
 
-import type { ChildProcess } from 'node:child_process'
+import type { Writable } from 'node:stream'
 
 export interface LogOptions {
   debugLevel: number
@@ -15,6 +17,16 @@ export interface LogOptions {
   pid: number
   /** For tests: replaces the logger(1) child and the file. */
   sink?: (line: string, priority: number) => void
+  /** For tests: starts something in place of logger(1) (e.g. one that stops reading). */
+  startLogger?: () => LoggerChild
+}
+
+/** What is used of the logger(1) child: its stdin and its end. */
+export interface LoggerChild {
+  readonly stdin: Writable
+  on(event: 'exit', listener: (code: number | null) => void): unknown
+  on(event: 'error', listener: (err: Error) => void): unknown
+  once(event: 'exit', listener: () => void): unknown
 }
 
 export interface Logger {
@@ -34,6 +46,7 @@ const FACILITIES: Record<string, number> = {
 const LOG_ERR = 3
 const LOG_INFO = 6
 const LOG_DEBUG = 7
+/** Lines waiting while logger(1) does not read (syslog stalled): past it they are dropped and counted. */
 const MAX_QUEUED = 2000
 const MAX_LINE = 4000
 const FLUSH_MS = 50
@@ -45,8 +58,10 @@ export function createLogger(opts: LogOptions): Logger {
 
 class SyslogLogger implements Logger {
   private level: number
-  private child: ChildProcess | null = null
+  private child: LoggerChild | null = null
   private childFailed = false
+  /** The child's stdin took more than its buffer: nothing more is written until it drains. */
+  private waitingForDrain = false
   private queue: string[] = []
   private flushTimer: NodeJS.Timeout | undefined
   private states = new Map<string, string>()
@@ -70,12 +85,11 @@ class SyslogLogger implements Logger {
 
   log(level: number, msg: string): void {
     if (level > this.level || this.closed) return
-    const severity = level === 0 ? LOG_ERR : level === 1 ? LOG_INFO : LOG_DEBUG
     // One record per line whatever the message holds.
     // eslint-disable-next-line no-control-regex
     let text = msg.replace(/[\x00-\x1f\x7f]+/g, ' ')
     if (text.length > MAX_LINE) text = `${text.slice(0, MAX_LINE)}...`
-    const priority = (FACILITIES[this.opts.facility] ?? 2) * 8 + severity
+    const priority = this.priority(level)
     if (this.opts.sink) {
       this.opts.sink(text, priority)
       return
@@ -117,6 +131,20 @@ class SyslogLogger implements Logger {
   }
 
   private startChild(): void {
+    const child = this.opts.startLogger ? this.opts.startLogger() : this.spawnLogger()
+    if (!child) return
+    child.on('error', () => this.failOver('cannot run logger(1)'))
+    child.on('exit', (code) => {
+      if (this.child === child) {
+        this.child = null
+        if (!this.closed) this.failOver(`logger(1) exited with status ${code}`)
+      }
+    })
+    child.stdin.on('error', () => undefined)
+    this.child = child
+  }
+
+  private spawnLogger(): LoggerChild | null {
     const fs = require('node:fs') as typeof import('node:fs')
     const socket = this.opts.syslogSocket
     let usable = false
@@ -127,48 +155,61 @@ class SyslogLogger implements Logger {
     }
     if (!usable) {
       this.failOver(`syslog socket ${socket} is not available`)
-      return
+      return null
     }
     const { spawn } = require('node:child_process') as typeof import('node:child_process')
     try {
-      const child = spawn(
+      return spawn(
         'logger',
         ['--socket-errors=on', '-u', socket, '-t', this.opts.ident, `--id=${this.opts.pid}`, '--prio-prefix'],
         { stdio: ['pipe', 'ignore', 'ignore'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } },
       )
-      child.on('error', () => this.failOver('cannot run logger(1)'))
-      child.on('exit', (code) => {
-        if (this.child === child) {
-          this.child = null
-          if (!this.closed) this.failOver(`logger(1) exited with status ${code}`)
-        }
-      })
-      child.stdin!.on('error', () => undefined)
-      this.child = child
     } catch {
       this.failOver('cannot run logger(1)')
+      return null
     }
   }
 
   private failOver(reason: string): void {
     this.childFailed = true
     this.child = null
+    this.waitingForDrain = false
     const pending = this.queue
     this.queue = []
     this.writeFile(`syslog unavailable (${reason}); logging to this file`)
     for (const entry of pending) this.writeFile(entry.replace(/^<\d+>/, '').replace(/\n$/, ''))
+    if (this.dropped > 0) this.writeFile(this.droppedNotice())
   }
 
+  private priority(level: number): number {
+    const severity = level === 0 ? LOG_ERR : level === 1 ? LOG_INFO : LOG_DEBUG
+    return (FACILITIES[this.opts.facility] ?? 2) * 8 + severity
+  }
+
+  private droppedNotice(): string {
+    const text = `${this.dropped} log lines dropped: syslog not accepting`
+    this.dropped = 0
+    return text
+  }
+
+  // Backpressure: while logger(1) does not read (syslog stalled), nothing
+  // more goes into its pipe; lines wait in the queue, up to MAX_QUEUED, and
+  // past that are dropped and counted. When the pipe drains, the queue goes
+  // out with one line saying how many were dropped.
   private flushQueue(): void {
     clearTimeout(this.flushTimer)
     this.flushTimer = undefined
-    if (!this.child || this.queue.length === 0) return
-    if (this.dropped > 0) {
-      this.queue.push(`<${LOG_ERR}>${this.dropped} log lines dropped (logger too slow)\n`)
-      this.dropped = 0
-    }
-    this.child.stdin!.write(this.queue.join(''))
+    const child = this.child
+    if (!child || this.waitingForDrain || (this.queue.length === 0 && this.dropped === 0)) return
+    if (this.dropped > 0) this.queue.push(`<${this.priority(0)}>${this.droppedNotice()}\n`)
+    const accepted = child.stdin.write(this.queue.join(''))
     this.queue = []
+    if (accepted) return
+    this.waitingForDrain = true
+    child.stdin.once('drain', () => {
+      this.waitingForDrain = false
+      if (!this.closed) this.flushQueue()
+    })
   }
 
   // Lines for the file are batched like those for syslog and appended
@@ -212,7 +253,13 @@ class SyslogLogger implements Logger {
     clearTimeout(this.flushTimer)
     this.flushTimer = undefined
     if (!this.child && this.queue.length > 0 && !this.childFailed) this.startChild()
-    this.flushQueue()
+    if (this.waitingForDrain) {
+      // Syslog still takes nothing: the lines waiting are lost. Say how many
+      // where it can be read: the file.
+      this.dropped += this.queue.length
+      this.queue = []
+      if (this.dropped > 0) this.writeFile(`${this.droppedNotice()} (at exit)`)
+    } else this.flushQueue()
     this.flushFile()
     this.closeFile()
     this.closed = true
@@ -225,7 +272,7 @@ class SyslogLogger implements Logger {
         resolve()
       }
       child.once('exit', done)
-      child.stdin!.end()
+      child.stdin.end()
     })
   }
 }

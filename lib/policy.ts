@@ -20,12 +20,32 @@ export interface PolicyOptions {
   metrics?: Metrics
 }
 
-/** Quote a log value when it would break the key=value form. */
+/**
+ * A log value as exactly one field, whatever the client sent. Bare when it
+ * is printable and holds no space, double quote, '=' or backslash; else in
+ * double quotes, with a backslash before each double quote and backslash,
+ * and every control or other non-printable character written as \xHH (up
+ * to U+00FF) or \u{HHHH}. Cleaning comes before quoting, so nothing is left
+ * for the logger to turn into a space that splits the value.
+ */
 export function logValue(value: string | number): string {
   if (typeof value === 'number') return String(value)
-  return value !== '' && !NEEDS_QUOTES.test(value) ? value : JSON.stringify(value)
+  if (value !== '' && (!NOT_PLAIN_ASCII.test(value) || !NEEDS_QUOTES.test(value))) return value
+  return `"${value.replace(ESCAPED, escapeChar)}"`
 }
-const NEEDS_QUOTES = /[\s"=]/
+/** Tested first, as most values are printable ASCII without space, double quote, '=' or backslash. */
+// eslint-disable-next-line no-control-regex
+const NOT_PLAIN_ASCII = /[\x00-\x20"=\\\x7f-\uffff]/
+/** Unicode's "other" (controls, format, surrogates, private, unassigned) and separators. */
+const NEEDS_QUOTES = /["=\\\p{C}\p{Z}]/u
+/** The same but the space itself, which is safe inside quotes. */
+const ESCAPED = /["\\\p{C}\p{Zl}\p{Zp}]|[^\P{Zs} ]/gu
+
+function escapeChar(char: string): string {
+  if (char === '"' || char === '\\') return `\\${char}`
+  const code = char.codePointAt(0)!
+  return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`
+}
 
 export function formatFields(fields: Record<string, string | number>): string {
   return Object.entries(fields)
@@ -49,7 +69,10 @@ export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<str
       instance: req.instance,
     }
     if (req.queueId !== '') fields.queue_id = req.queueId
-    if (decision.header !== undefined) fields.header = decision.header
+    if (decision.header !== undefined) {
+      fields.header = decision.header
+      fields.header_check = decision.headerCheck ?? 'unknown'
+    }
     for (const v of decision.verdicts) {
       if (v !== decision.winner && log.enabled(2)) log.log(2, `check=${v.check} reason=${logValue(v.reason)} severity=${v.severity}`)
       Object.assign(fields, v.fields ?? {})
@@ -62,7 +85,7 @@ export function createPolicy(opts: PolicyOptions): (frame: Frame) => Promise<str
       log.log(0, `request discarded: ${frame.reason}; answering ${config.fail_action}`)
       return config.fail_action
     }
-    if (log.enabled(4)) for (const [k, v] of frame.attrs) log.log(4, `read ${k}=${v}`)
+    if (log.enabled(4)) for (const [k, v] of frame.attrs) log.log(4, `read ${k}=${logValue(v)}`)
     for (const line of frame.garbage) log.log(0, `ignoring a line without '=': ${JSON.stringify(line)}`)
     for (const name of frame.duplicates) log.log(2, `attribute ${name} repeated; the first value counts`)
 

@@ -36,8 +36,27 @@ function silenceStdio(log: Logger): void {
   Object.defineProperty(process, 'stderr', { configurable: true, enumerable: true, get: () => sink })
   process.removeAllListeners('warning')
   process.on('warning', (w) => log.log(0, `node warning: ${w.name}: ${w.message}`))
-  process.on('uncaughtException', (err) => log.log(0, `uncaught exception: ${err.stack ?? err}`))
-  process.on('unhandledRejection', (err) => log.log(0, `unhandled rejection: ${(err as Error)?.stack ?? err}`))
+  // A bug left the process in a state nobody knows: log it and exit, as
+  // Postfix daemons do; spawn(8) starts a fresh process for the next
+  // connection. No more requests are read meanwhile, and the log is flushed
+  // first (it batches lines). Node prints nothing itself: there is a handler.
+  let failed = false
+  const fail = (what: string, err: unknown): void => {
+    if (failed) return
+    failed = true
+    // 70 is sysexits(3) EX_SOFTWARE, as bin/policyd-ts answers a failed start.
+    const exit = (): never => process.exit(70)
+    setTimeout(exit, 2000)
+    try {
+      process.stdin.removeAllListeners('data').removeAllListeners('end').pause()
+      log.log(0, `${what}, exiting: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
+      log.close().then(exit, exit)
+    } catch {
+      exit()
+    }
+  }
+  process.on('uncaughtException', (err) => fail('uncaught exception', err))
+  process.on('unhandledRejection', (err) => fail('unhandled rejection', err))
 }
 
 export async function runSpawn(args: SpawnArgs): Promise<void> {
@@ -83,7 +102,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     const exit = (): never => process.exit(0)
     if (process.stdout.writableLength === 0 || reason === 'output-closed') exit()
     process.stdout.once('drain', exit)
-    setTimeout(exit, 2000).unref()
+    setTimeout(exit, 2000)
   }
 
   const reason = await serve({

@@ -179,3 +179,14 @@ t.test('a triplet this process saw pass is answered from memory for TOUCH_INTERV
   await decide(req({ instance: 'r5' }), ctx, T0 - 10)
   t.equal(calls, 4, 'a clock that went back does not trust the memory: the store is asked')
 })
+
+t.test('a check that cannot run leaves a field saying it was skipped, for the decision line', async (t) => {
+  const { ctx, logs } = context(t, config({ spf_enabled: 'yes' }))
+  ctx.spf = () => {
+    throw new Error('no resolver')
+  }
+  const d = await decide(req(), ctx, T0)
+  t.equal(d.winner?.check, 'greylist', 'greylisting still ran')
+  t.same(d.verdicts.find((v) => v.check === 'spf')?.fields, { spf: 'skipped-internal-error' })
+  t.match(logs.join('\n'), /SPF check failed, answering fail_action DUNNO for it: Error: no resolver/)
+})
