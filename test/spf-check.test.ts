@@ -39,6 +39,10 @@ const ZONE: Zone = {
   'mx1.badtrusted.test': [{ A: '192.0.2.11' }],
   '12.2.0.192.in-addr.arpa': [{ PTR: 'liar.trusted.test' }],
   'liar.trusted.test': [{ A: '203.0.113.12' }],
+  // bücher.test and mail-bücher.test, by their A-labels.
+  'xn--bcher-kva.test': [{ TXT: 'v=spf1 ip4:192.0.2.0/24 -all' }],
+  'neutral.xn--bcher-kva.test': [{ TXT: 'v=spf1 ?all' }],
+  'xn--mail-bcher-feb.test': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.10' }],
 }
 
 let dns: DnsServer
@@ -262,27 +266,74 @@ t.test('one header per message; a rejection is repeated; Per_User; Mock', async 
   t.equal(await mock.ask({ sender: 'a@fail2.test' }), MOCK_ACTION)
 })
 
-t.test('header values cannot break the header or leave ASCII', async (t) => {
+t.test('header values cannot break the header; only a non-ASCII local part leaves ASCII', async (t) => {
   const { ask } = harness(t)
   const cases: Array<Record<string, string>> = [
     { helo_name: 'evil\rX-Injected: yes', sender: 'a@nospf.test' },
     { helo_name: 'q"uote\\(paren)', sender: 'a@nospf.test' },
-    { sender: 'jörg@nospf.test', helo_name: 'bücher.example' },
+    { sender: 'joerg@nospf.test', helo_name: 'bücher.example' },
     { sender: `${'x'.repeat(3000)}@nospf.test`, helo_name: 'h'.repeat(3000) },
     { sender: 'a\u0001b\u007f@nospf.test', helo_name: 'tab\there' },
     { sender: '', helo_name: 'x;receiver=forged.example' },
+    { sender: 'a\u202eb\ufffdc\u00a0d\u2028e@nospf.test', helo_name: 'a\u200db.example' },
   ]
-  for (const c of cases) {
+  for (const [i, c] of cases.entries()) {
     const got = await ask(c)
-    t.match(got, /^PREPEND Received-SPF: None /, JSON.stringify(c).slice(0, 80))
+    // The case by number: a U+2028 in a test name would break the TAP stream.
+    t.match(got, /^PREPEND Received-SPF: None /, `case ${i}`)
     t.notOk(/[^\x20-\x7e]/.test(got), 'printable ASCII only')
     t.equal(got.split('Received-SPF:').length, 2, 'one header field')
     t.ok(got.length < 998, `shorter than a header line may be (${got.length})`)
   }
   t.match(await ask({ sender: 'a@nospf.test', helo_name: 'bücher.example' }), /helo=xn--bcher-kva\.example;/, 'an IDN HELO name in its ASCII form')
+  t.match(await ask({ sender: 'a\u202eb\ufffdc\u00a0d\u2028e@nospf.test' }), /envelope-from="a\?b\?c\?d\?e@nospf\.test"/, 'bidi controls, U+FFFD, other spaces and separators become ?')
   t.match(await ask({ sender: '', helo_name: 'x;receiver=forged.example' }), /helo="x;receiver=forged\.example"; envelope-from="<>"; receiver=example\.org$/)
   const reject = await ask({ sender: 'a b"c@fail2.test' })
   t.match(reject, /id=a%20b%22c@fail2\.test;ip=192\.0\.2\.10;r=example\.org$/, 'the sender in the link is escaped')
+
+  // A SMTPUTF8 local part has no ASCII form: it stays UTF-8 (RFC 6532), never '?'.
+  t.equal(
+    await ask({ sender: 'jörg@nospf.test', helo_name: 'bücher.example' }),
+    'PREPEND Received-SPF: None (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=xn--bcher-kva.example; envelope-from="jörg@nospf.test"; receiver=example.org',
+  )
+  const long = await ask({ sender: `${'ö'.repeat(3000)}@nospf.test` })
+  t.ok(Buffer.byteLength(long) < 998, `a long UTF-8 value is cut by bytes (${Buffer.byteLength(long)})`)
+  t.match(long, /envelope-from="ö+\.\.\."; receiver=example\.org$/, 'on a character boundary, with ...')
+})
+
+t.test('internationalised sender and HELO domains are checked by their A-labels; headers carry no ?', async (t) => {
+  const { ask } = harness(t)
+  t.equal(
+    await ask({ sender: 'jörg@bücher.test' }),
+    'PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=example.org',
+  )
+  t.equal(
+    await ask({ sender: 'jörg@BÜCHER.test', client_address: '203.0.113.5' }),
+    `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}mfrom;id=j%C3%B6rg@xn--bcher-kva.test;ip=203.0.113.5;r=example.org`,
+    'a forged IDN sender is rejected',
+  )
+  t.equal(
+    await ask({ sender: '', helo_name: 'mail-bücher.test', client_address: '203.0.113.5' }),
+    `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}helo;id=xn--mail-bcher-feb.test;ip=203.0.113.5;r=example.org`,
+    'an IDN HELO name',
+  )
+  t.equal(
+    await ask({ sender: 'jörg@bücher.test', recipient: 'bob@exämple.org' }),
+    'PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=xn--exmple-cua.org',
+    'an IDN recipient domain',
+  )
+  t.match(await ask({ sender: 'x@a\u200db.test' }), /^PREPEND Received-SPF: None \(mailfrom\)/, 'a domain without an A-label form: none')
+
+  const ar = harness(t, { Header_Type: 'AR' })
+  t.equal(
+    await ar.ask({ sender: 'jörg@bücher.test' }),
+    'PREPEND Authentication-Results: mx.example.org; spf=pass (sender SPF authorized) smtp.mailfrom=xn--bcher-kva.test (client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=example.org)',
+  )
+  // The domain lists of the configuration (A-labels) match IDN senders and HELO names.
+  const local = harness(t, { Reject_Not_Pass_Domains: 'xn--bcher-kva.test' })
+  t.match(await local.ask({ sender: 'a@neutral.bücher.test' }), /^550 5\.7\.23 Message rejected due to: Receiver policy for SPF Neutral\. /)
+  const heloList = harness(t, { HELO_Whitelist: 'xn--mail-bcher-feb.test' })
+  t.match(await heloList.ask({ sender: 'a@fail2.test', helo_name: 'mail-bücher.test' }), /^PREPEND X-Comment: SPF skipped for whitelisted HELO domain - client-ip=192\.0\.2\.10; helo=xn--mail-bcher-feb\.test;/)
 })
 
 t.test('an internal error in the SPF check becomes fail_action, greylisting still runs', async (t) => {

@@ -1,7 +1,7 @@
 // RFC 7208 check_host(): the result of an SPF check for one identity.
 
 import type { DnsAnswer, Resolver, RrType } from '../dns/resolver'
-import { ipInNetwork, maskIp, parseIp, type ParsedIp } from '../normalize'
+import { addressToALabels, domainToALabels, ipInNetwork, maskIp, parseIp, type ParsedIp } from '../normalize'
 import { expandMacros, truncateDomain, type MacroContext } from './macro'
 import { isSpfRecord, parseRecordOnce, SpfSyntaxError, type Mechanism, type Qualifier, type SpfRecord } from './record'
 
@@ -88,14 +88,17 @@ function isCheckableDomain(domain: string): boolean {
 export async function checkHost(input: CheckHostInput, ctx: CheckHostContext): Promise<SpfResult> {
   const now = ctx.now ?? Date.now
   const ip = parseIp(input.ip)
-  const domain = input.domain.replace(/\.$/, '')
-  if (!ip) return { result: 'permerror', reason: `bad client address ${input.ip}`, domain }
+  const given = input.domain.replace(/\.$/, '')
+  if (!ip) return { result: 'permerror', reason: `bad client address ${input.ip}`, domain: given }
+  // §4.3: an internationalised name is looked up by its A-labels; one without them cannot be checked.
+  const domain = domainToALabels(given)
+  if (domain === null || !isCheckableDomain(domain)) return { result: 'none', reason: `no checkable domain in ${JSON.stringify(input.domain)}`, domain: domain ?? given }
   const at = input.sender.lastIndexOf('@')
-  const sender = at === -1 ? `postmaster@${input.sender}` : at === 0 ? `postmaster${input.sender}` : input.sender
+  const sender = addressToALabels(at === -1 ? `postmaster@${input.sender}` : at === 0 ? `postmaster${input.sender}` : input.sender)
   const state: State = {
     ip,
     sender,
-    helo: input.helo,
+    helo: domainToALabels(input.helo) ?? input.helo,
     receiver: ctx.receiver ?? 'unknown',
     resolver: ctx.resolver,
     deadline: now() + (ctx.lookupTimeMs ?? 20000),
@@ -106,7 +109,6 @@ export async function checkHost(input: CheckHostInput, ctx: CheckHostContext): P
     voidLimit: ctx.voidLimit ?? 2,
     upperHex: /[A-F]/.test(input.ip),
   }
-  if (!isCheckableDomain(domain)) return { result: 'none', reason: `no checkable domain in ${JSON.stringify(input.domain)}`, domain }
   try {
     const r = await evaluate(domain, state, 0)
     if (r.result === 'pass') r.broad = state.lastMatch === undefined || isBroad(state.lastMatch, state.ip.family)
@@ -202,7 +204,9 @@ function macroContext(domain: string, state: State): MacroContext {
 
 async function expandDomain(spec: string | undefined, domain: string, state: State): Promise<string> {
   if (spec === undefined) return domain
-  return truncateDomain((await expandMacros(spec, macroContext(domain, state))).replace(/\.$/, ''))
+  const name = (await expandMacros(spec, macroContext(domain, state))).replace(/\.$/, '')
+  // A macro can bring non-ASCII (a local part, say) into the name: A-labels, or no checkable name at all.
+  return truncateDomain(domainToALabels(name) ?? '')
 }
 
 async function evaluate(domain: string, state: State, depth: number): Promise<SpfResult> {
