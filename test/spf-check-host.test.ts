@@ -1,7 +1,8 @@
 // check_host() itself (lib/spf/check-host.ts) on cases the RFC 7208 suite
-// leaves out: internationalised names. Against a DNS server on loopback.
+// leaves out: internationalised names, an empty exp= text. Against a DNS
+// server on loopback.
 import t from 'tap'
-import { checkHost, type SpfResult } from '../lib/spf/check-host'
+import { checkHost, DEFAULT_EXPLANATION, type SpfResult } from '../lib/spf/check-host'
 import { createResolver } from '../lib/dns/resolver'
 import { startDnsServer, type DnsServer, type Zone } from './helpers/dns-server'
 
@@ -13,6 +14,13 @@ const ZONE: Zone = {
   'local.example': [{ TXT: 'v=spf1 exists:%{l}.ok.local.example exists:%{L}.esc.local.example -all' }],
   'xn--jrg-sna.ok.local.example': [{ A: '127.0.0.2' }],
   'j%C3%B6rg-up.esc.local.example': [{ A: '127.0.0.2' }],
+  // exp= texts that explain nothing.
+  'empty-exp.example': [{ TXT: 'v=spf1 -all exp=why.empty-exp.example' }],
+  'why.empty-exp.example': [{ TXT: '' }],
+  'blank-exp.example': [{ TXT: 'v=spf1 -all exp=why.blank-exp.example' }],
+  'why.blank-exp.example': [{ TXT: '   ' }],
+  'macro-blank-exp.example': [{ TXT: 'v=spf1 -all exp=why.macro-blank-exp.example' }],
+  'why.macro-blank-exp.example': [{ TXT: '%_%_' }],
 }
 
 let dns: DnsServer
@@ -55,4 +63,12 @@ t.test('internationalised names are looked up by their A-labels (RFC 7208 §4.3)
     t.match(r.reason, /no checkable domain/)
   }
   t.equal(dns.queries, before, 'and nothing is looked up for it')
+})
+
+t.test('an exp= text that is empty or white space after expansion gives the default explanation', async (t) => {
+  for (const domain of ['empty-exp.example', 'blank-exp.example', 'macro-blank-exp.example']) {
+    const r = await check('192.0.2.10', `a@${domain}`)
+    t.equal(r.result, 'fail', domain)
+    t.equal(r.explanation, DEFAULT_EXPLANATION, `${domain}: the default explanation`)
+  }
 })

@@ -43,6 +43,13 @@ const ZONE: Zone = {
   'xn--bcher-kva.test': [{ TXT: 'v=spf1 ip4:192.0.2.0/24 -all' }],
   'neutral.xn--bcher-kva.test': [{ TXT: 'v=spf1 ?all' }],
   'xn--mail-bcher-feb.test': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.10' }],
+  // exp= texts that explain nothing.
+  'empty-exp.test': [{ TXT: 'v=spf1 -all exp=why.empty-exp.test' }],
+  'why.empty-exp.test': [{ TXT: '' }],
+  'blank-exp.test': [{ TXT: 'v=spf1 -all exp=why.blank-exp.test' }],
+  'why.blank-exp.test': [{ TXT: ' %_ ' }],
+  'dot-exp.test': [{ TXT: 'v=spf1 -all exp=why.dot-exp.test' }],
+  'why.dot-exp.test': [{ TXT: '.' }],
 }
 
 let dns: DnsServer
@@ -334,6 +341,13 @@ t.test('internationalised sender and HELO domains are checked by their A-labels;
   t.match(await local.ask({ sender: 'a@neutral.bücher.test' }), /^550 5\.7\.23 Message rejected due to: Receiver policy for SPF Neutral\. /)
   const heloList = harness(t, { HELO_Whitelist: 'xn--mail-bcher-feb.test' })
   t.match(await heloList.ask({ sender: 'a@fail2.test', helo_name: 'mail-bücher.test' }), /^PREPEND X-Comment: SPF skipped for whitelisted HELO domain - client-ip=192\.0\.2\.10; helo=xn--mail-bcher-feb\.test;/)
+})
+
+t.test('an exp= text that is empty, white space or a full stop: the default explanation', async (t) => {
+  const { ask } = harness(t)
+  for (const domain of ['empty-exp.test', 'blank-exp.test', 'dot-exp.test']) {
+    t.equal(await ask({ sender: `a@${domain}` }), `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}mfrom;id=a@${domain};ip=192.0.2.10;r=example.org`, domain)
+  }
 })
 
 t.test('an internal error in the SPF check becomes fail_action, greylisting still runs', async (t) => {

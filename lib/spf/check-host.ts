@@ -349,7 +349,9 @@ async function explain(record: SpfRecord, domain: string, state: State): Promise
     const text = a.records[0]
     // eslint-disable-next-line no-control-regex
     if (/[^\x20-\x7e]/.test(text)) return DEFAULT_EXPLANATION
-    return await expandMacros(text, macroContext(domain, state), true)
+    const explanation = await expandMacros(text, macroContext(domain, state), true)
+    // An empty text explains nothing: the default one does, as in pyspf.
+    return explanation.trim() === '' ? DEFAULT_EXPLANATION : explanation
   } catch {
     return DEFAULT_EXPLANATION
   }

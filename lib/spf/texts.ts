@@ -79,7 +79,11 @@ export function commentText(text: string, max = MAX_VALUE): string {
 /** The explanation of a result, as policyd-spf's {spf} and header comments carry it. */
 export function explanationOf(result: SpfResultCode, detail: { explanation?: string; reason: string }): string {
   // A domain's exp= text often ends in a full stop; Reason_Message adds its own.
-  if (result === 'fail' && detail.explanation !== undefined && detail.explanation !== DEFAULT_EXPLANATION) return printable(detail.explanation.replace(/[.\s]+$/, ''), MAX_EXPLANATION)
+  if (result === 'fail' && detail.explanation !== undefined && detail.explanation !== DEFAULT_EXPLANATION) {
+    const own = detail.explanation.replace(/[.\s]+$/, '')
+    // A text of only full stops or white space explains nothing: the default one does.
+    if (own !== '') return printable(own, MAX_EXPLANATION)
+  }
   if (result === 'permerror' || result === 'temperror') return `${EXPLANATION[result]}: ${printable(detail.reason, MAX_EXPLANATION)}`
   return EXPLANATION[result]
 }
