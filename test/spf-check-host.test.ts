@@ -1,6 +1,7 @@
 // check_host() itself (lib/spf/check-host.ts) on cases the RFC 7208 suite
-// leaves out: internationalised names, an empty exp= text. Against a DNS
-// server on loopback.
+// leaves out: internationalised names, an empty exp= text, IPv4-mapped ip6
+// networks, and where a pass stops being narrow enough to authenticate a
+// domain. Against a DNS server on loopback.
 import t from 'tap'
 import { checkHost, DEFAULT_EXPLANATION, type SpfResult } from '../lib/spf/check-host'
 import { createResolver } from '../lib/dns/resolver'
@@ -21,6 +22,10 @@ const ZONE: Zone = {
   'why.blank-exp.example': [{ TXT: '   ' }],
   'macro-blank-exp.example': [{ TXT: 'v=spf1 -all exp=why.macro-blank-exp.example' }],
   'why.macro-blank-exp.example': [{ TXT: '%_%_' }],
+  // IPv4-mapped ip6 networks.
+  'mapped.example': [{ TXT: 'v=spf1 ip6:::ffff:192.0.2.1 -all' }],
+  'mapped-net.example': [{ TXT: 'v=spf1 ip6:::ffff:192.0.2.0/120 -all' }],
+  'not-mapped.example': [{ TXT: 'v=spf1 ip6:::ff00:c000:201 -all' }],
 }
 
 let dns: DnsServer
@@ -71,4 +76,56 @@ t.test('an exp= text that is empty or white space after expansion gives the defa
     t.equal(r.result, 'fail', domain)
     t.equal(r.explanation, DEFAULT_EXPLANATION, `${domain}: the default explanation`)
   }
+})
+
+t.test('ip6 with an IPv4-mapped address: valid, matches the mapped IPv4 client only', async (t) => {
+  const cases: Array<[string, string, string]> = [
+    ['mapped.example', '2001:db8::1', 'fail'],
+    ['mapped.example', '::ffff:192.0.2.2', 'fail'],
+    ['mapped.example', '192.0.2.2', 'fail'],
+    ['mapped.example', '192.0.2.1', 'pass'],
+    ['mapped.example', '::ffff:192.0.2.1', 'pass'],
+    ['mapped-net.example', '192.0.2.200', 'pass'],
+    ['mapped-net.example', '192.0.3.1', 'fail'],
+    ['mapped-net.example', '2001:db8::c000:201', 'fail'],
+    // ::ff00:c000:201 is not in the mapped range: an IPv6 address like any other.
+    ['not-mapped.example', '192.0.2.1', 'fail'],
+    ['not-mapped.example', '::ff00:c000:201', 'pass'],
+  ]
+  for (const [domain, ip, want] of cases) {
+    const r = await check(ip, `a@${domain}`)
+    t.equal(r.result, want, `${domain} from ${ip}: ${r.reason}`)
+  }
+})
+
+t.test('a pass is broad (authenticates nobody) below /8 for IPv4 and /16 for IPv6, narrow from there', async (t) => {
+  const cases: Array<[string, string, boolean]> = [
+    ['ip4:192.0.0.0/8', '192.0.2.10', false],
+    ['ip4:192.0.0.0/7', '192.0.2.10', true],
+    ['ip6:2001::/16', '2001:db8::1', false],
+    ['ip6:2000::/15', '2001:db8::1', true],
+    ['ip6:::ffff:192.0.0.0/104', '192.0.2.10', false],
+    ['ip6:::ffff:192.0.0.0/103', '192.0.2.10', true],
+    ['a:host.broad.example/8', '192.0.2.10', false],
+    ['a:host.broad.example/7', '192.0.2.10', true],
+    ['a:host.broad.example//16', '2001:db8::1', false],
+    ['a:host.broad.example//15', '2001:db8::1', true],
+    ['mx:broad.example/8', '192.0.2.10', false],
+    ['mx:broad.example/7', '192.0.2.10', true],
+    ['exists:%{i}.x.broad.example', '192.0.2.10', false],
+    ['exists:host.broad.example', '192.0.2.10', true],
+    ['all', '192.0.2.10', true],
+  ]
+  for (const [mechanism, ip, broad] of cases) {
+    dns.setZone({
+      ...ZONE,
+      'broad.example': [{ TXT: `v=spf1 ${mechanism} -all` }, { MX: [10, 'host.broad.example'] }],
+      'host.broad.example': [{ A: '192.0.2.77' }, { AAAA: '2001:db8::77' }],
+      '192.0.2.10.x.broad.example': [{ A: '127.0.0.2' }],
+    })
+    const r = await check(ip, 'a@broad.example')
+    t.equal(r.result, 'pass', `${mechanism} from ${ip}: ${r.reason}`)
+    t.equal(r.broad, broad, `${mechanism} from ${ip}: ${broad ? 'broad' : 'narrow'}`)
+  }
+  dns.setZone(ZONE)
 })

@@ -125,15 +125,20 @@ function withRecord(r: SpfResult, state: State): SpfResult {
   return r
 }
 
+/** Networks shorter than these authorise (nearly) the whole address space of their family. */
+const NARROWEST_BROAD = { 4: 8, 6: 16 } as const
+
 function isBroad(mech: Mechanism, family: 4 | 6): boolean {
   switch (mech.name) {
     case 'all':
       return true
     case 'ip4':
     case 'ip6':
+      // The network that matched: an IPv4-mapped ip6 one is IPv4 with its prefix counted in IPv4 bits.
+      return mech.net !== undefined && mech.net.prefix < NARROWEST_BROAD[mech.net.net.family]
     case 'a':
     case 'mx':
-      return family === 4 ? (mech.cidr4 ?? 32) < 8 : (mech.cidr6 ?? 128) < 16
+      return family === 4 ? (mech.cidr4 ?? 32) < NARROWEST_BROAD[4] : (mech.cidr6 ?? 128) < NARROWEST_BROAD[6]
     case 'exists':
       return !/%\{[ip]/i.test(mech.target ?? '')
     default:
@@ -252,11 +257,9 @@ async function matches(mech: Mechanism, domain: string, state: State, depth: num
       return true
     case 'ip4':
       return state.ip.family === 4 && mech.net !== undefined && ipInNetwork(state.ip, mech.net)
-    case 'ip6': {
-      if (state.ip.family !== 6) return false
-      if (!mech.net || mech.net.net.family !== 6) throw new Outcome('permerror', `bad ip6 ${mech.target}`)
-      return ipInNetwork(state.ip, mech.net)
-    }
+    case 'ip6':
+      // An IPv4-mapped ip6 network is an IPv4 one (record.ts): each matches clients of its own family only.
+      return mech.net !== undefined && ipInNetwork(state.ip, mech.net)
     case 'a': {
       countDnsTerm(state)
       const target = await expandDomain(mech.target, domain, state)
