@@ -173,7 +173,8 @@ async function evaluate(e: Evaluation): Promise<SpfOutcome> {
     const text = reasonMessage(policy.reasonMessage, {
       rejectdefer: action === 'reject' ? 'rejected' : 'deferred',
       spf,
-      url: whyUrl(scope === 'helo' ? 'helo' : 'mfrom', id, ip.text, facts.receiver),
+      // The address as Postfix gave it, as policyd-spf writes it.
+      url: whyUrl(scope === 'helo' ? 'helo' : 'mfrom', id, ipText.trim(), facts.receiver),
     })
     return { action, text: `${code} ${text}`, reason: `${scope}-${r.result}${byLocalPolicy ? '-receiver-policy' : ''}`, fields }
   }

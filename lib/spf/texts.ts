@@ -123,14 +123,28 @@ export function skippedHeader(why: string, headerType: 'SPF' | 'AR', authservId:
   return `X-Comment: ${why} - ${facts(f, '; ')}`
 }
 
-/** Characters a query parameter may carry as they are; the rest is %-escaped (UTF-8). */
+/**
+ * Characters of a Why-link value written as they are, as policyd-spf writes
+ * every character: what a URL query may hold (RFC 3986 unreserved,
+ * sub-delims, ':', '@', '/', '?'), and the '<>' of `r=<UNKNOWN>`.
+ */
+const URL_AS_IS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/?<>]$/
+
+/**
+ * A value of the Why link: as policyd-spf writes it, but space, '"', '%',
+ * '#', controls, the other characters a URL cannot carry, and non-ASCII
+ * (as UTF-8) %-escaped, so that the link stays one working URL. Cut at
+ * MAX_VALUE characters, never inside an escape.
+ */
 function urlPart(text: string): string {
-  return Array.from(Buffer.from(text, 'utf8'), (b) => {
+  let out = ''
+  for (const b of Buffer.from(text, 'utf8')) {
     const c = String.fromCharCode(b)
-    return /[A-Za-z0-9._~@+<>-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
-  })
-    .join('')
-    .slice(0, MAX_VALUE)
+    const piece = URL_AS_IS.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+    if (out.length + piece.length > MAX_VALUE) break
+    out += piece
+  }
+  return out
 }
 
 /** policyd-spf's "Why" link: `http://www.openspf.net/Why?s=mfrom;id=…;ip=…;r=…`. */
