@@ -1,7 +1,7 @@
 // check_host() itself (lib/spf/check-host.ts) on cases the RFC 7208 suite
-// leaves out: internationalised names, an empty exp= text, IPv4-mapped ip6
-// networks, and where a pass stops being narrow enough to authenticate a
-// domain. Against a DNS server on loopback.
+// leaves out: internationalised names, a sender without a local part, an
+// empty exp= text, IPv4-mapped ip6 networks, and where a pass stops being
+// narrow enough to authenticate a domain. Against a DNS server on loopback.
 import t from 'tap'
 import { checkHost, DEFAULT_EXPLANATION, type SpfResult } from '../lib/spf/check-host'
 import { createResolver } from '../lib/dns/resolver'
@@ -15,6 +15,9 @@ const ZONE: Zone = {
   'local.example': [{ TXT: 'v=spf1 exists:%{l}.ok.local.example exists:%{L}.esc.local.example -all' }],
   'xn--jrg-sna.ok.local.example': [{ A: '127.0.0.2' }],
   'j%C3%B6rg-up.esc.local.example': [{ A: '127.0.0.2' }],
+  // A sender without a local part.
+  'nolocal.example': [{ TXT: 'v=spf1 -all exp=why.nolocal.example' }],
+  'why.nolocal.example': [{ TXT: 's=%{s} l=%{l} o=%{o}' }],
   // exp= texts that explain nothing.
   'empty-exp.example': [{ TXT: 'v=spf1 -all exp=why.empty-exp.example' }],
   'why.empty-exp.example': [{ TXT: '' }],
@@ -68,6 +71,14 @@ t.test('internationalised names are looked up by their A-labels (RFC 7208 §4.3)
     t.match(r.reason, /no checkable domain/)
   }
   t.equal(dns.queries, before, 'and nothing is looked up for it')
+})
+
+t.test('%{s}, %{l} and %{o} of a sender without a local part (RFC 7208 §4.3: postmaster)', async (t) => {
+  const r = await check('192.0.2.10', '@nolocal.example')
+  t.equal(r.result, 'fail')
+  t.equal(r.explanation, 's=postmaster@nolocal.example l=postmaster o=nolocal.example')
+  const bare = await check('192.0.2.10', 'nolocal.example')
+  t.equal(bare.explanation, 's=postmaster@nolocal.example l=postmaster o=nolocal.example', 'a sender that is only a domain')
 })
 
 t.test('an exp= text that is empty or white space after expansion gives the default explanation', async (t) => {

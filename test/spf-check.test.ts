@@ -50,6 +50,9 @@ const ZONE: Zone = {
   'why.blank-exp.test': [{ TXT: ' %_ ' }],
   'dot-exp.test': [{ TXT: 'v=spf1 -all exp=why.dot-exp.test' }],
   'why.dot-exp.test': [{ TXT: '.' }],
+  // Either side of the broad-pass boundary: /8 and /16 still name senders, /7 and /15 do not.
+  'slash8.test': [{ TXT: 'v=spf1 ip4:192.0.0.0/8 ip6:2001::/16 -all' }],
+  'slash7.test': [{ TXT: 'v=spf1 ip4:192.0.0.0/7 ip6:2000::/15 -all' }],
 }
 
 let dns: DnsServer
@@ -350,6 +353,17 @@ t.test('an exp= text that is empty, white space or a full stop: the default expl
   }
 })
 
+t.test('No_Mail: the HELO identity too is rejected only for a v=spf1 -all record', async (t) => {
+  const { ask } = harness(t, { No_Mail: 'yes' })
+  t.equal(await ask({ sender: 'a@pass.test', helo_name: 'fail.test' }), `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}helo;id=fail.test;ip=192.0.2.10;r=example.org`)
+  t.equal(
+    await ask({ sender: 'a@pass.test', helo_name: 'fail2.test' }),
+    'PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=fail2.test; envelope-from="a@pass.test"; receiver=example.org',
+    'a HELO fail by any other record: the MAIL FROM identity decides',
+  )
+  t.match(await ask({ sender: '', helo_name: 'fail2.test' }), /^PREPEND Received-SPF: Fail \(SPF fail - not authorized\) identity=helo;/, 'and for the null sender it only goes into the header')
+})
+
 t.test('an internal error in the SPF check becomes fail_action, greylisting still runs', async (t) => {
   const broken: Resolver = {
     query: () => Promise.reject(new TypeError('resolver exploded')),
@@ -430,4 +444,27 @@ t.test('greylist_spf_key: a sender pool retrying from another network passes; fo
   const off = harness(t, { greylist_enabled: 'yes', greylist_delay: '60', greylist_spf_key: 'no' })
   t.match(await off.ask({ sender: 'news@pool.test', client_address: '192.0.2.10' }, T), /^DEFER_IF_PERMIT/)
   t.match(await off.ask({ sender: 'news@pool.test', client_address: '198.51.100.7' }, T + 61), /^DEFER_IF_PERMIT/, 'greylist_spf_key no: keyed by network')
+})
+
+t.test('greylist_spf_key: a pass by an ip4 /8 or ip6 /16 authenticates the domain; by /7 or /15 it is too broad', async (t) => {
+  const T = 1_800_000_000
+  const { ask, dbPath } = harness(t, { greylist_enabled: 'yes', greylist_delay: '60' })
+  const keys = async (): Promise<string[]> => {
+    await new Promise((resolve) => setImmediate(resolve)) // the store commits right after the reply
+    const db = new Database(dbPath, { readonly: true })
+    try {
+      return (db.prepare('SELECT key FROM triplet ORDER BY key').all() as Array<{ key: string }>).map((r) => r.key)
+    } finally {
+      db.close()
+    }
+  }
+  for (const [sender, client] of [['a@slash8.test', '192.0.2.10'], ['a@slash7.test', '192.0.2.10'], ['b@slash8.test', '2001:db8::1'], ['b@slash7.test', '2001:db8::1']]) {
+    t.match(await ask({ sender, client_address: client, recipient: 'bob@example.org' }, T), /^DEFER_IF_PERMIT 4\.2\.0 Greylisted/, `${sender} from ${client}`)
+  }
+  t.same(await keys(), [
+    '192.0.2.0/24/a@slash7.test/bob@example.org',
+    '2001:db8::/64/b@slash7.test/bob@example.org',
+    'spf:slash8.test/a@slash8.test/bob@example.org',
+    'spf:slash8.test/b@slash8.test/bob@example.org',
+  ])
 })
