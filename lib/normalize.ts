@@ -170,6 +170,32 @@ export function domainOf(address: string): string {
   return stripAngles(address).slice(at + 1).toLowerCase().replace(/\.$/, '')
 }
 
+/** The ASCII a domain name may hold around its non-ASCII characters: no URL syntax (`/`, `%`, `@`...) reaches IDNA. */
+// eslint-disable-next-line no-control-regex
+const IDN_ASCII_PART = /^(?:[A-Za-z0-9._-]|[^\x00-\x7f])*$/
+
+/**
+ * A domain name with its U-labels written as A-labels (`bücher.example` ->
+ * `xn--bcher-kva.example`, IDNA as URLs do it: UTS #46, lower case), for
+ * DNS and for ASCII headers (RFC 7208 §4.3). An ASCII name comes back as
+ * it is. null: a non-ASCII name that has no A-label form.
+ */
+export function domainToALabels(name: string): string | null {
+  // eslint-disable-next-line no-control-regex
+  if (/^[\x00-\x7f]*$/.test(name)) return name
+  if (!IDN_ASCII_PART.test(name)) return null
+  const { domainToASCII } = require('node:url') as typeof import('node:url')
+  return domainToASCII(name) || null
+}
+
+/** An address with its domain as A-labels; the local part stays as it is (it has no ASCII form). */
+export function addressToALabels(address: string): string {
+  const at = address.lastIndexOf('@')
+  if (at === -1) return address
+  const domain = address.slice(at + 1)
+  return `${address.slice(0, at + 1)}${domainToALabels(domain) ?? domain}`
+}
+
 export function normalizeRecipient(rcpt: string): string {
   return stripAngles(rcpt).toLowerCase()
 }

@@ -39,6 +39,20 @@ const ZONE: Zone = {
   'mx1.badtrusted.test': [{ A: '192.0.2.11' }],
   '12.2.0.192.in-addr.arpa': [{ PTR: 'liar.trusted.test' }],
   'liar.trusted.test': [{ A: '203.0.113.12' }],
+  // bücher.test and mail-bücher.test, by their A-labels.
+  'xn--bcher-kva.test': [{ TXT: 'v=spf1 ip4:192.0.2.0/24 -all' }],
+  'neutral.xn--bcher-kva.test': [{ TXT: 'v=spf1 ?all' }],
+  'xn--mail-bcher-feb.test': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.10' }],
+  // exp= texts that explain nothing.
+  'empty-exp.test': [{ TXT: 'v=spf1 -all exp=why.empty-exp.test' }],
+  'why.empty-exp.test': [{ TXT: '' }],
+  'blank-exp.test': [{ TXT: 'v=spf1 -all exp=why.blank-exp.test' }],
+  'why.blank-exp.test': [{ TXT: ' %_ ' }],
+  'dot-exp.test': [{ TXT: 'v=spf1 -all exp=why.dot-exp.test' }],
+  'why.dot-exp.test': [{ TXT: '.' }],
+  // Either side of the broad-pass boundary: /8 and /16 still name senders, /7 and /15 do not.
+  'slash8.test': [{ TXT: 'v=spf1 ip4:192.0.0.0/8 ip6:2001::/16 -all' }],
+  'slash7.test': [{ TXT: 'v=spf1 ip4:192.0.0.0/7 ip6:2000::/15 -all' }],
 }
 
 let dns: DnsServer
@@ -262,27 +276,92 @@ t.test('one header per message; a rejection is repeated; Per_User; Mock', async 
   t.equal(await mock.ask({ sender: 'a@fail2.test' }), MOCK_ACTION)
 })
 
-t.test('header values cannot break the header or leave ASCII', async (t) => {
+t.test('header values cannot break the header; only a non-ASCII local part leaves ASCII', async (t) => {
   const { ask } = harness(t)
   const cases: Array<Record<string, string>> = [
     { helo_name: 'evil\rX-Injected: yes', sender: 'a@nospf.test' },
     { helo_name: 'q"uote\\(paren)', sender: 'a@nospf.test' },
-    { sender: 'jörg@nospf.test', helo_name: 'bücher.example' },
+    { sender: 'joerg@nospf.test', helo_name: 'bücher.example' },
     { sender: `${'x'.repeat(3000)}@nospf.test`, helo_name: 'h'.repeat(3000) },
     { sender: 'a\u0001b\u007f@nospf.test', helo_name: 'tab\there' },
     { sender: '', helo_name: 'x;receiver=forged.example' },
+    { sender: 'a\u202eb\ufffdc\u00a0d\u2028e@nospf.test', helo_name: 'a\u200db.example' },
   ]
-  for (const c of cases) {
+  for (const [i, c] of cases.entries()) {
     const got = await ask(c)
-    t.match(got, /^PREPEND Received-SPF: None /, JSON.stringify(c).slice(0, 80))
+    // The case by number: a U+2028 in a test name would break the TAP stream.
+    t.match(got, /^PREPEND Received-SPF: None /, `case ${i}`)
     t.notOk(/[^\x20-\x7e]/.test(got), 'printable ASCII only')
     t.equal(got.split('Received-SPF:').length, 2, 'one header field')
     t.ok(got.length < 998, `shorter than a header line may be (${got.length})`)
   }
   t.match(await ask({ sender: 'a@nospf.test', helo_name: 'bücher.example' }), /helo=xn--bcher-kva\.example;/, 'an IDN HELO name in its ASCII form')
+  t.match(await ask({ sender: 'a\u202eb\ufffdc\u00a0d\u2028e@nospf.test' }), /envelope-from="a\?b\?c\?d\?e@nospf\.test"/, 'bidi controls, U+FFFD, other spaces and separators become ?')
   t.match(await ask({ sender: '', helo_name: 'x;receiver=forged.example' }), /helo="x;receiver=forged\.example"; envelope-from="<>"; receiver=example\.org$/)
   const reject = await ask({ sender: 'a b"c@fail2.test' })
   t.match(reject, /id=a%20b%22c@fail2\.test;ip=192\.0\.2\.10;r=example\.org$/, 'the sender in the link is escaped')
+
+  // A SMTPUTF8 local part has no ASCII form: it stays UTF-8 (RFC 6532), never '?'.
+  t.equal(
+    await ask({ sender: 'jörg@nospf.test', helo_name: 'bücher.example' }),
+    'PREPEND Received-SPF: None (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=xn--bcher-kva.example; envelope-from="jörg@nospf.test"; receiver=example.org',
+  )
+  const long = await ask({ sender: `${'ö'.repeat(3000)}@nospf.test` })
+  t.ok(Buffer.byteLength(long) < 998, `a long UTF-8 value is cut by bytes (${Buffer.byteLength(long)})`)
+  t.match(long, /envelope-from="ö+\.\.\."; receiver=example\.org$/, 'on a character boundary, with ...')
+})
+
+t.test('internationalised sender and HELO domains are checked by their A-labels; headers carry no ?', async (t) => {
+  const { ask } = harness(t)
+  t.equal(
+    await ask({ sender: 'jörg@bücher.test' }),
+    'PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=example.org',
+  )
+  t.equal(
+    await ask({ sender: 'jörg@BÜCHER.test', client_address: '203.0.113.5' }),
+    `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}mfrom;id=j%C3%B6rg@xn--bcher-kva.test;ip=203.0.113.5;r=example.org`,
+    'a forged IDN sender is rejected',
+  )
+  t.equal(
+    await ask({ sender: '', helo_name: 'mail-bücher.test', client_address: '203.0.113.5' }),
+    `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}helo;id=xn--mail-bcher-feb.test;ip=203.0.113.5;r=example.org`,
+    'an IDN HELO name',
+  )
+  t.equal(
+    await ask({ sender: 'jörg@bücher.test', recipient: 'bob@exämple.org' }),
+    'PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=xn--exmple-cua.org',
+    'an IDN recipient domain',
+  )
+  t.match(await ask({ sender: 'x@a\u200db.test' }), /^PREPEND Received-SPF: None \(mailfrom\)/, 'a domain without an A-label form: none')
+
+  const ar = harness(t, { Header_Type: 'AR' })
+  t.equal(
+    await ar.ask({ sender: 'jörg@bücher.test' }),
+    'PREPEND Authentication-Results: mx.example.org; spf=pass (sender SPF authorized) smtp.mailfrom=xn--bcher-kva.test (client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=example.org)',
+  )
+  // The domain lists of the configuration (A-labels) match IDN senders and HELO names.
+  const local = harness(t, { Reject_Not_Pass_Domains: 'xn--bcher-kva.test' })
+  t.match(await local.ask({ sender: 'a@neutral.bücher.test' }), /^550 5\.7\.23 Message rejected due to: Receiver policy for SPF Neutral\. /)
+  const heloList = harness(t, { HELO_Whitelist: 'xn--mail-bcher-feb.test' })
+  t.match(await heloList.ask({ sender: 'a@fail2.test', helo_name: 'mail-bücher.test' }), /^PREPEND X-Comment: SPF skipped for whitelisted HELO domain - client-ip=192\.0\.2\.10; helo=xn--mail-bcher-feb\.test;/)
+})
+
+t.test('an exp= text that is empty, white space or a full stop: the default explanation', async (t) => {
+  const { ask } = harness(t)
+  for (const domain of ['empty-exp.test', 'blank-exp.test', 'dot-exp.test']) {
+    t.equal(await ask({ sender: `a@${domain}` }), `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}mfrom;id=a@${domain};ip=192.0.2.10;r=example.org`, domain)
+  }
+})
+
+t.test('No_Mail: the HELO identity too is rejected only for a v=spf1 -all record', async (t) => {
+  const { ask } = harness(t, { No_Mail: 'yes' })
+  t.equal(await ask({ sender: 'a@pass.test', helo_name: 'fail.test' }), `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}helo;id=fail.test;ip=192.0.2.10;r=example.org`)
+  t.equal(
+    await ask({ sender: 'a@pass.test', helo_name: 'fail2.test' }),
+    'PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=fail2.test; envelope-from="a@pass.test"; receiver=example.org',
+    'a HELO fail by any other record: the MAIL FROM identity decides',
+  )
+  t.match(await ask({ sender: '', helo_name: 'fail2.test' }), /^PREPEND Received-SPF: Fail \(SPF fail - not authorized\) identity=helo;/, 'and for the null sender it only goes into the header')
 })
 
 t.test('an internal error in the SPF check becomes fail_action, greylisting still runs', async (t) => {
@@ -365,4 +444,27 @@ t.test('greylist_spf_key: a sender pool retrying from another network passes; fo
   const off = harness(t, { greylist_enabled: 'yes', greylist_delay: '60', greylist_spf_key: 'no' })
   t.match(await off.ask({ sender: 'news@pool.test', client_address: '192.0.2.10' }, T), /^DEFER_IF_PERMIT/)
   t.match(await off.ask({ sender: 'news@pool.test', client_address: '198.51.100.7' }, T + 61), /^DEFER_IF_PERMIT/, 'greylist_spf_key no: keyed by network')
+})
+
+t.test('greylist_spf_key: a pass by an ip4 /8 or ip6 /16 authenticates the domain; by /7 or /15 it is too broad', async (t) => {
+  const T = 1_800_000_000
+  const { ask, dbPath } = harness(t, { greylist_enabled: 'yes', greylist_delay: '60' })
+  const keys = async (): Promise<string[]> => {
+    await new Promise((resolve) => setImmediate(resolve)) // the store commits right after the reply
+    const db = new Database(dbPath, { readonly: true })
+    try {
+      return (db.prepare('SELECT key FROM triplet ORDER BY key').all() as Array<{ key: string }>).map((r) => r.key)
+    } finally {
+      db.close()
+    }
+  }
+  for (const [sender, client] of [['a@slash8.test', '192.0.2.10'], ['a@slash7.test', '192.0.2.10'], ['b@slash8.test', '2001:db8::1'], ['b@slash7.test', '2001:db8::1']]) {
+    t.match(await ask({ sender, client_address: client, recipient: 'bob@example.org' }, T), /^DEFER_IF_PERMIT 4\.2\.0 Greylisted/, `${sender} from ${client}`)
+  }
+  t.same(await keys(), [
+    '192.0.2.0/24/a@slash7.test/bob@example.org',
+    '2001:db8::/64/b@slash7.test/bob@example.org',
+    'spf:slash8.test/a@slash8.test/bob@example.org',
+    'spf:slash8.test/b@slash8.test/bob@example.org',
+  ])
 })

@@ -9,8 +9,10 @@ import { checkHost } from '../lib/spf/check-host'
 import { createResolver } from '../lib/dns/resolver'
 import { startDnsServer, type Zone } from './helpers/dns-server'
 
-/** RFC 7208 conformance this project promises (issue 4): at least 202 of the 203 tests. */
-const GOAL = 202
+/** Every case of the suite passes (issue 4 promised 202 of 203; all 203 do since issue 9), each asserted on its own. */
+const CASES = 203
+/** Cases with an explanation text to compare. */
+const EXPLANATIONS = 22
 
 interface SuiteTest {
   host: string
@@ -28,19 +30,23 @@ interface Scenario {
 
 const scenarios = yaml.loadAll(fs.readFileSync(path.join(__dirname, 'fixtures', 'rfc7208-tests.yml'), 'utf8')) as Scenario[]
 
-t.test('rfc7208 suite', async (t) => {
+t.test('rfc7208 suite: every case, and every explanation text', async (t) => {
   const server = await startDnsServer()
   t.teardown(() => server.close())
-  let passed = 0
   let total = 0
   let explanations = 0
-  let explanationsRight = 0
-  const failed: string[] = []
+  // The first round trip of the process (sockets, JIT) is the slowest: out of the way before the cases.
+  const warmUp = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 5000, tries: 1 })
+  await warmUp.query('warm-up.example', 'TXT')
+  warmUp.close()
   for (const scenario of scenarios) {
     server.setZone(scenario.zonedata ?? {})
+    // Every case is asserted, so a slow answer on a busy machine must not pass for a timeout: only
+    // scenarios with names that never answer (TIMEOUT) wait briefly; the others have time to spare.
+    const timeoutMs = JSON.stringify(scenario.zonedata ?? {}).includes('"TIMEOUT"') ? 500 : 3000
     for (const [name, test] of Object.entries(scenario.tests)) {
       total++
-      const resolver = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 150, tries: 1 })
+      const resolver = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs, tries: 1 })
       const mailfrom = String(test.mailfrom ?? '')
       const helo = String(test.helo ?? '')
       const domain = mailfrom === '' ? helo : mailfrom.slice(mailfrom.lastIndexOf('@') + 1)
@@ -48,20 +54,14 @@ t.test('rfc7208 suite', async (t) => {
       const r = await checkHost({ ip: String(test.host), domain, sender, helo }, { resolver, lookupTimeMs: 5000, now: () => 1_700_000_000_000 })
       resolver.close()
       const wanted = Array.isArray(test.result) ? test.result : [test.result]
-      const resultOk = wanted.includes(r.result)
-      const expOk = test.explanation === undefined || (r.result === 'fail' && r.explanation === test.explanation)
+      const label = `${scenario.description} / ${name}`
+      t.ok(wanted.includes(r.result), `${label}: ${wanted.join('|')}`, { got: r.result, reason: r.reason })
       if (test.explanation !== undefined) {
         explanations++
-        if (expOk) explanationsRight++
+        t.equal(r.result === 'fail' ? r.explanation : `(no explanation: ${r.result})`, test.explanation, `${label}: explanation text`)
       }
-      if (resultOk && expOk) passed++
-      else failed.push(`${scenario.description} / ${name}: got ${r.result}${r.explanation ? ` (${r.explanation})` : ''} (${r.reason}), want ${wanted.join('|')}${test.explanation ? ` (${test.explanation})` : ''}`)
     }
   }
-  t.comment(`rfc7208 suite: ${passed}/${total} passed; explanation texts ${explanationsRight}/${explanations}`)
-  t.equal(explanations, 22, 'the suite has 22 explanation texts')
-  t.equal(explanationsRight, explanations, 'every explanation text right')
-  for (const f of failed) t.comment(`failed: ${f}`)
-  t.equal(total, 203, 'the whole suite ran')
-  t.ok(passed >= GOAL, `at least ${GOAL}/203 (got ${passed})`)
+  t.equal(total, CASES, 'the whole suite ran')
+  t.equal(explanations, EXPLANATIONS, 'the suite has 22 explanation texts')
 })

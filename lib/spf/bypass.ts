@@ -3,7 +3,7 @@
 // HELO_Whitelist, Domain_Whitelist_PTR.
 
 import type { DnsAnswer, Resolver, RrType } from '../dns/resolver'
-import { ipInNetwork, parseIp, type ParsedIp } from '../normalize'
+import { domainToALabels, ipInNetwork, parseIp, type ParsedIp } from '../normalize'
 import { reverseName, type SpfResult } from './check-host'
 import { inDomainList, type SpfPolicy } from './policy'
 
@@ -87,7 +87,8 @@ export async function findBypass(
       if ((await deps.checkDomain(domain, left)).result === 'pass') return { list: 'Domain_Whitelist', entry: domain }
     }
   }
-  const helo = req.helo.toLowerCase().replace(/\.$/, '')
+  const heloGiven = req.helo.toLowerCase().replace(/\.$/, '')
+  const helo = domainToALabels(heloGiven) ?? heloGiven
   if (policy.heloWhitelist.includes(helo)) {
     const deadline = deps.now() + policy.whitelistLookupMs
     if (await hasAddress(deps, deadline, helo, ip)) return { list: 'HELO_Whitelist', entry: helo }

@@ -1,7 +1,7 @@
 // RFC 7208 check_host(): the result of an SPF check for one identity.
 
 import type { DnsAnswer, Resolver, RrType } from '../dns/resolver'
-import { ipInNetwork, maskIp, parseIp, type ParsedIp } from '../normalize'
+import { addressToALabels, domainToALabels, ipInNetwork, maskIp, parseIp, type ParsedIp } from '../normalize'
 import { expandMacros, truncateDomain, type MacroContext } from './macro'
 import { isSpfRecord, parseRecordOnce, SpfSyntaxError, type Mechanism, type Qualifier, type SpfRecord } from './record'
 
@@ -88,14 +88,17 @@ function isCheckableDomain(domain: string): boolean {
 export async function checkHost(input: CheckHostInput, ctx: CheckHostContext): Promise<SpfResult> {
   const now = ctx.now ?? Date.now
   const ip = parseIp(input.ip)
-  const domain = input.domain.replace(/\.$/, '')
-  if (!ip) return { result: 'permerror', reason: `bad client address ${input.ip}`, domain }
+  const given = input.domain.replace(/\.$/, '')
+  if (!ip) return { result: 'permerror', reason: `bad client address ${input.ip}`, domain: given }
+  // §4.3: an internationalised name is looked up by its A-labels; one without them cannot be checked.
+  const domain = domainToALabels(given)
+  if (domain === null || !isCheckableDomain(domain)) return { result: 'none', reason: `no checkable domain in ${JSON.stringify(input.domain)}`, domain: domain ?? given }
   const at = input.sender.lastIndexOf('@')
-  const sender = at === -1 ? `postmaster@${input.sender}` : at === 0 ? `postmaster${input.sender}` : input.sender
+  const sender = addressToALabels(at === -1 ? `postmaster@${input.sender}` : at === 0 ? `postmaster${input.sender}` : input.sender)
   const state: State = {
     ip,
     sender,
-    helo: input.helo,
+    helo: domainToALabels(input.helo) ?? input.helo,
     receiver: ctx.receiver ?? 'unknown',
     resolver: ctx.resolver,
     deadline: now() + (ctx.lookupTimeMs ?? 20000),
@@ -106,7 +109,6 @@ export async function checkHost(input: CheckHostInput, ctx: CheckHostContext): P
     voidLimit: ctx.voidLimit ?? 2,
     upperHex: /[A-F]/.test(input.ip),
   }
-  if (!isCheckableDomain(domain)) return { result: 'none', reason: `no checkable domain in ${JSON.stringify(input.domain)}`, domain }
   try {
     const r = await evaluate(domain, state, 0)
     if (r.result === 'pass') r.broad = state.lastMatch === undefined || isBroad(state.lastMatch, state.ip.family)
@@ -123,15 +125,20 @@ function withRecord(r: SpfResult, state: State): SpfResult {
   return r
 }
 
+/** Networks shorter than these authorise (nearly) the whole address space of their family. */
+const NARROWEST_BROAD = { 4: 8, 6: 16 } as const
+
 function isBroad(mech: Mechanism, family: 4 | 6): boolean {
   switch (mech.name) {
     case 'all':
       return true
     case 'ip4':
     case 'ip6':
+      // The network that matched: an IPv4-mapped ip6 one is IPv4 with its prefix counted in IPv4 bits.
+      return mech.net !== undefined && mech.net.prefix < NARROWEST_BROAD[mech.net.net.family]
     case 'a':
     case 'mx':
-      return family === 4 ? (mech.cidr4 ?? 32) < 8 : (mech.cidr6 ?? 128) < 16
+      return family === 4 ? (mech.cidr4 ?? 32) < NARROWEST_BROAD[4] : (mech.cidr6 ?? 128) < NARROWEST_BROAD[6]
     case 'exists':
       return !/%\{[ip]/i.test(mech.target ?? '')
     default:
@@ -202,7 +209,9 @@ function macroContext(domain: string, state: State): MacroContext {
 
 async function expandDomain(spec: string | undefined, domain: string, state: State): Promise<string> {
   if (spec === undefined) return domain
-  return truncateDomain((await expandMacros(spec, macroContext(domain, state))).replace(/\.$/, ''))
+  const name = (await expandMacros(spec, macroContext(domain, state))).replace(/\.$/, '')
+  // A macro can bring non-ASCII (a local part, say) into the name: A-labels, or no checkable name at all.
+  return truncateDomain(domainToALabels(name) ?? '')
 }
 
 async function evaluate(domain: string, state: State, depth: number): Promise<SpfResult> {
@@ -248,11 +257,9 @@ async function matches(mech: Mechanism, domain: string, state: State, depth: num
       return true
     case 'ip4':
       return state.ip.family === 4 && mech.net !== undefined && ipInNetwork(state.ip, mech.net)
-    case 'ip6': {
-      if (state.ip.family !== 6) return false
-      if (!mech.net || mech.net.net.family !== 6) throw new Outcome('permerror', `bad ip6 ${mech.target}`)
-      return ipInNetwork(state.ip, mech.net)
-    }
+    case 'ip6':
+      // An IPv4-mapped ip6 network is an IPv4 one (record.ts): each matches clients of its own family only.
+      return mech.net !== undefined && ipInNetwork(state.ip, mech.net)
     case 'a': {
       countDnsTerm(state)
       const target = await expandDomain(mech.target, domain, state)
@@ -345,7 +352,9 @@ async function explain(record: SpfRecord, domain: string, state: State): Promise
     const text = a.records[0]
     // eslint-disable-next-line no-control-regex
     if (/[^\x20-\x7e]/.test(text)) return DEFAULT_EXPLANATION
-    return await expandMacros(text, macroContext(domain, state), true)
+    const explanation = await expandMacros(text, macroContext(domain, state), true)
+    // An empty text explains nothing: the default one does, as in pyspf.
+    return explanation.trim() === '' ? DEFAULT_EXPLANATION : explanation
   } catch {
     return DEFAULT_EXPLANATION
   }

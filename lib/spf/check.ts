@@ -13,7 +13,7 @@
 import type { BoundedMap } from '../bounded-map'
 import type { Config } from '../config'
 import type { Resolver } from '../dns/resolver'
-import { domainOf, parseIp } from '../normalize'
+import { addressToALabels, domainOf, domainToALabels, parseIp } from '../normalize'
 import type { PolicyRequest } from '../request'
 import type { Verdict } from '../verdict'
 import { BYPASS_COMMENT, findBypass, type Bypass } from './bypass'
@@ -112,7 +112,8 @@ function headerFacts(e: Evaluation, clientIp: string, helo: string, sender: stri
 export function receiverOf(req: PolicyRequest, config: Config): string {
   if (config.Hide_Receiver) return '<UNKNOWN>'
   if (req.recipient === '') return 'none'
-  return domainOf(req.recipient) || req.recipient.toLowerCase()
+  const domain = domainOf(req.recipient)
+  return domain === '' ? req.recipient.toLowerCase() : (domainToALabels(domain) ?? domain)
 }
 
 async function evaluate(e: Evaluation): Promise<SpfOutcome> {
@@ -121,8 +122,10 @@ async function evaluate(e: Evaluation): Promise<SpfOutcome> {
   const ipText = config.Prospective || req.clientAddress
   const ip = parseIp(ipText)
   if (!ip) return { action: 'dunno', text: '', reason: 'no-client-address', fields: {} }
-  const sender = req.sender.toLowerCase()
-  const helo = req.helo.toLowerCase().replace(/\.$/, '')
+  // Domains as A-labels from here on (RFC 7208 §4.3): for DNS, the domain lists, the greylist key, the headers.
+  const sender = addressToALabels(req.sender.toLowerCase())
+  const heloGiven = req.helo.toLowerCase().replace(/\.$/, '')
+  const helo = domainToALabels(heloGiven) ?? heloGiven
 
   const lookup = (domain: string, identitySender: string, heloName: string, timeMs: number): Promise<SpfResult> => {
     const key = `${domain} ${identitySender} ${heloName} ${policy.voidLimit} ${timeMs}`
@@ -170,7 +173,8 @@ async function evaluate(e: Evaluation): Promise<SpfOutcome> {
     const text = reasonMessage(policy.reasonMessage, {
       rejectdefer: action === 'reject' ? 'rejected' : 'deferred',
       spf,
-      url: whyUrl(scope === 'helo' ? 'helo' : 'mfrom', id, ip.text, facts.receiver),
+      // The address as Postfix gave it, as policyd-spf writes it.
+      url: whyUrl(scope === 'helo' ? 'helo' : 'mfrom', id, ipText.trim(), facts.receiver),
     })
     return { action, text: `${code} ${text}`, reason: `${scope}-${r.result}${byLocalPolicy ? '-receiver-policy' : ''}`, fields }
   }

@@ -30,9 +30,9 @@ function readableIp(ip: ParsedIp): string {
   return ip.text
 }
 
-/** RFC 3986 escaping of everything but the unreserved characters, for upper-case macro letters. */
+/** RFC 3986 escaping of everything but the unreserved characters (of UTF-8 bytes: an SMTPUTF8 local part), for upper-case macro letters. */
 function urlEscape(text: string): string {
-  return Array.from(Buffer.from(text, 'latin1'))
+  return Array.from(Buffer.from(text, 'utf8'))
     .map((b) => {
       const c = String.fromCharCode(b)
       return /[A-Za-z0-9\-._~]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`

@@ -2,7 +2,7 @@
 // is parsed before anything is evaluated: a syntax error anywhere makes the
 // result permerror, whatever an earlier mechanism would have matched.
 
-import { parseCidr, parseIp, type Cidr } from '../normalize'
+import { maskIp, parseCidr, parseIp, type Cidr, type ParsedIp } from '../normalize'
 
 export type Qualifier = '+' | '-' | '~' | '?'
 export type MechanismName = 'all' | 'include' | 'a' | 'mx' | 'ptr' | 'ip4' | 'ip6' | 'exists'
@@ -89,6 +89,21 @@ function splitDualCidr(arg: string): { spec: string | undefined; cidr4?: number;
     cidr4: m[2] !== undefined ? cidrLength(m[2], 32) : undefined,
     cidr6: m[3] !== undefined ? cidrLength(m[3], 128) : undefined,
   }
+}
+
+/**
+ * The network of an ip6 mechanism. An IPv4-mapped address (`::ffff:192.0.2.1`)
+ * comes parsed as IPv4, as a mapped client does (RFC 4291 §2.5.5.2): a network
+ * inside the mapped range (/96 or longer) is that IPv4 network and matches
+ * those IPv4 clients; a shorter one is an IPv6 network like any other.
+ */
+function ip6Network(ip: ParsedIp, cidr6: number): Cidr {
+  if (ip.family === 6) return { net: maskIp(ip, cidr6), prefix: cidr6 }
+  if (cidr6 >= 96) return { net: maskIp(ip, cidr6 - 96), prefix: cidr6 - 96 }
+  const bytes = new Uint8Array(16)
+  bytes.set([0xff, 0xff], 10)
+  bytes.set(ip.bytes, 12)
+  return { net: maskIp({ family: 6, bytes, text: '' }, cidr6), prefix: cidr6 }
 }
 
 const IP4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/
@@ -183,9 +198,10 @@ function parseMechanism(term: string): Mechanism {
     }
     case 'ip6': {
       const mm = /^:([0-9A-Fa-f:.]+)(?:\/(.*))?$/.exec(arg)
-      if (!mm || !mm[1].includes(':') || parseIp(mm[1]) === null) throw new SpfSyntaxError(`bad ip6 in ${term}`)
+      const ip = mm && mm[1].includes(':') ? parseIp(mm[1]) : null
+      if (!mm || !ip) throw new SpfSyntaxError(`bad ip6 in ${term}`)
       const cidr6 = mm[2] !== undefined ? cidrLength(mm[2], 128) : 128
-      return { ...base, name, target: mm[1], cidr6, net: parseCidr(`${mm[1]}/${cidr6}`) ?? undefined }
+      return { ...base, name, target: mm[1], cidr6, net: ip6Network(ip, cidr6) }
     }
     default:
       throw new SpfSyntaxError(`unknown mechanism ${name}`)

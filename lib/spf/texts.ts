@@ -2,8 +2,12 @@
 // words them, and header fields in the forms of RFC 7208 §9.1
 // (Received-SPF) and RFC 8601 (Authentication-Results). Every value taken
 // from the request or from DNS is cleaned here, so that no input can end a
-// header line, start another one, or leave the ASCII a header must be in.
+// header line or start another one. Reply texts are printable ASCII. Header
+// fields are too, with one exception: domain names are written as A-labels,
+// but a local part that is not ASCII (an SMTPUTF8 sender, `jörg@…`) has no
+// ASCII form and stays UTF-8, as RFC 6532 allows in such a message.
 
+import { addressToALabels, domainToALabels } from '../normalize'
 import { DEFAULT_EXPLANATION, type SpfResultCode } from './check-host'
 
 /** How policyd-spf writes a result word: Python's capitalize(). */
@@ -22,7 +26,7 @@ const EXPLANATION: Record<SpfResultCode, string> = {
   temperror: 'SPF Temporary Error',
 }
 
-/** Longest value written into a header or a reply, in characters: a header line stays under 998. */
+/** Longest value written into a header or a reply, in bytes (UTF-8): a header line stays under 998. */
 export const MAX_VALUE = 200
 /** Longest explanation ({spf}) in a reply text: an SMTP reply line must stay under 512. */
 export const MAX_EXPLANATION = 160
@@ -34,38 +38,52 @@ export function printable(text: string, max = MAX_VALUE): string {
   return clean.length > max ? `${clean.slice(0, max - 3)}...` : clean
 }
 
-/** A domain name in its ASCII form (IDN U-labels as A-labels) when it has one. */
-function asciiDomain(domain: string): string {
-  // eslint-disable-next-line no-control-regex
-  if (/^[\x21-\x7e]*$/.test(domain)) return domain
-  const { domainToASCII } = require('node:url') as typeof import('node:url')
-  return domainToASCII(domain) || domain
+/**
+ * Printable text for a header field: ASCII, letters, marks, digits,
+ * punctuation and symbols of any script. Controls, invisible formatting
+ * (bidi overrides), other spaces, and U+FFFD (bytes that were not UTF-8)
+ * become '?'. Overlong text is cut, on a character boundary, with '...'.
+ */
+function headerText(text: string, maxBytes = MAX_VALUE): string {
+  const clean = text.replace(/[^\x20-\x7e\p{L}\p{M}\p{N}\p{P}\p{S}]|\uFFFD/gu, '?')
+  if (Buffer.byteLength(clean) <= maxBytes) return clean
+  let out = ''
+  let bytes = 0
+  for (const ch of clean) {
+    bytes += Buffer.byteLength(ch)
+    if (bytes > maxBytes - 3) break
+    out += ch
+  }
+  return `${out}...`
 }
 
-/** An address with its domain in ASCII form. */
-export function asciiAddress(address: string): string {
-  const at = address.lastIndexOf('@')
-  return at === -1 ? asciiDomain(address) : `${address.slice(0, at + 1)}${asciiDomain(address.slice(at + 1))}`
+/** A domain name as A-labels when it has them (else as given, cleaned later). */
+function asciiDomain(domain: string): string {
+  return domainToALabels(domain) ?? domain
 }
 
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/
 
 /** A key-value value of RFC 7208 §9.1: a dot-atom as it is, anything else as a quoted-string. */
 export function kvValue(text: string): string {
-  const clean = printable(text)
+  const clean = headerText(text)
   if (DOT_ATOM.test(clean)) return clean
   return `"${clean.replace(/[\\"]/g, (c) => `\\${c}`)}"`
 }
 
 /** Text for inside a comment `( )`: parentheses and backslashes quoted. */
 export function commentText(text: string, max = MAX_VALUE): string {
-  return printable(text, max).replace(/[\\()]/g, (c) => `\\${c}`)
+  return headerText(text, max).replace(/[\\()]/g, (c) => `\\${c}`)
 }
 
 /** The explanation of a result, as policyd-spf's {spf} and header comments carry it. */
 export function explanationOf(result: SpfResultCode, detail: { explanation?: string; reason: string }): string {
   // A domain's exp= text often ends in a full stop; Reason_Message adds its own.
-  if (result === 'fail' && detail.explanation !== undefined && detail.explanation !== DEFAULT_EXPLANATION) return printable(detail.explanation.replace(/[.\s]+$/, ''), MAX_EXPLANATION)
+  if (result === 'fail' && detail.explanation !== undefined && detail.explanation !== DEFAULT_EXPLANATION) {
+    const own = detail.explanation.replace(/[.\s]+$/, '')
+    // A text of only full stops or white space explains nothing: the default one does.
+    if (own !== '') return printable(own, MAX_EXPLANATION)
+  }
   if (result === 'permerror' || result === 'temperror') return `${EXPLANATION[result]}: ${printable(detail.reason, MAX_EXPLANATION)}`
   return EXPLANATION[result]
 }
@@ -83,8 +101,8 @@ function facts(f: HeaderFacts, separator: string): string {
   return [
     `client-ip=${kvValue(f.clientIp)}`,
     `helo=${kvValue(asciiDomain(f.helo))}`,
-    `envelope-from=${kvValue(f.sender === '' ? '<>' : asciiAddress(f.sender))}`,
-    `receiver=${kvValue(f.receiver)}`,
+    `envelope-from=${kvValue(f.sender === '' ? '<>' : addressToALabels(f.sender))}`,
+    `receiver=${kvValue(asciiDomain(f.receiver))}`,
   ].join(separator)
 }
 
@@ -105,14 +123,28 @@ export function skippedHeader(why: string, headerType: 'SPF' | 'AR', authservId:
   return `X-Comment: ${why} - ${facts(f, '; ')}`
 }
 
-/** Characters a query parameter may carry as they are; the rest is %-escaped (UTF-8). */
+/**
+ * Characters of a Why-link value written as they are, as policyd-spf writes
+ * every character: what a URL query may hold (RFC 3986 unreserved,
+ * sub-delims, ':', '@', '/', '?'), and the '<>' of `r=<UNKNOWN>`.
+ */
+const URL_AS_IS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/?<>]$/
+
+/**
+ * A value of the Why link: as policyd-spf writes it, but space, '"', '%',
+ * '#', controls, the other characters a URL cannot carry, and non-ASCII
+ * (as UTF-8) %-escaped, so that the link stays one working URL. Cut at
+ * MAX_VALUE characters, never inside an escape.
+ */
 function urlPart(text: string): string {
-  return Array.from(Buffer.from(text, 'utf8'), (b) => {
+  let out = ''
+  for (const b of Buffer.from(text, 'utf8')) {
     const c = String.fromCharCode(b)
-    return /[A-Za-z0-9._~@+<>-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
-  })
-    .join('')
-    .slice(0, MAX_VALUE)
+    const piece = URL_AS_IS.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+    if (out.length + piece.length > MAX_VALUE) break
+    out += piece
+  }
+  return out
 }
 
 /** policyd-spf's "Why" link: `http://www.openspf.net/Why?s=mfrom;id=…;ip=…;r=…`. */

@@ -14,6 +14,9 @@ t.before(async () => {
     'fail.test': [{ TXT: 'v=spf1 ip4:198.51.100.1 -all' }],
     'mail.example.net': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.10' }],
     'slow.test': ['TIMEOUT'],
+    // bücher.test and mail-bücher.test, by their A-labels.
+    'xn--bcher-kva.test': [{ TXT: 'v=spf1 ip4:192.0.2.0/24 -all' }],
+    'xn--mail-bcher-feb.test': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.10' }],
   })
 })
 t.teardown(() => dns.close())
@@ -143,15 +146,41 @@ t.test('header injection attempts through the binary never make a second header 
   const replies = await p.replies(attempts.length, 20000)
   for (const [i, r] of replies.entries()) {
     t.match(r, /^action=PREPEND Received-SPF: None \(mailfrom\) identity=mailfrom; /, `attempt ${i}: one Received-SPF field`)
-    t.notOk(/[^\x20-\x7e]/.test(r), `attempt ${i}: printable ASCII only`)
+    // A SMTPUTF8 local part has no ASCII form: it alone stays UTF-8 (RFC 6532).
+    if (i !== 5) t.notOk(/[^\x20-\x7e]/.test(r), `attempt ${i}: printable ASCII only`)
     t.equal(r.split('Received-SPF:').length, 2, `attempt ${i}: no second field`)
     t.notMatch(r, /[\r\n\0]/, `attempt ${i}: one line`)
     t.ok(r.length < 998, `attempt ${i}: under the header line limit (${r.length})`)
   }
   t.match(replies[0], /helo="evil\.example\?x-injected: yes"; /, 'a CR stays inside the quoted value, as a ?')
+  t.match(replies[5], /; helo=xn--bcher-kva\.example; envelope-from="müller@nospf\.test"; /, 'an IDN HELO name as A-labels, a UTF-8 local part as it is')
   t.match(replies[7], /helo="x; receiver=forged\.example \(comment"; envelope-from="a@nospf\.test"; receiver=example\.org$/, 'a fake key=value stays inside the quoted value')
   p.child.stdin.end()
   t.equal((await p.exited()).code, 0)
   t.equal(p.stderr(), '')
   assertWellFormed(p.stdout())
+})
+
+t.test('internationalised domains through the binary: looked up by their A-labels, never written as ?', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy([...isolatedArgs(dir, ['--greylist_enabled', 'no']), ...spfArgs()])
+  p.send(
+    rcptRequest({ instance: 'idn1', sender: 'jörg@bücher.test' }) +
+      rcptRequest({ instance: 'idn2', sender: 'jörg@bücher.test', helo_name: 'client.example.net', client_address: '203.0.113.5' }) +
+      rcptRequest({ instance: 'idn3', sender: '', helo_name: 'mail-bücher.test', client_address: '203.0.113.5' }) +
+      rcptRequest({ instance: 'idn4', sender: 'x@a\u200db.test' }),
+  )
+  const replies = await p.replies(4, 15000)
+  t.equal(replies[0], 'action=PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=mail.example.net; envelope-from="jörg@xn--bcher-kva.test"; receiver=example.org')
+  t.equal(replies[1], 'action=550 5.7.23 Message rejected due to: SPF fail - not authorized. Please see http://www.openspf.net/Why?s=mfrom;id=j%C3%B6rg@xn--bcher-kva.test;ip=203.0.113.5;r=example.org', 'a forged IDN sender is rejected')
+  t.equal(replies[2], 'action=550 5.7.23 Message rejected due to: SPF fail - not authorized. Please see http://www.openspf.net/Why?s=helo;id=xn--mail-bcher-feb.test;ip=203.0.113.5;r=example.org', 'an IDN HELO name')
+  t.match(replies[3], /^action=PREPEND Received-SPF: None \(mailfrom\) /, 'a domain without an A-label form: none')
+  p.child.stdin.end()
+  t.same(await p.exited(), { code: 0, signal: null })
+  t.equal(p.stderr(), '')
+  assertWellFormed(p.stdout())
+
+  const q = await spfquery(['--ip', '203.0.113.5', '--sender', 'jörg@bücher.test', '--helo', 'mail-bücher.test', '--config', '/dev/null', ...spfArgs()])
+  t.equal(q.stdout.split('\n')[0], 'fail', `spfquery: ${q.stdout}`)
+  t.match(q.stdout, /^helo: fail for /m)
 })

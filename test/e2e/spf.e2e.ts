@@ -6,7 +6,8 @@
 import t from 'tap'
 import fs from 'node:fs'
 import Database from 'better-sqlite3'
-import { MYHOSTNAME, sleep, usePostfix, waitFor, type DeliveredMessage, type PostfixInstance, type SwaksResult } from './postfix'
+import crypto from 'node:crypto'
+import { MYHOSTNAME, sleep, usePostfix, waitFor, type DeliveredMessage, type PostfixInstance, type SmtpReply, type SwaksResult } from './postfix'
 import { startDnsServer, type DnsServer } from '../helpers/dns-server'
 
 const DELAY_S = 2
@@ -19,6 +20,9 @@ t.before(async () => {
     'fail.example': [{ TXT: 'v=spf1 ip4:203.0.113.1 -all' }],
     'slow.example': ['TIMEOUT'],
     'nospf.example': [{ A: '203.0.113.9' }],
+    // bücher.example and mail-bücher.example, by their A-labels only.
+    'xn--bcher-kva.example': [{ TXT: 'v=spf1 ip4:192.0.2.40 -all' }],
+    'xn--mail-bcher-feb.example': [{ TXT: 'v=spf1 a -all' }, { A: '192.0.2.40' }],
   })
 })
 t.teardown(() => dns.close())
@@ -123,5 +127,51 @@ t.test('a sender without SPF that retries from another /24 is greylisted again (
   t.equal(same.rcpt[0]?.reply.code, 250, 'the first /24 again: passes')
   const [m] = await copiesOf(pf, same, 1)
   t.same(m?.header('Received-SPF'), ['None (mailfrom) identity=mailfrom; client-ip=192.0.2.31; helo=client.example.net; envelope-from="someone@nospf.example"; receiver=example.test'])
+  noPolicyWarnings(t, pf)
+})
+
+t.test('an internationalised sender over SMTPUTF8: rejected when forged, its Received-SPF in UTF-8 and A-labels when it passes', async (t) => {
+  // swaks (20201014) cannot send the SMTPUTF8 parameter: this test speaks SMTP itself, in UTF-8.
+  const pf = await usePostfix(t, { policyArgs: [...base(), '--greylist_enabled=no'], extraMain: { smtputf8_enable: 'yes' } })
+  const reply = (r: SmtpReply, code: number, what: string): void => void t.equal(r.code, code, `${what}: ${r.lines.join(' / ')}`)
+  const session = async (addr: string, helo: string): Promise<Awaited<ReturnType<PostfixInstance['smtp']>>> => {
+    const s = await pf.smtp()
+    reply(await s.ehlo('client.example.net'), 250, 'EHLO')
+    reply(await s.xclient({ addr }), 220, 'XCLIENT')
+    const ehlo = await s.ehlo(helo)
+    reply(ehlo, 250, `EHLO ${helo}`)
+    t.match(ehlo.lines.join('\n'), /SMTPUTF8/, 'Postfix offers SMTPUTF8')
+    return s
+  }
+  const why = (scope: string, id: string, ip: string): string =>
+    `5.7.23 <bob@example.test>: Recipient address rejected: Message rejected due to: SPF fail - not authorized. Please see http://www.openspf.net/Why?s=${scope};id=${id};ip=${ip};r=example.test`
+
+  const forged = await session('192.0.2.99', 'client.example.net')
+  reply(await forged.command('MAIL FROM:<jörg@bücher.example> SMTPUTF8'), 250, 'MAIL FROM an IDN sender')
+  const refused = await forged.rcpt('bob@example.test')
+  t.equal(refused.code, 550, 'a forged IDN sender is rejected')
+  t.equal(refused.text, why('mfrom', 'j%C3%B6rg@xn--bcher-kva.example', '192.0.2.99'))
+  await forged.quit()
+
+  const heloForged = await session('192.0.2.99', 'mail-bücher.example')
+  reply(await heloForged.command('MAIL FROM:<> SMTPUTF8'), 250, 'MAIL FROM:<>')
+  const heloRefused = await heloForged.rcpt('bob@example.test')
+  t.equal(heloRefused.code, 550, 'a forged IDN HELO name is rejected')
+  t.equal(heloRefused.text, why('helo', 'xn--mail-bcher-feb.example', '192.0.2.99'))
+  await heloForged.quit()
+
+  const genuine = await session('192.0.2.40', 'mail-bücher.example')
+  reply(await genuine.command('MAIL FROM:<jörg@bücher.example> SMTPUTF8'), 250, 'MAIL FROM')
+  reply(await genuine.rcpt('bob@example.test'), 250, 'RCPT from the authorised address')
+  const id = `idn-${crypto.randomBytes(4).toString('hex')}`
+  const { result } = await genuine.data(`From: jörg@bücher.example\nTo: bob@example.test\nSubject: Grüße\nX-E2E-Id: ${id}\n\nHallo.\n`)
+  t.equal(result?.code, 250, `DATA: ${result?.lines.join(' / ')}`)
+  await genuine.quit()
+  await waitFor(async () => (await pf.delivered(0, 0)).some((m) => m.e2eId === id), 10000)
+  const [m] = (await pf.delivered(0, 0)).filter((d) => d.e2eId === id)
+  t.same(m?.header('Received-SPF'), [
+    'Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.40; helo=xn--mail-bcher-feb.example; envelope-from="jörg@xn--bcher-kva.example"; receiver=example.test',
+  ], 'delivered with one Received-SPF: domains as A-labels, the local part in UTF-8, no ?')
+  await pf.waitPolicyLog(/decision action=PREPEND check=spf reason=mailfrom-pass /)
   noPolicyWarnings(t, pf)
 })
