@@ -70,11 +70,16 @@ t.test('a positive answer is kept for its TTL in seconds, not a millisecond more
   await expiresAfter(t, h, 'a.example', 'A', 300_000)
 })
 
-t.test('the smallest TTL of the answer governs', async (t) => {
+t.test('the smallest TTL of the answer governs, a CNAME included', async (t) => {
   const h = await harness(t, {
     'two.example': (q) => ({ answers: [a(q.question.name, 300, '192.0.2.1'), a(q.question.name, 30, '192.0.2.2')] }),
+    'alias.example': (q) => ({
+      answers: [{ type: 'CNAME', name: q.question.name, ttl: 20, class: 'IN', data: 'target.example' }, a('target.example', 300)],
+    }),
   })
   await expiresAfter(t, h, 'two.example', 'A', 30_000)
+  await expiresAfter(t, h, 'alias.example', 'A', 20_000)
+  t.same(h.resolver.cached('alias.example', 'A')?.records, ['192.0.2.1'], 'the CNAME is followed, not returned as a record')
 })
 
 t.test('a TTL over a day is kept a day; a TTL of 0 is not kept', async (t) => {

@@ -377,8 +377,9 @@ function toAnswer(reply: DnsPacket.Packet, type: RrType): { answer: DnsAnswer; t
   const mx: MxRecord[] = []
   let ttl = MAX_TTL
   for (const a of reply.answers ?? []) {
+    // The answer is only as fresh as each record of it: a CNAME on the way is one.
+    if (a.type !== 'OPT') ttl = Math.min(ttl, a.ttl ?? 0)
     if (a.type !== type) continue
-    ttl = Math.min(ttl, a.ttl ?? 0)
     if (a.type === 'TXT') {
       const data = a.data as Buffer | Buffer[] | string
       const parts = Array.isArray(data) ? data : [data]
