@@ -5,6 +5,7 @@
 import type * as dnsPacket from 'dns-packet'
 import t from 'tap'
 import { createResolver, type ResolverOptions } from '../lib/dns/resolver'
+import { checkHost } from '../lib/spf/check-host'
 import { responseTo, startScriptedDnsServer, type ReceivedQuery, type ScriptedDnsServer } from './helpers/dns-server'
 
 const RCODE = { SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5, FORMERR: 1 } as const
@@ -85,4 +86,16 @@ t.test('a truncated answer is asked again over TCP; the TCP answer must be to th
   t.equal((await resolver(t, otherName.list, { tries: 1 }).query('a.example', 'A')).rcode, 'TIMEOUT', 'another name over TCP')
   const otherId = await servers(t, [truncatedThen((q) => ({ id: (q.packet.id! + 1) & 0xffff, ...address(q) }))])
   t.equal((await resolver(t, otherId.list, { tries: 1 }).query('a.example', 'A')).rcode, 'TIMEOUT', 'another id over TCP')
+})
+
+t.test('any other error RCODE (FORMERR, NOTIMP) is SERVFAIL: the next server is tried, and SPF says temperror', async (t) => {
+  for (const [name, code] of [['FORMERR', RCODE.FORMERR], ['NOTIMP', RCODE.NOTIMP]] as const) {
+    const { list, order } = await servers(t, [rcode(code), rcode(code)])
+    const r = resolver(t, list, { tries: 1 })
+    t.equal((await r.query('a.example', 'TXT')).rcode, 'SERVFAIL', name)
+    t.same(order, [0, 1], `${name}: both servers asked`)
+    // RFC 7208 §4.4: an error RCODE other than NXDOMAIN is temperror, not "no SPF record".
+    const spf = await checkHost({ ip: '192.0.2.1', domain: 'a.example', sender: 'x@a.example', helo: 'a.example' }, { resolver: r, lookupTimeMs: 2000, now: Date.now })
+    t.equal(spf.result, 'temperror', `${name}: check_host()`)
+  }
 })

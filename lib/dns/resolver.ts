@@ -16,6 +16,11 @@ import { parseIp } from '../normalize'
 import { parseServerAddress, type ServerAddress } from './server-address'
 
 export type RrType = 'TXT' | 'A' | 'AAAA' | 'MX' | 'PTR'
+/**
+ * The server's RCODE; any other error RCODE (FORMERR, NOTIMP...) comes as
+ * SERVFAIL, a temporary error (RFC 7208 §4.4). TIMEOUT: no answer.
+ * ERROR: the name was not sent (it does not fit the wire format).
+ */
 export type Rcode = 'NOERROR' | 'NXDOMAIN' | 'SERVFAIL' | 'REFUSED' | 'TIMEOUT' | 'ERROR'
 
 export interface MxRecord {
@@ -202,16 +207,9 @@ class StubResolver implements Resolver {
         continue
       }
       const rcode = String((reply as { rcode?: string }).rcode ?? 'NOERROR')
-      if (rcode === 'SERVFAIL' || rcode === 'REFUSED') {
-        last = rcode
-        continue
-      }
       if (rcode === 'NXDOMAIN') return { answer: { rcode, records: [], mx: [] }, ttl: negativeTtl(reply) }
-      if (rcode !== 'NOERROR') {
-        last = 'ERROR'
-        continue
-      }
-      return toAnswer(reply, type)
+      if (rcode === 'NOERROR') return toAnswer(reply, type)
+      last = rcode === 'REFUSED' ? 'REFUSED' : 'SERVFAIL'
     }
     return { answer: { rcode: last, records: [], mx: [] }, ttl: 0 }
   }
