@@ -48,6 +48,7 @@ t.test('close() settles UDP queries waiting on a server that never answers', asy
   if (answers === 'still pending') return
   t.same(answers.map((a) => a.rcode), ['TIMEOUT', 'TIMEOUT', 'TIMEOUT'], 'no answer: a temporary error to the callers')
   t.equal(server.received.length, 3, 'no second try after close()')
+  t.equal(r.stats().queries, 3, 'nor one counted')
   t.equal(r.stats().cacheEntries, 0, 'nothing cached')
 })
 

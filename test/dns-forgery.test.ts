@@ -69,6 +69,7 @@ t.test('an answer must be to the question: its id, a response, the name (any cas
       responseTo(q, { questions: [{ ...q.question, name: 'other.example' }], answers: [aRecord('other.example', '198.51.100.3')] }),
       responseTo(q, { questions: [{ ...q.question, type: 'AAAA' }], answers: [aRecord(q.question.name, '198.51.100.4')] }),
       Buffer.from([1, 2, 3]),
+      Buffer.from([1]),
     ]
     for (const m of wrong) q.reply(m)
     // 0x20-style case changes in the echoed name are the same name.
@@ -110,6 +111,18 @@ t.test('queries in flight across a rotation: each answer only on its own socket'
   const got = await Promise.all(answers)
   t.same(got.map((a) => a.records[0]), Array.from({ length: n }, (_, i) => `192.0.2.${i + 1}`))
   t.equal(resolver.stats().sockets, 1, 'the used socket is closed once its answers came')
+})
+
+t.test('query ids are random, also after the pool of random bytes is read again', async (t) => {
+  const { server, resolver } = await resolverFor(t, (q) => q.reply(answerWith(q, '192.0.2.1')))
+  // 128 ids per read of /dev/urandom: 300 queries read it three times.
+  const n = 300
+  const rcodes = new Set<string>()
+  for (let i = 0; i < n; i++) rcodes.add((await resolver.query(`q${i}.example`, 'A')).rcode)
+  t.same([...rcodes], ['NOERROR'], 'every query answered')
+  const ids = new Set(server.received.map((q) => q.packet.id))
+  // 300 random 16-bit ids share a value about 0.7 times on average (birthday bound); 10 repeats is far out.
+  t.ok(ids.size > n - 10, `${ids.size} distinct ids of ${n}`)
 })
 
 t.test('the server address compared as an address, not as text', async (t) => {
