@@ -15,6 +15,40 @@ t.test('server addresses and resolv.conf', async (t) => {
   t.notOk(isWireName('a..example'))
 })
 
+t.test('boundaries: label and name lengths, ports, resolv.conf lines', async (t) => {
+  t.ok(isWireName(`${'x'.repeat(63)}.example`), 'a label of 63 bytes')
+  t.notOk(isWireName(`${'é'.repeat(32)}.example`), '32 two-byte characters are 64 bytes')
+  const name = (bytes: number): string => `${'x'.repeat(63)}.`.repeat(4).slice(0, bytes - 1) + 'x'
+  t.equal(name(253).length, 253)
+  t.ok(isWireName(name(253)), 'a name of 253 bytes')
+  t.ok(isWireName(`${name(253)}.`), 'and its final dot')
+  t.notOk(isWireName(name(254)), 'a name of 254 bytes')
+  t.notOk(isWireName(`${'é'.repeat(30)}.`.repeat(8).slice(0, -1)), '247 characters, 487 bytes')
+  t.notOk(isWireName(''))
+  t.notOk(isWireName('.'))
+  t.notOk(isWireName('.example'))
+  t.same(parseServer('127.0.0.1:65535'), { host: '127.0.0.1', port: 65535, family: 4 })
+  t.same(parseServer('127.0.0.1:1'), { host: '127.0.0.1', port: 1, family: 4 })
+  t.equal(parseServer('127.0.0.1:0'), null)
+  t.equal(parseServer('127.0.0.1:65536'), null)
+  t.equal(parseServer('[2001:db8::1]:0'), null)
+  t.same(parseServer('[2001:db8::1]'), { host: '2001:db8::1', port: 53, family: 6 })
+  t.same(parseServer(' 192.0.2.1 '), { host: '192.0.2.1', port: 53, family: 4 })
+  t.equal(parseServer('256.0.0.1'), null)
+  t.equal(parseServer('192.0.2.01'), null)
+  t.equal(parseServer('[192.0.2.1]:53'), null, 'brackets are for IPv6')
+  t.equal(parseServer('::ffff:192.0.2.1'), null, 'an IPv4-mapped address is not an IPv6 server')
+  t.same(readResolvConf('  nameserver\t192.0.2.1  # a comment\n#nameserver 192.0.2.9\nnameservers 192.0.2.8\n'), ['192.0.2.1'])
+})
+
+t.test('TXT strings are bytes, given back as latin1', async (t) => {
+  const server = await startDnsServer({ 'bytes.example': [{ TXT: 'v=spf1 \xe9\xff -all' }] })
+  t.teardown(() => server.close())
+  const r = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 1000 })
+  t.teardown(() => r.close())
+  t.same((await r.query('bytes.example', 'TXT')).records, ['v=spf1 \xe9\xff -all'])
+})
+
 t.test('answers, TTL cache with an injected clock, negative answers', async (t) => {
   const server = await startDnsServer({
     'txt.example': [{ TXT: ['v=spf1 ', '-all'] }],

@@ -159,3 +159,103 @@ export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
     })
   })
 }
+
+/** A question as a scripted server received it. */
+export interface ReceivedQuery {
+  transport: 'udp' | 'tcp'
+  packet: dnsPacket.Packet
+  question: dnsPacket.Question
+  /** The asker's address and (UDP) source port. */
+  from: { address: string; port: number }
+  /** Sends an encoded message from the server's own socket back to the asker, or (UDP) to `to`; TCP: on the question's connection. */
+  reply(message: Buffer, to?: { address: string; port: number }): void
+}
+
+export interface ScriptedDnsServer {
+  port: number
+  address: string
+  /** Every question received, in order. */
+  received: ReceivedQuery[]
+  close(): Promise<void>
+}
+
+/** A response to `q` (same id and question) with `fields` over it: answers, rcode flags, another question... */
+export function responseTo(q: ReceivedQuery, fields: Partial<dnsPacket.Packet> = {}): Buffer {
+  return dnsPacket.encode({ type: 'response', id: q.packet.id, flags: dnsPacket.AUTHORITATIVE_ANSWER, questions: [q.question], ...fields })
+}
+
+/**
+ * A DNS server on 127.0.0.1 (UDP, and TCP on the same port) whose test
+ * decides what each question gets: an answer, nothing, a wrong answer, an
+ * answer late or from elsewhere. `onQuery` runs for each question received.
+ */
+export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Promise<ScriptedDnsServer> {
+  const udp = dgram.createSocket('udp4')
+  const connections = new Set<net.Socket>()
+  const received: ReceivedQuery[] = []
+  const take = (transport: 'udp' | 'tcp', msg: Buffer, from: { address: string; port: number }, reply: ReceivedQuery['reply']): void => {
+    let packet: dnsPacket.Packet
+    try {
+      packet = dnsPacket.decode(msg)
+    } catch {
+      return
+    }
+    const question = packet.questions?.[0]
+    if (!question) return
+    const q: ReceivedQuery = { transport, packet, question, from, reply }
+    received.push(q)
+    onQuery(q)
+  }
+  udp.on('message', (msg, rinfo) => {
+    const from = { address: rinfo.address, port: rinfo.port }
+    take('udp', msg, from, (m, to = from) => udp.send(m, to.port, to.address))
+  })
+  const tcp = net.createServer((sock) => {
+    connections.add(sock)
+    sock.on('close', () => connections.delete(sock))
+    sock.on('error', () => undefined)
+    let buf = Buffer.alloc(0)
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d])
+      while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        const msg = buf.subarray(2, 2 + buf.readUInt16BE(0))
+        buf = buf.subarray(2 + msg.length)
+        take('tcp', msg, { address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 }, (m) => {
+          const head = Buffer.alloc(2)
+          head.writeUInt16BE(m.length)
+          sock.write(Buffer.concat([head, m]))
+        })
+      }
+    })
+  })
+  const server: ScriptedDnsServer = {
+    port: 0,
+    address: '127.0.0.1',
+    received,
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of connections) s.destroy()
+        udp.close(() => tcp.close(() => resolve()))
+      }),
+  }
+  return new Promise((resolve, reject) => {
+    udp.once('error', reject)
+    udp.bind(0, '127.0.0.1', () => {
+      server.port = udp.address().port
+      tcp.once('error', reject)
+      tcp.listen(server.port, '127.0.0.1', () => resolve(server))
+    })
+  })
+}
+
+/** A UDP socket bound to `address` (and `port`, else any free one), for sending forged answers; null when it cannot be bound there. */
+export function openUdpSender(address: string, port = 0): Promise<dgram.Socket | null> {
+  const sock = dgram.createSocket('udp4')
+  return new Promise((resolve) => {
+    sock.once('error', () => {
+      sock.close()
+      resolve(null)
+    })
+    sock.bind(port, address, () => resolve(sock))
+  })
+}
