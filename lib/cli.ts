@@ -1,13 +1,14 @@
-// Entry point. The spawn path (no flags) never loads yargs; --help,
-// --version, --test-mode, spfquery and argument errors at a terminal go to
-// ./interactive. This file is the root of the start-up bundle (see
-// lib/boot.ts); ./interactive stays outside it, loaded by path at run time.
+// Entry point. The spawn path (no flags) never loads yargs; --help (-h),
+// --version (-V), --test-mode and spfquery go to ./interactive whatever
+// stdin is, and so do argument errors at a terminal. This file is the root
+// of the start-up bundle (see lib/boot.ts); ./interactive stays outside it,
+// loaded by path at run time.
 
 import { parseArgv } from './argv'
 
 export async function main(argv: string[]): Promise<void> {
   const parsed = parseArgv(argv)
-  const interactive = parsed.flags.size > 0 || parsed.command !== undefined || (parsed.errors.length > 0 && isTerminal())
+  const interactive = parsed.interactive.size > 0 || parsed.command !== undefined || (parsed.errors.length > 0 && isTerminal())
   if (!interactive) {
     const { runSpawn } = require('./spawn') as typeof import('./spawn')
     await runSpawn({ options: parsed.options, configPath: parsed.configPath, argvErrors: parsed.errors })

@@ -2,16 +2,22 @@
 // spfquery, and argument errors at a terminal. yargs costs ~70 ms to load,
 // so only this path loads it (see lib/cli.ts).
 
+import { INTERACTIVE_OPTIONS, type InteractiveName, type InteractiveOption, type ParsedArgv } from './argv'
 import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, ENV_PREFIX, OPTIONS, formatValue } from './config'
 
 export const EX_USAGE = 64
 export const EX_CONFIG = 78
 
-export async function runInteractive(argv: string[]): Promise<number> {
-  const { default: yargs } = (await import('yargs')) as { default: typeof import('yargs').default }
-  const { version } = require('./version') as typeof import('./version')
-  let failure: string | null = null
-  const cli = yargs(argv)
+type YargsFactory = typeof import('yargs').default
+type Cli = ReturnType<YargsFactory>
+
+/**
+ * The program's one yargs configuration: runInteractive parses with it, and
+ * test/argv.test.ts checks that lib/argv.ts (the spawn path's reader) reads
+ * every command line the same way.
+ */
+export function buildCli(yargs: YargsFactory, versionText: string): Cli {
+  const cli = yargs([])
     .scriptName('policyd-ts')
     .usage('Usage: policyd-ts [--config FILE] [--KEY VALUE ...] [--test-mode]\n       policyd-ts spfquery --ip ADDR --sender ADDR --helo NAME\n\nPostfix SMTP access policy server (SPF and greylisting). Without options it\nserves policy requests on stdin/stdout, as Postfix spawn(8) runs it.')
     .parserConfiguration({
@@ -24,6 +30,7 @@ export async function runInteractive(argv: string[]): Promise<number> {
     })
     .option('config', {
       type: 'string',
+      requiresArg: true,
       describe: `Config file (KEY = value lines); default ${DEFAULT_CONFIG_FILE}, or $${ENV_PREFIX}CONFIG`,
     })
     .command('$0 [file]', false, (y) => y.positional('file', { type: 'string', describe: 'config file, as policyd-spf takes it (same as --config)' }))
@@ -34,35 +41,58 @@ export async function runInteractive(argv: string[]): Promise<number> {
         .option('helo', { type: 'string', default: '', describe: 'HELO/EHLO name' })
         .option('recipient', { type: 'string', default: 'postmaster@localhost', describe: 'envelope recipient (for Per_User and receiver=)' }),
     )
-    .option('test-mode', { type: 'boolean', describe: 'Print the effective configuration with the source of each value and exit (0, or 78 on a bad configuration)' })
     .strict()
-    .version(version())
-    .alias('version', 'V')
-    .help('help')
-    .alias('help', 'h')
     .wrap(Math.min(100, process.stdout.columns || 100))
     .exitProcess(false)
-    .fail((msg, err) => {
-      failure = msg ?? err?.message ?? 'bad arguments'
-    })
+  for (const [name, spec] of Object.entries(INTERACTIVE_OPTIONS) as Array<[InteractiveName, InteractiveOption]>) {
+    if (name === 'help') cli.help(name, spec.describe)
+    else if (name === 'version') cli.version(name, spec.describe, versionText)
+    else if (spec.takes === 'flag') cli.option(name, { type: 'boolean', describe: spec.describe })
+    else cli.option(name, { type: 'string', requiresArg: true, describe: spec.describe })
+    if (spec.alias !== undefined) cli.alias(name, spec.alias)
+  }
+  // As lib/argv.ts reads it: a word that is not a command is the config file only when it is a path.
+  cli.check((args) => typeof args.file !== 'string' || args.file.includes('/') || `unexpected argument ${JSON.stringify(args.file)} (a config file is given as a path: ./${args.file})`)
   // Every value is read as text and validated by config.ts, so that the
   // command line, the environment and the file share one parser.
   for (const key of CONFIG_KEYS) {
     const spec = OPTIONS[key]
-    cli.option(key, { type: 'string', describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
+    cli.option(key, { type: 'string', requiresArg: true, describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
   }
-  const args = (await cli.parseAsync()) as Record<string, unknown>
+  return cli
+}
+
+/** A yargs result of buildCli's configuration in the terms of lib/argv.ts's ParsedArgv. */
+export function readArgs(args: Record<string, unknown>): Omit<ParsedArgv, 'errors'> {
+  const options: Record<string, string> = {}
+  for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
+  const interactive: ParsedArgv['interactive'] = new Map()
+  for (const [name, spec] of Object.entries(INTERACTIVE_OPTIONS) as Array<[InteractiveName, InteractiveOption]>) {
+    const value = args[name]
+    if (spec.takes === 'flag' ? value === true : typeof value === 'string') interactive.set(name, value as string | true)
+  }
+  const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
+  const command = (args._ as unknown[])[0]
+  return { options, configPath, interactive, command: typeof command === 'string' ? command : undefined }
+}
+
+export async function runInteractive(argv: string[]): Promise<number> {
+  const { default: yargs } = (await import('yargs')) as { default: YargsFactory }
+  const { version } = require('./version') as typeof import('./version')
+  let failure: string | null = null
+  const cli = buildCli(yargs, version()).fail((msg, err) => {
+    failure = msg ?? err?.message ?? 'bad arguments'
+  })
+  const args = (await cli.parseAsync(argv)) as Record<string, unknown>
   if (failure !== null) {
     process.stderr.write(`policyd-ts: ${failure}\nTry 'policyd-ts --help'.\n`)
     return EX_USAGE
   }
   if (args.help || args.version) return 0
 
-  const options: Record<string, string> = {}
-  for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
-  const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
-  if (args['test-mode']) return testMode(options, configPath)
-  if ((args._ as unknown[])[0] === 'spfquery') {
+  const { options, configPath, interactive, command } = readArgs(args)
+  if (interactive.has('test-mode')) return testMode(options, configPath)
+  if (command === 'spfquery') {
     return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
   }
 

@@ -2,7 +2,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import path from 'node:path'
-import { BIN } from '../helpers/policy-process'
+import { BIN, startPolicy } from '../helpers/policy-process'
 import { CONFIG_KEYS } from '../../lib/config'
 
 function run(args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -43,4 +43,23 @@ t.test('an unknown option with --test-mode is a usage error on stderr', async (t
   const r = run(['--test-mode', '--nope', '1'])
   t.equal(r.code, 64)
   t.match(r.stderr, /Unknown argument|nope/)
+})
+
+t.test('-V, -h and every other interactive flag work with stdin a pipe that stays open (not only at a terminal)', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['-V'], /^\d+\.\d+\.\d+\n$/],
+    [['--V'], /^\d+\.\d+\.\d+\n$/],
+    [['--version'], /^\d+\.\d+\.\d+\n$/],
+    [['-h'], /-V, --version/],
+    [['-hV'], /-V, --version|^\d+\.\d+\.\d+\n$/],
+    [['--test-mode', '--config', '/dev/null', '--greylist_enabled', 'no'], /^# start-up: /m],
+  ]
+  for (const [args, stdout] of cases) {
+    // Postfix's spawn(8) gives a socket, sleep 3 | policyd-ts -V a pipe: either way not a terminal.
+    const p = startPolicy(args)
+    const { code } = await p.exited(15000)
+    t.equal(code, 0, `${args.join(' ')}: exits at once, stderr=${p.stderr()}`)
+    t.match(p.stdout(), stdout, `${args.join(' ')}: prints, does not serve requests`)
+    p.child.stdin.destroy()
+  }
 })
