@@ -16,8 +16,23 @@ export interface ServeOptions {
   handle: (frame: Frame) => Promise<string> | string
   failAction: () => string
   log: (level: number, msg: string) => void
+  /** At most 2^31-1 each (Node's longest timer; config.ts bounds max_idle and max_lifetime so). */
   maxIdleMs: number
   maxLifetimeMs: number
+  /** Time and timers: the real ones unless a test injects its own. */
+  clock?: ServeClock
+}
+
+export interface ServeClock {
+  now(): number
+  setTimeout(fn: () => void, ms: number): unknown
+  clearTimeout(timer: unknown): void
+}
+
+const REAL_CLOCK: ServeClock = {
+  now: Date.now,
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout),
 }
 
 /** Frames queued beyond this pause the input, so pipelined floods cannot grow memory. */
@@ -25,6 +40,7 @@ const HIGH_WATER_FRAMES = 32
 
 export function serve(opts: ServeOptions): Promise<EndReason> {
   const { input, output } = opts
+  const clock = opts.clock ?? REAL_CLOCK
   const framer = new RequestFramer(opts.limits)
   const queue: Frame[] = []
   let busy = false
@@ -32,7 +48,8 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   let finished = false
   let lifetimeOver = false
   let paused = false
-  let idleTimer: NodeJS.Timeout | undefined
+  /** Undefined while not armed: during a request, and after the end. */
+  let idleTimer: unknown
   let resolveEnd!: (reason: EndReason) => void
   const ended = new Promise<EndReason>((resolve) => {
     resolveEnd = resolve
@@ -41,8 +58,8 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   const finish = (reason: EndReason): void => {
     if (finished) return
     finished = true
-    clearTimeout(idleTimer)
-    clearTimeout(lifetimeTimer)
+    if (idleTimer !== undefined) clock.clearTimeout(idleTimer)
+    clock.clearTimeout(lifetimeTimer)
     input.off('data', onData)
     input.off('end', onEnd)
     input.off('error', onInputError)
@@ -54,21 +71,25 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   }
 
   // One timer for the idle limit, re-armed only when it fires: resetting a
-  // timer on every request costs more than the rest of the loop.
-  let lastActivity = Date.now()
+  // timer on every request costs more than the rest of the loop. While a
+  // request is under way the limit cannot apply: the timer then stays off
+  // (it used to re-arm every millisecond) and pump() arms it again once the
+  // queue is empty.
+  let lastActivity = clock.now()
   const armIdle = (): void => {
-    lastActivity = Date.now()
+    lastActivity = clock.now()
   }
   const checkIdle = (): void => {
-    if (finished) return
-    const idleFor = Date.now() - lastActivity
-    if (idleFor >= opts.maxIdleMs && !busy && queue.length === 0) {
+    idleTimer = undefined
+    if (finished || busy || queue.length > 0) return
+    const idleFor = clock.now() - lastActivity
+    if (idleFor >= opts.maxIdleMs) {
       finish('idle')
       return
     }
-    idleTimer = setTimeout(checkIdle, Math.max(1, opts.maxIdleMs - idleFor))
+    idleTimer = clock.setTimeout(checkIdle, opts.maxIdleMs - idleFor)
   }
-  const lifetimeTimer = setTimeout(() => {
+  const lifetimeTimer = clock.setTimeout(() => {
     lifetimeOver = true
     if (!busy && queue.length === 0 && !framer.pending) finish('lifetime')
   }, opts.maxLifetimeMs)
@@ -152,6 +173,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
       busy = false
     }
     if (finished) return
+    if (idleTimer === undefined) idleTimer = clock.setTimeout(checkIdle, opts.maxIdleMs)
     if (inputEnded) finish('eof')
     else if (lifetimeOver && !framer.pending) finish('lifetime')
   }
@@ -160,6 +182,6 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   input.on('end', onEnd)
   input.on('error', onInputError)
   output.on('error', onOutputError)
-  idleTimer = setTimeout(checkIdle, opts.maxIdleMs)
+  idleTimer = clock.setTimeout(checkIdle, opts.maxIdleMs)
   return ended
 }

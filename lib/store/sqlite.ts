@@ -351,7 +351,8 @@ export class SqliteStore implements GreylistStore {
     const st = fs.statSync(file)
     this.inode = st.ino
     const Database = require('better-sqlite3') as typeof BetterSqlite3
-    const db = new Database(file, { timeout: this.opts.busyTimeoutMs, fileMustExist: true, nativeBinding: nativeBinding() })
+    // SQLite takes whole milliseconds; db_busy_timeout * 1000 may be 1000.9999999999999.
+    const db = new Database(file, { timeout: Math.round(this.opts.busyTimeoutMs), fileMustExist: true, nativeBinding: nativeBinding() })
     this.db = db
     // Rows are ~100 bytes and every commit writes whole pages to the WAL:
     // 1 KiB pages make a new database's commits ~25% cheaper. (Only an empty

@@ -153,3 +153,41 @@ t.test('unwritable database: mail flows with fail_action and the failure is logg
   const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
   t.equal(log.match(/database unavailable, answering fail_action DUNNO: refusing database in world-writable directory/g)?.length, 1, 'logged once')
 })
+
+t.test('max_idle and max_lifetime of 25 days are refused, and the process still answers (it used to exit at start: the timer overflowed to 1 ms)', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir, ['--max_idle', '25d', '--max_lifetime', '25d']))
+  await new Promise((r) => setTimeout(r, 300))
+  p.send(rcptRequest())
+  const [reply] = await p.replies(1, 10000)
+  t.match(reply, /^action=/, 'answered')
+  p.child.stdin.end()
+  t.same(await p.exited(), { code: 0, signal: null })
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.match(log, /bad value "25d" for max_idle: too long, at most 2147483s = 24d 20h 31m 23s/)
+  t.notMatch(log, /TimeoutOverflowWarning/)
+})
+
+t.test('max_idle and max_lifetime at their largest value: the process starts, answers, and Node takes both timers', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir, ['--max_idle', '2147483s', '--max_lifetime', '2147483s']))
+  await new Promise((r) => setTimeout(r, 300))
+  t.equal(p.child.exitCode, null, 'still running')
+  p.send(rcptRequest())
+  t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/)
+  p.child.stdin.end()
+  t.same(await p.exited(), { code: 0, signal: null })
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.notMatch(log, /node warning|configuration error/)
+})
+
+t.test('db_busy_timeout of 1.001s or 9ms: greylisting works (SQLite refused a timeout of 1000.9999999999999 ms, and every request got fail_action)', async (t) => {
+  for (const timeout of ['1.001s', '9ms']) {
+    const dir = t.testdir()
+    const p = startPolicy(isolatedArgs(dir, ['--db_busy_timeout', timeout]))
+    p.send(rcptRequest())
+    t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/, timeout)
+    p.child.stdin.end()
+    await p.exited()
+  }
+})
