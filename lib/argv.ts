@@ -22,6 +22,10 @@ export const INTERACTIVE_OPTIONS = {
     takes: 'flag',
     describe: 'Print the effective configuration with the source of each value, check the database and the files it names, and exit (0, or 78 on a bad configuration)',
   },
+  user: {
+    takes: 'value',
+    describe: 'With --test-mode, run as root: check as this user (user= of the master.cf entry), as Postfix runs policyd-ts',
+  },
   version: { takes: 'flag', alias: 'V', describe: 'Print the version and exit' },
   help: { takes: 'flag', alias: 'h', describe: 'Show this help and exit' },
 } as const satisfies Record<string, InteractiveOption>

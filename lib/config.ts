@@ -533,6 +533,7 @@ export function loadConfig(inputs: ConfigInputs): LoadedConfig {
     let parsed = parseValue(key, raw[key]!)
     if ('error' in parsed) {
       errors.push(sources[key] === 'file' ? `${configFile}: ${parsed.error}` : `${sources[key]}: ${parsed.error}`)
+      sources[key] = 'default'
       parsed = parseValue(key, OPTIONS[key].default)
       if ('error' in parsed) throw new Error(`default of ${key} does not parse: ${parsed.error}`)
     }

@@ -39,6 +39,8 @@ const agree: string[][] = [
   ['/etc/postfix-policyd-spf-python/policyd-spf.conf'],
   ['--test-mode'],
   ['--test-mode=true'],
+  ['--test-mode', '--user', 'nobody', '--config', '/dev/null'],
+  ['--test-mode', '--user=nobody'],
   ['-V'],
   ['--V'],
   ['--version'],
@@ -63,7 +65,7 @@ t.test('the spawn reader and the real yargs configuration read the same command 
 
 t.test('command lines both readers refuse', async (t) => {
   for (const argv of [['--nope', '1'], ['--greylist_delay'], ['stray'], ['/etc/a.conf', '/etc/b.conf'], ['-x'],
-    ['--greylist_delay', '--debugLevel', '2'], ['--greylist_text', '-x']]) {
+    ['--greylist_delay', '--debugLevel', '2'], ['--greylist_text', '-x'], ['--test-mode', '--user']]) {
     t.not(parseArgv(argv).errors.length, 0, `spawn reader: ${JSON.stringify(argv)}`)
     t.not((await yargsRead(argv)).error, null, `yargs: ${JSON.stringify(argv)}`)
   }
@@ -101,6 +103,7 @@ t.test('-V and -h print through the real configuration', async (t) => {
   t.equal(v.args.version, true)
   const h = await yargsRead(['-h'])
   t.match(h.output, /-V, --version/)
+  t.match(h.output, /--user/)
 })
 
 t.test("a config file as the one argument, as policyd-spf's master.cf line gives it", async (t) => {

@@ -191,3 +191,28 @@ t.test('db_busy_timeout of 1.001s or 9ms: greylisting works (SQLite refused a ti
     await p.exited()
   }
 })
+
+t.test('a database directory that does not exist and cannot be created is logged as such, not as "readonly"', async (t) => {
+  const { spawnSync } = await import('node:child_process')
+  const dir = t.testdir({ logs: {}, locked: {} })
+  fs.chmodSync(dir, 0o755)
+  fs.chmodSync(path.join(dir, 'logs'), 0o777)
+  // Root may create anything: as root the binary runs as nobody, under a directory of root's.
+  const asRoot = process.getuid?.() === 0
+  if (!asRoot) fs.chmodSync(path.join(dir, 'locked'), 0o555)
+  const id = (flag: string): number => Number(spawnSync('id', [flag, 'nobody'], { encoding: 'utf8' }).stdout.trim())
+  const missing = path.join(dir, 'locked', 'mta')
+  const args = isolatedArgs(dir, ['--db_path', path.join(missing, 'p.sqlite'), '--log_file', path.join(dir, 'logs', 'p.log')])
+  const r = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'policyd-ts'), ...args], {
+    input: rcptRequest(),
+    encoding: 'utf8',
+    env: { PATH: process.env.PATH },
+    timeout: 20000,
+    ...(asRoot ? { uid: id('-u'), gid: id('-g') } : {}),
+  })
+  t.equal(r.stdout, 'action=DUNNO\n\n')
+  const log = fs.readFileSync(path.join(dir, 'logs', 'p.log'), 'utf8')
+  t.match(log, `database unavailable, answering fail_action DUNNO: database directory ${missing} does not exist and cannot be created: EACCES: permission denied`)
+  t.match(log, /reason=store-unavailable/)
+  t.notMatch(log, /database readonly|store-readonly/)
+})
