@@ -1,14 +1,15 @@
-// Entry point. The spawn path (no flags) never loads yargs; --help,
-// --version, --test-mode, spfquery and argument errors at a terminal go to
-// ./interactive; --daemon or a listen key goes to ./daemon. This file is the root of the start-up bundle (see
-// lib/boot.ts); ./interactive stays outside it, loaded by path at run time.
+// Entry point. The spawn path (no flags) never loads yargs; --help (-h),
+// --version (-V), --test-mode and the commands go to ./interactive whatever
+// stdin is, and so do argument errors at a terminal; --daemon or a listen
+// key goes to ./daemon. This file is the root of the start-up bundle (see
+// lib/boot.ts); ./interactive and ./daemon stay outside it, loaded by path.
 
 import { parseArgv } from './argv'
 
 export async function main(argv: string[]): Promise<void> {
   const parsed = parseArgv(argv)
-  const daemonFlag = parsed.flags.delete('daemon')
-  const interactive = parsed.flags.size > 0 || parsed.command !== undefined || (parsed.errors.length > 0 && isTerminal())
+  const daemonFlag = parsed.daemon
+  const interactive = parsed.interactive.size > 0 || parsed.command !== undefined || (parsed.errors.length > 0 && isTerminal())
   if (!interactive) {
     const { readConfig } = require('./read-config') as typeof import('./read-config')
     const loaded = readConfig(parsed.options, parsed.configPath)

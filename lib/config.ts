@@ -88,6 +88,19 @@ export interface Config {
 
 export type ConfigKey = keyof Config
 
+/**
+ * Every duration has a largest value the code can honour. max_idle and
+ * max_lifetime become Node timers, which take at most 2^31-1 ms (a longer
+ * one fires after 1 ms: the process exited at start or spun). The busy
+ * timeout and the lookup limits have their own, smaller bounds. Greylist
+ * times are epoch-second arithmetic, exact far beyond ten years, but a
+ * longer one is a typo, not a policy; and no mail server retries for a
+ * month (Postfix gives up after 5 days), so a longer delay refuses all mail.
+ */
+const LONGEST_TIMER_S = Math.floor((2 ** 31 - 1) / 1000)
+const LONGEST_GREYLIST_S = 3650 * 86400
+const LONGEST_GREYLIST_DELAY_S = 30 * 86400
+
 export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   debugLevel: {
     type: 'int', default: '1', min: -1, max: 5,
@@ -127,12 +140,12 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
     doc: 'Largest accepted request in bytes; past it the request is discarded and answered with fail_action.',
   },
   max_idle: {
-    type: 'duration', default: '600s', min: 1,
-    doc: 'Exit after this long without a request (Postfix closes idle policy connections after 300s by default).',
+    type: 'duration', default: '600s', min: 1, max: LONGEST_TIMER_S,
+    doc: 'Exit after this long without a request (Postfix closes idle policy connections after 300s by default); at most 24d 20h 31m 23s, the longest timer Node has.',
   },
   max_lifetime: {
-    type: 'duration', default: '7200s', min: 1,
-    doc: 'Exit after this long in all, between two requests (Postfix does not enforce policy_time_limit on spawned children).',
+    type: 'duration', default: '7200s', min: 1, max: LONGEST_TIMER_S,
+    doc: 'Exit after this long in all, between two requests (Postfix does not enforce policy_time_limit on spawned children); at most 24d 20h 31m 23s, the longest timer Node has.',
   },
   listen: {
     type: 'string', default: '',
@@ -171,16 +184,16 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
     doc: 'Greylist (client network, sender, recipient) triplets at the RCPT stage.',
   },
   greylist_delay: {
-    type: 'duration', default: '300s', min: 1,
-    doc: 'How long a new triplet is deferred before a retry is accepted.',
+    type: 'duration', default: '300s', min: 1, max: LONGEST_GREYLIST_DELAY_S,
+    doc: 'How long a new triplet is deferred before a retry is accepted; at most 30d (no mail server retries that long).',
   },
   greylist_max_age: {
-    type: 'duration', default: '35d', min: 1,
-    doc: 'A passed triplet or an auto-whitelisted client not seen for this long is forgotten.',
+    type: 'duration', default: '35d', min: 1, max: LONGEST_GREYLIST_S,
+    doc: 'A passed triplet or an auto-whitelisted client not seen for this long is forgotten; at most 3650d.',
   },
   greylist_retry_window: {
-    type: 'duration', default: '2d', min: 1,
-    doc: 'A triplet whose first accepted retry comes later than this after its first attempt starts over.',
+    type: 'duration', default: '2d', min: 1, max: LONGEST_GREYLIST_S,
+    doc: 'A triplet whose first accepted retry comes later than this after its first attempt starts over; at most 3650d.',
   },
   greylist_auto_whitelist: {
     type: 'int', default: '5', min: 0, max: 1000000,
@@ -378,7 +391,8 @@ export interface LoadedConfig {
   configFileFound: boolean
 }
 
-const DURATION_UNITS: Record<string, number> = { '': 1, ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }
+/** Milliseconds per unit: durations are kept as whole milliseconds, which every timer and SQLite take. */
+const DURATION_UNIT_MS: Record<string, number> = { '': 1000, ms: 1, s: 1000, m: 60000, h: 3600000, d: 86400000, w: 604800000 }
 const BOOL_WORDS: Record<string, boolean> = {
   yes: true, true: true, on: true, '1': true, no: false, false: false, off: false, '0': false,
 }
@@ -401,6 +415,17 @@ function range(spec: OptionSpec, unit = ''): string {
   return ''
 }
 
+/** 2147483 -> "24d 20h 31m 23s", 1.5 -> "1s 500ms". */
+function formatSeconds(seconds: number): string {
+  let ms = Math.round(seconds * 1000)
+  const parts: string[] = []
+  for (const [unit, size] of [['d', 86400000], ['h', 3600000], ['m', 60000], ['s', 1000], ['ms', 1]] as const) {
+    if (ms >= size) parts.push(`${Math.floor(ms / size)}${unit}`)
+    ms %= size
+  }
+  return parts.length > 0 ? parts.join(' ') : '0s'
+}
+
 const ACTION_WORD = /^(DUNNO|OK|PERMIT|DEFER_IF_PERMIT|DEFER_IF_REJECT|DEFER|REJECT|WARN|INFO|HOLD|DISCARD|PREPEND|[45]\d\d)(\s|$)/i
 
 /** Parse one value of `key`; returns the typed value or an error text naming the key and the expected form. */
@@ -421,11 +446,17 @@ export function parseValue(key: ConfigKey, raw: string): { value: unknown } | { 
       return b === undefined ? bad() : { value: b }
     }
     case 'duration': {
-      const m = /^(\d{1,12}(?:\.\d+)?)\s*(ms|s|m|h|d|w)?$/i.exec(text)
+      const m = /^(\d{1,12})(?:\.(\d+))?\s*(ms|s|m|h|d|w)?$/i.exec(text)
       if (!m) return bad()
-      const seconds = Number(m[1]) * DURATION_UNITS[(m[2] ?? '').toLowerCase()]
-      if ((spec.min !== undefined && seconds < spec.min) || (spec.max !== undefined && seconds > spec.max)) return bad()
-      return { value: seconds }
+      const unitMs = DURATION_UNIT_MS[(m[3] ?? '').toLowerCase()]
+      // The fraction apart, so that 2147483.001 is exactly 2147483001 ms.
+      const fractionMs = Number(`0.${m[2] ?? '0'}`) * unitMs
+      if (Math.abs(fractionMs - Math.round(fractionMs)) > 1e-6) return { error: `bad value ${JSON.stringify(raw)} for ${key}: durations are whole milliseconds` }
+      const ms = Number(m[1]) * unitMs + Math.round(fractionMs)
+      const outside = (why: string): { error: string } => ({ error: `bad value ${JSON.stringify(raw)} for ${key}: ${why} (expected ${expectedForm(spec)})` })
+      if (spec.max !== undefined && ms > spec.max * 1000) return outside(`too long, at most ${spec.max}s = ${formatSeconds(spec.max)}`)
+      if (spec.min !== undefined && ms < spec.min * 1000) return outside(`too short, at least ${spec.min}s`)
+      return { value: ms / 1000 }
     }
     case 'enum': {
       const v = spec.values!.find((x) => x.toLowerCase() === text.toLowerCase())

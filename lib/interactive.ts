@@ -2,18 +2,24 @@
 // spfquery, and argument errors at a terminal. yargs costs ~70 ms to load,
 // so only this path loads it (see lib/cli.ts).
 
+import { DAEMON_FLAG, INTERACTIVE_OPTIONS, type InteractiveName, type InteractiveOption, type ParsedArgv } from './argv'
 import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, ENV_PREFIX, OPTIONS, formatValue } from './config'
 
 export const EX_USAGE = 64
 export const EX_CONFIG = 78
 
-export async function runInteractive(argv: string[]): Promise<number> {
-  const { default: yargs } = (await import('yargs')) as { default: typeof import('yargs').default }
-  const { version } = require('./version') as typeof import('./version')
-  let failure: string | null = null
-  const cli = yargs(argv)
+type YargsFactory = typeof import('yargs').default
+type Cli = ReturnType<YargsFactory>
+
+/**
+ * The program's one yargs configuration: runInteractive parses with it, and
+ * test/argv.test.ts checks that lib/argv.ts (the spawn path's reader) reads
+ * every command line the same way.
+ */
+export function buildCli(yargs: YargsFactory, versionText: string): Cli {
+  const cli = yargs([])
     .scriptName('policyd-ts')
-    .usage('Usage: policyd-ts [--config FILE] [--KEY VALUE ...] [--test-mode]\n       policyd-ts spfquery --ip ADDR --sender ADDR --helo NAME\n\nPostfix SMTP access policy server (SPF and greylisting). Without options it\nserves policy requests on stdin/stdout, as Postfix spawn(8) runs it.')
+    .usage('Usage: policyd-ts [--config FILE] [--KEY VALUE ...] [--test-mode [--user USER]]\n       policyd-ts spfquery --ip ADDR --sender ADDR --helo NAME\n\nPostfix SMTP access policy server (SPF and greylisting). Without options it\nserves policy requests on stdin/stdout, as Postfix spawn(8) runs it.')
     .parserConfiguration({
       'camel-case-expansion': false,
       'dot-notation': false,
@@ -24,6 +30,7 @@ export async function runInteractive(argv: string[]): Promise<number> {
     })
     .option('config', {
       type: 'string',
+      requiresArg: true,
       describe: `Config file (KEY = value lines); default ${DEFAULT_CONFIG_FILE}, or $${ENV_PREFIX}CONFIG`,
     })
     .command('$0 [file]', false, (y) => y.positional('file', { type: 'string', describe: 'config file, as policyd-spf takes it (same as --config)' }))
@@ -37,39 +44,65 @@ export async function runInteractive(argv: string[]): Promise<number> {
     .command('postfix-config', 'Print the master.cf and main.cf lines for this machine (node, package, spawn user), with checks', (y) =>
       (require('./postfix-config') as typeof import('./postfix-config')).postfixConfigOptions(y),
     )
-    .option('test-mode', { type: 'boolean', describe: 'Print the effective configuration with the source of each value and exit (0, or 78 on a bad configuration)' })
     .strict()
-    .version(version())
-    .alias('version', 'V')
-    .help('help')
-    .alias('help', 'h')
     .wrap(Math.min(100, process.stdout.columns || 100))
     .exitProcess(false)
-    .fail((msg, err) => {
-      failure = msg ?? err?.message ?? 'bad arguments'
-    })
+  for (const [name, spec] of Object.entries(INTERACTIVE_OPTIONS) as Array<[InteractiveName, InteractiveOption]>) {
+    if (name === 'help') cli.help(name, spec.describe)
+    else if (name === 'version') cli.version(name, spec.describe, versionText)
+    else if (spec.takes === 'flag') cli.option(name, { type: 'boolean', describe: spec.describe })
+    else cli.option(name, { type: 'string', requiresArg: true, describe: spec.describe })
+    if (spec.alias !== undefined) cli.alias(name, spec.alias)
+  }
+  cli.option(DAEMON_FLAG, { type: 'boolean', describe: 'Serve every smtpd as one daemon on the listen socket (default: the socket systemd passes, else unix:/var/spool/postfix/policyd-ts/policy) instead of one connection on stdin/stdout' })
+  // --user belongs to --test-mode (and to postfix-config, which has its own).
+  cli.check((args) => args.user === undefined || args['test-mode'] === true || (args._ as unknown[])[0] === 'postfix-config' || '--user is given only with --test-mode (or postfix-config)')
+  // As lib/argv.ts reads it: a word that is not a command is the config file only when it is a path.
+  cli.check((args) => typeof args.file !== 'string' || args.file.includes('/') || `unexpected argument ${JSON.stringify(args.file)} (a config file is given as a path: ./${args.file})`)
   // Every value is read as text and validated by config.ts, so that the
   // command line, the environment and the file share one parser.
   for (const key of CONFIG_KEYS) {
     const spec = OPTIONS[key]
-    cli.option(key, { type: 'string', describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
+    cli.option(key, { type: 'string', requiresArg: true, describe: `${spec.doc} [default: ${spec.default === '' ? '(empty)' : spec.default}]`, group: 'Configuration keys (also in the config file and as POLICYD_TS_<KEY>):' })
   }
-  const args = (await cli.parseAsync()) as Record<string, unknown>
+  return cli
+}
+
+/** A yargs result of buildCli's configuration in the terms of lib/argv.ts's ParsedArgv. */
+export function readArgs(args: Record<string, unknown>): Omit<ParsedArgv, 'errors'> {
+  const options: Record<string, string> = {}
+  for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
+  const interactive: ParsedArgv['interactive'] = new Map()
+  for (const [name, spec] of Object.entries(INTERACTIVE_OPTIONS) as Array<[InteractiveName, InteractiveOption]>) {
+    const value = args[name]
+    if (spec.takes === 'flag' ? value === true : typeof value === 'string') interactive.set(name, value as string | true)
+  }
+  const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
+  const command = (args._ as unknown[])[0]
+  return { options, configPath, interactive, daemon: args.daemon === true, command: typeof command === 'string' ? command : undefined }
+}
+
+export async function runInteractive(argv: string[]): Promise<number> {
+  const { default: yargs } = (await import('yargs')) as { default: YargsFactory }
+  const { version } = require('./version') as typeof import('./version')
+  let failure: string | null = null
+  const cli = buildCli(yargs, version()).fail((msg, err) => {
+    failure = msg ?? err?.message ?? 'bad arguments'
+  })
+  const args = (await cli.parseAsync(argv)) as Record<string, unknown>
   if (failure !== null) {
     process.stderr.write(`policyd-ts: ${failure}\nTry 'policyd-ts --help'.\n`)
     return EX_USAGE
   }
   if (args.help || args.version) return 0
 
-  const options: Record<string, string> = {}
-  for (const key of CONFIG_KEYS) if (typeof args[key] === 'string') options[key] = args[key] as string
-  const configPath = typeof args.config === 'string' ? args.config : typeof args.file === 'string' ? args.file : undefined
-  if (args['test-mode']) return testMode(options, configPath)
-  if ((args._ as unknown[])[0] === 'postfix-config') {
+  const { options, configPath, interactive, command } = readArgs(args)
+  if (interactive.has('test-mode')) return testMode(options, configPath, interactive.get('user') as string | undefined)
+  if (command === 'postfix-config') {
     const { runPostfixConfig } = require('./postfix-config') as typeof import('./postfix-config')
     return runPostfixConfig(args as unknown as import('./postfix-config').PostfixConfigArgs, options, configPath)
   }
-  if ((args._ as unknown[])[0] === 'spfquery') {
+  if (command === 'spfquery') {
     return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
   }
 
@@ -99,31 +132,116 @@ async function runSpfQuery(q: import('./spfquery').SpfQuery, options: Record<str
   return 0
 }
 
-/** Print the effective configuration, one `key = value  # source` line each, then the checks of files it names. */
-export async function testMode(options: Record<string, string>, configPath: string | undefined): Promise<number> {
+/** sysexits(3): --user names no user; --user without root; the database cannot be created or written. */
+export const EX_NOUSER = 67
+export const EX_CANTCREAT = 73
+export const EX_NOPERM = 77
+
+/**
+ * Print the effective configuration, one `key = value  # source` line each,
+ * then the checks of the files and the database it names, as the user this
+ * runs as; with `user` (root only) all of it as that user.
+ */
+export async function testMode(options: Record<string, string>, configPath: string | undefined, user?: string): Promise<number> {
+  if (user !== undefined) return testModeAs(user, options, configPath)
   const { readConfig } = require('./read-config') as typeof import('./read-config')
   const { version } = require('./version') as typeof import('./version')
+  const { checkDatabase, currentUser } = require('./db-check') as typeof import('./db-check')
   const loaded = readConfig(options, configPath)
+  const runAs = currentUser()
   const out: string[] = [
     `# policyd-ts ${version()} effective configuration`,
     `# config file: ${loaded.configFile} (${loaded.configFileFound ? 'read' : 'not found, defaults used'})`,
+    `# checked as user ${runAs.name} (uid ${runAs.uid})`,
   ]
+  const ignored = ignoredSettings(loaded.errors)
   const width = Math.max(...CONFIG_KEYS.map((k) => k.length))
   for (const key of CONFIG_KEYS) {
     const value = formatValue(key, loaded.config[key])
     out.push(`${key.padEnd(width)} = ${value}${' '.repeat(Math.max(1, 40 - value.length))}# ${loaded.sources[key]}`)
+    const instead = loaded.sources[key] === 'default' ? 'the default' : `the value from the ${loaded.sources[key]}`
+    for (const bad of ignored.get(key) ?? []) out.push(`#   ignored: ${key} = ${bad.value} (${bad.where}): ${bad.problem}; ${instead} is used instead`)
   }
   const { describeFiles } = require('./greylist/lists') as typeof import('./greylist/lists')
   out.push(...describeFiles(loaded.config).map((l) => `# ${l}`))
   out.push(...loaded.notices.map((n) => `# ${n}`))
   const unreadSpfConf = (require('./policyd-spf-conf') as typeof import('./policyd-spf-conf')).unreadPolicydSpfConf(loaded)
   if (unreadSpfConf !== null) out.push(`# warning: ${unreadSpfConf}`)
+  const db = checkDatabase(loaded.config, runAs)
+  out.push(...db.notes.map((n) => `# database: ${n}`), ...db.problems.map((p) => `# database: PROBLEM: ${p}`))
+  if (runAs.uid === 0) out.push(...asSpawnUserAdvice(options, configPath))
   const { startUp } = require('./start-up') as typeof import('./start-up')
   out.push(`# start-up: ${startUp.mode} (${startUp.why})`)
   process.stdout.write(`${out.join('\n')}\n`)
-  if (loaded.errors.length > 0) {
-    process.stderr.write(loaded.errors.map((e) => `policyd-ts: error: ${e}\n`).join(''))
-    return EX_CONFIG
+  const errors = [...loaded.errors, ...db.problems.map((p) => `database: ${p}`)]
+  process.stderr.write(errors.map((e) => `policyd-ts: error: ${e}\n`).join(''))
+  return loaded.errors.length > 0 ? EX_CONFIG : db.problems.length > 0 ? EX_CANTCREAT : 0
+}
+
+/** The bad settings among the configuration errors (parseValue's "bad value" texts), by key. */
+function ignoredSettings(errors: readonly string[]): Map<string, Array<{ value: string; where: string; problem: string }>> {
+  const byKey = new Map<string, Array<{ value: string; where: string; problem: string }>>()
+  for (const error of errors) {
+    const m = /^(.*?): bad value ("(?:[^"\\]|\\.)*") for (\w+): (.*)$/.exec(error)
+    if (!m) continue
+    const list = byKey.get(m[3]) ?? []
+    list.push({ where: m[1], value: m[2], problem: m[4].replace(/; ignored, so .*$/, '') })
+    byKey.set(m[3], list)
   }
-  return 0
+  return byKey
+}
+
+/** Root is not the user Postfix runs policyd-ts as: say so, and how to check as that user. */
+function asSpawnUserAdvice(options: Record<string, string>, configPath: string | undefined): string[] {
+  const args = optionArgs(options, configPath).map(shellWord)
+  const rest = args.length > 0 ? ` ${args.join(' ')}` : ''
+  return [
+    '# This is root, not the user Postfix runs policyd-ts as (user= in its master.cf entry; nobody in',
+    '# the examples): the files above were read as root and the database was not tried. To check it',
+    '# all as that user:',
+    `#   policyd-ts --test-mode --user nobody${rest}`,
+    `# or: setpriv --reuid=nobody --regid=nogroup --clear-groups policyd-ts --test-mode${rest}`,
+    `# or: su -s /bin/sh nobody -c ${shellWord(`policyd-ts --test-mode${rest}`)}`,
+  ]
+}
+
+/** The options of this run as a command line gives them. */
+function optionArgs(options: Record<string, string>, configPath: string | undefined): string[] {
+  return [...(configPath !== undefined ? ['--config', configPath] : []), ...Object.entries(options).map(([k, v]) => `--${k}=${v}`)]
+}
+
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`
+}
+
+/** --test-mode --user NAME: run the whole test mode again as that user, as spawn(8) would start policyd-ts. */
+async function testModeAs(user: string, options: Record<string, string>, configPath: string | undefined): Promise<number> {
+  const { currentUser } = require('./db-check') as typeof import('./db-check')
+  const self = currentUser()
+  if (self.uid !== 0) {
+    if (user === self.name || user === String(self.uid)) return testMode(options, configPath)
+    process.stderr.write(`policyd-ts: --user ${user} needs root (this is user ${self.name}); run it as root, or run --test-mode as ${user} yourself\n`)
+    return EX_NOPERM
+  }
+  const { execFileSync, spawnSync } = require('node:child_process') as typeof import('node:child_process')
+  const id = (flag: string): number => Number(execFileSync('id', [flag, '--', user], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim())
+  let uid: number
+  let gid: number
+  try {
+    uid = id('-u')
+    gid = id('-g')
+  } catch {
+    process.stderr.write(`policyd-ts: --user ${user}: no such user on this system\n`)
+    return EX_NOUSER
+  }
+  const path = require('node:path') as typeof import('node:path')
+  // Paths as this process sees them: the user may start elsewhere.
+  const args = ['--test-mode', ...optionArgs(options, configPath === undefined ? undefined : path.resolve(configPath))]
+  // As spawn(8) does: the user's uid and primary group, no other groups (Node drops them).
+  const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1], ...args], { uid, gid, stdio: 'inherit' })
+  if (child.error) {
+    process.stderr.write(`policyd-ts: --user ${user}: cannot start a process as that user: ${child.error.message}\n`)
+    return EX_NOPERM
+  }
+  return child.status ?? 70
 }

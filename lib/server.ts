@@ -16,11 +16,26 @@ export interface ServeOptions {
   handle: (frame: Frame) => Promise<string> | string
   failAction: () => string
   log: (level: number, msg: string) => void
+  /** At most 2^31-1 each (Node's longest timer; config.ts bounds max_idle and max_lifetime so). */
   maxIdleMs: number
   /** Infinity: no limit (the daemon's connections; Postfix's own max_ttl ends them). */
   maxLifetimeMs: number
   /** When aborted, stop reading, answer the requests already received, then end with 'shutdown'. */
   drain?: AbortSignal
+  /** Time and timers: the real ones unless a test injects its own. */
+  clock?: ServeClock
+}
+
+export interface ServeClock {
+  now(): number
+  setTimeout(fn: () => void, ms: number): unknown
+  clearTimeout(timer: unknown): void
+}
+
+const REAL_CLOCK: ServeClock = {
+  now: Date.now,
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout),
 }
 
 /** While draining, a connection this long without input (and nothing half-read) is closed. */
@@ -31,6 +46,7 @@ const HIGH_WATER_FRAMES = 32
 
 export function serve(opts: ServeOptions): Promise<EndReason> {
   const { input, output } = opts
+  const clock = opts.clock ?? REAL_CLOCK
   const framer = new RequestFramer(opts.limits)
   const queue: Frame[] = []
   let busy = false
@@ -38,7 +54,8 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   let finished = false
   let lifetimeOver = false
   let paused = false
-  let idleTimer: NodeJS.Timeout | undefined
+  /** Undefined while not armed: during a request, and after the end. */
+  let idleTimer: unknown
   let resolveEnd!: (reason: EndReason) => void
   const ended = new Promise<EndReason>((resolve) => {
     resolveEnd = resolve
@@ -47,9 +64,9 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   const finish = (reason: EndReason): void => {
     if (finished) return
     finished = true
-    clearTimeout(idleTimer)
-    clearTimeout(lifetimeTimer)
-    clearTimeout(quietTimer)
+    if (idleTimer !== undefined) clock.clearTimeout(idleTimer)
+    clock.clearTimeout(lifetimeTimer)
+    clock.clearTimeout(quietTimer)
     input.off('data', onData)
     input.off('end', onEnd)
     input.off('error', onInputError)
@@ -62,22 +79,26 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   }
 
   // One timer for the idle limit, re-armed only when it fires: resetting a
-  // timer on every request costs more than the rest of the loop.
-  let lastActivity = Date.now()
+  // timer on every request costs more than the rest of the loop. While a
+  // request is under way the limit cannot apply: the timer then stays off
+  // (it used to re-arm every millisecond) and pump() arms it again once the
+  // queue is empty.
+  let lastActivity = clock.now()
   const armIdle = (): void => {
-    lastActivity = Date.now()
+    lastActivity = clock.now()
   }
   const checkIdle = (): void => {
-    if (finished) return
-    const idleFor = Date.now() - lastActivity
-    if (idleFor >= opts.maxIdleMs && !busy && queue.length === 0) {
+    idleTimer = undefined
+    if (finished || busy || queue.length > 0) return
+    const idleFor = clock.now() - lastActivity
+    if (idleFor >= opts.maxIdleMs) {
       finish('idle')
       return
     }
-    idleTimer = setTimeout(checkIdle, Math.max(1, opts.maxIdleMs - idleFor))
+    idleTimer = clock.setTimeout(checkIdle, opts.maxIdleMs - idleFor)
   }
   const lifetimeTimer = Number.isFinite(opts.maxLifetimeMs)
-    ? setTimeout(() => {
+    ? clock.setTimeout(() => {
         lifetimeOver = true
         if (!busy && queue.length === 0 && !framer.pending) finish('lifetime')
       }, opts.maxLifetimeMs)
@@ -88,10 +109,10 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   // time, so the one it has on the wire when TERM comes is answered, and
   // an idle connection closes at once.
   let draining = false
-  let quietTimer: NodeJS.Timeout | undefined
+  let quietTimer: unknown
   const endWhenQuiet = (): void => {
-    clearTimeout(quietTimer)
-    quietTimer = setTimeout(() => {
+    clock.clearTimeout(quietTimer)
+    quietTimer = clock.setTimeout(() => {
       if (!finished && !busy && queue.length === 0 && !framer.pending) finish('shutdown')
     }, DRAIN_QUIET_MS)
   }
@@ -100,6 +121,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
     draining = true
     void pump()
   }
+
   const onData = (chunk: Buffer | string): void => {
     framer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk, queue)
     if (queue.length > HIGH_WATER_FRAMES && !paused) {
@@ -179,6 +201,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
       busy = false
     }
     if (finished) return
+    if (idleTimer === undefined) idleTimer = clock.setTimeout(checkIdle, opts.maxIdleMs)
     if (inputEnded) finish('eof')
     else if (draining && !framer.pending) endWhenQuiet()
     else if (lifetimeOver && !framer.pending) finish('lifetime')
@@ -188,7 +211,7 @@ export function serve(opts: ServeOptions): Promise<EndReason> {
   input.on('end', onEnd)
   input.on('error', onInputError)
   output.on('error', onOutputError)
-  idleTimer = setTimeout(checkIdle, opts.maxIdleMs)
+  idleTimer = clock.setTimeout(checkIdle, opts.maxIdleMs)
   if (opts.drain?.aborted) onDrain()
   else opts.drain?.addEventListener('abort', onDrain, { once: true })
   return ended

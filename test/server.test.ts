@@ -1,11 +1,49 @@
 import t from 'tap'
 import { PassThrough } from 'node:stream'
-import { serve } from '../lib/server'
+import { serve, type ServeClock } from '../lib/server'
 import type { Frame } from '../lib/protocol'
 
 const limits = { maxLineLength: 1000, maxAttributes: 50, maxRequestBytes: 10000 }
 
-function setup(handle: (f: Frame) => Promise<string> | string, extra: { maxIdleMs?: number; maxLifetimeMs?: number } = {}) {
+/** A clock that moves only when told; counts the timers that fire. */
+function fakeClock() {
+  let now = 1_000_000
+  let fired = 0
+  const timers = new Set<{ at: number; fn: () => void }>()
+  const clock: ServeClock & { advance(ms: number): void; fired(): number; armed(): number[] } = {
+    now: () => now,
+    setTimeout: (fn, ms) => {
+      const timer = { at: now + ms, fn }
+      timers.add(timer)
+      return timer
+    },
+    clearTimeout: (timer) => void timers.delete(timer as { at: number; fn: () => void }),
+    /** Move time forward, firing each timer due on the way at its time (a timer may arm others); bounded. */
+    advance(ms) {
+      const end = now + ms
+      for (let i = 0; i < 1_000_000; i++) {
+        let next: { at: number; fn: () => void } | undefined
+        for (const timer of timers) if (timer.at <= end && (!next || timer.at < next.at)) next = timer
+        if (!next) break
+        timers.delete(next)
+        now = Math.max(now, next.at)
+        fired++
+        next.fn()
+      }
+      now = end
+    },
+    fired: () => fired,
+    armed: () => [...timers].map((timer) => timer.at - now),
+  }
+  return clock
+}
+
+/** Let the streams and the promises of the loop run. */
+const settle = async (): Promise<void> => {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r))
+}
+
+function setup(handle: (f: Frame) => Promise<string> | string, extra: { maxIdleMs?: number; maxLifetimeMs?: number; clock?: ServeClock } = {}) {
   const input = new PassThrough()
   const output = new PassThrough()
   let out = ''
@@ -20,6 +58,7 @@ function setup(handle: (f: Frame) => Promise<string> | string, extra: { maxIdleM
     log: (_l, m) => logs.push(m),
     maxIdleMs: extra.maxIdleMs ?? 60000,
     maxLifetimeMs: extra.maxLifetimeMs ?? 60000,
+    clock: extra.clock,
   })
   return { input, output, ended, out: () => out, logs }
 }
@@ -59,21 +98,61 @@ t.test('a flood of pipelined requests pauses the input and every one is answered
   t.ok(sawPaused, 'input paused while frames were queued')
 })
 
-t.test('idle limit ends the loop between requests', async (t) => {
-  const s = setup(() => 'DUNNO', { maxIdleMs: 30 })
+t.test('idle limit ends the loop between requests, counted from the last reply', async (t) => {
+  const clock = fakeClock()
+  const s = setup(() => 'DUNNO', { maxIdleMs: 30, clock })
+  let end: string | undefined
+  void s.ended.then((reason) => (end = reason))
+  clock.advance(20)
   s.input.write('a=1\n\n')
-  t.equal(await s.ended, 'idle')
+  await settle()
   t.equal(s.out(), 'action=DUNNO\n\n')
+  clock.advance(29)
+  await settle()
+  t.equal(end, undefined, 'not idle 29 ms after the reply')
+  clock.advance(1)
+  await settle()
+  t.equal(end, 'idle')
 })
 
 t.test('lifetime limit waits for the request in progress', async (t) => {
-  const s = setup(async () => {
-    await new Promise((r) => setTimeout(r, 60))
-    return 'DUNNO'
-  }, { maxLifetimeMs: 20 })
+  const clock = fakeClock()
+  let answer!: (action: string) => void
+  const s = setup(() => new Promise<string>((r) => (answer = r)), { maxLifetimeMs: 20, clock })
+  let end: string | undefined
+  void s.ended.then((reason) => (end = reason))
   s.input.write('a=1\n\n')
-  t.equal(await s.ended, 'lifetime')
+  await settle()
+  clock.advance(60)
+  await settle()
+  t.equal(end, undefined, 'still answering past the lifetime')
+  answer('DUNNO')
+  await settle()
+  t.equal(end, 'lifetime')
   t.equal(s.out(), 'action=DUNNO\n\n', 'the request under way was answered first')
+})
+
+t.test('the idle timer does not fire in a loop while a request takes longer than max_idle', async (t) => {
+  const clock = fakeClock()
+  let answer!: (action: string) => void
+  const s = setup(() => new Promise<string>((r) => (answer = r)), { maxIdleMs: 1000, clock })
+  let end: string | undefined
+  void s.ended.then((reason) => (end = reason))
+  s.input.write('a=1\n\n')
+  await settle()
+  clock.advance(5000)
+  t.ok(clock.fired() <= 1, `the idle timer fired ${clock.fired()} times in 5 s of one request (it used to re-arm every millisecond)`)
+  t.equal(end, undefined, 'a request under way is not ended by the idle limit')
+  answer('DUNNO')
+  await settle()
+  t.same(clock.armed().filter((ms) => ms !== 60000 - 5000), [1000], 'after the reply the idle timer is armed with the whole max_idle')
+  clock.advance(999)
+  await settle()
+  t.equal(end, undefined)
+  clock.advance(1)
+  await settle()
+  t.equal(end, 'idle')
+  t.equal(s.out(), 'action=DUNNO\n\n')
 })
 
 t.test('an output error ends the loop as output-closed', async (t) => {

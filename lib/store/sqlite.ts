@@ -372,8 +372,13 @@ export class SqliteStore implements GreylistStore {
     try {
       dirStat = fs.statSync(dir)
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-      fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+      // A directory that is missing or out of reach is not a read-only database.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StoreError('unavailable', `database directory ${dir} cannot be reached: ${(err as Error).message}`)
+      try {
+        fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+      } catch (mkdirErr) {
+        throw new StoreError('unavailable', `database directory ${dir} does not exist and cannot be created: ${(mkdirErr as Error).message}`)
+      }
       dirStat = fs.statSync(dir)
     }
     if (!dirStat.isDirectory()) throw new StoreError('unavailable', `database directory ${dir} is not a directory`)
@@ -388,7 +393,8 @@ export class SqliteStore implements GreylistStore {
     const st = fs.statSync(file)
     this.inode = st.ino
     const Database = require('better-sqlite3') as typeof BetterSqlite3
-    const db = new Database(file, { timeout: this.opts.busyTimeoutMs, fileMustExist: true, nativeBinding: nativeBinding() })
+    // SQLite takes whole milliseconds; db_busy_timeout * 1000 may be 1000.9999999999999.
+    const db = new Database(file, { timeout: Math.round(this.opts.busyTimeoutMs), fileMustExist: true, nativeBinding: nativeBinding() })
     this.db = db
     // Rows are ~100 bytes and every commit writes whole pages to the WAL:
     // 1 KiB pages make a new database's commits ~25% cheaper. (Only an empty
@@ -461,6 +467,31 @@ export class SqliteStore implements GreylistStore {
 class LockHeld extends StoreError {
   constructor() {
     super('busy', 'database locked by another process')
+  }
+}
+
+/**
+ * For --test-mode: open `file` as the store does (creating it, in WAL mode,
+ * when `create`), take the write lock, write, and roll back, so that the
+ * database is left as it was. Throws what SQLite or the file system says
+ * (classifyError names its class); returns the schema version found.
+ */
+export function probeDatabase(file: string, opts: { busyTimeoutMs: number; create: boolean }): { schemaVersion: number } {
+  const Database = require('better-sqlite3') as typeof BetterSqlite3
+  const db = new Database(file, { timeout: Math.round(opts.busyTimeoutMs), fileMustExist: !opts.create, nativeBinding: nativeBinding() })
+  try {
+    // A new database gets its -wal and -shm files beside it, as the store's does.
+    if (opts.create) db.pragma('journal_mode = WAL')
+    const schemaVersion = db.pragma('user_version', { simple: true }) as number
+    db.exec('BEGIN IMMEDIATE')
+    try {
+      db.exec('CREATE TABLE policyd_ts_test_mode (x); INSERT INTO policyd_ts_test_mode VALUES (1)')
+    } finally {
+      db.exec('ROLLBACK')
+    }
+    return { schemaVersion }
+  } finally {
+    db.close()
   }
 }
 

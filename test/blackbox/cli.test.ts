@@ -2,7 +2,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import path from 'node:path'
-import { BIN } from '../helpers/policy-process'
+import { BIN, startPolicy } from '../helpers/policy-process'
 import { CONFIG_KEYS } from '../../lib/config'
 
 function run(args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -12,7 +12,8 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}) {
 
 t.test('--test-mode prints every key with its value and source, exit 0', async (t) => {
   const dir = t.testdir({ 'p.conf': '# comment\ngreylist_delay = 2m\n' })
-  const r = run(['--test-mode', '--config', path.join(dir, 'p.conf'), '--debugLevel', '3'], { POLICYD_TS_GREYLIST_MAX_AGE: '10d' })
+  // Greylisting off: the default database (/var/mta) is not tried, which a non-root run could not create.
+  const r = run(['--test-mode', '--config', path.join(dir, 'p.conf'), '--debugLevel', '3', '--greylist_enabled', 'no'], { POLICYD_TS_GREYLIST_MAX_AGE: '10d' })
   t.equal(r.code, 0, r.stderr)
   t.equal(r.stderr, '')
   for (const key of CONFIG_KEYS) t.match(r.stdout, new RegExp(`^${key} += `, 'm'), `${key} listed`)
@@ -43,4 +44,23 @@ t.test('an unknown option with --test-mode is a usage error on stderr', async (t
   const r = run(['--test-mode', '--nope', '1'])
   t.equal(r.code, 64)
   t.match(r.stderr, /Unknown argument|nope/)
+})
+
+t.test('-V, -h and every other interactive flag work with stdin a pipe that stays open (not only at a terminal)', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['-V'], /^\d+\.\d+\.\d+\n$/],
+    [['--V'], /^\d+\.\d+\.\d+\n$/],
+    [['--version'], /^\d+\.\d+\.\d+\n$/],
+    [['-h'], /-V, --version/],
+    [['-hV'], /-V, --version|^\d+\.\d+\.\d+\n$/],
+    [['--test-mode', '--config', '/dev/null', '--greylist_enabled', 'no'], /^# start-up: /m],
+  ]
+  for (const [args, stdout] of cases) {
+    // Postfix's spawn(8) gives a socket, sleep 3 | policyd-ts -V a pipe: either way not a terminal.
+    const p = startPolicy(args)
+    const { code } = await p.exited(15000)
+    t.equal(code, 0, `${args.join(' ')}: exits at once, stderr=${p.stderr()}`)
+    t.match(p.stdout(), stdout, `${args.join(' ')}: prints, does not serve requests`)
+    p.child.stdin.destroy()
+  }
 })

@@ -170,3 +170,66 @@ t.test('unwritable database: mail flows with fail_action and the failure is logg
   const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
   t.equal(log.match(/database unavailable, answering fail_action DUNNO: refusing database in world-writable directory/g)?.length, 1, 'logged once')
 })
+
+t.test('max_idle and max_lifetime of 25 days are refused, and the process still answers (it used to exit at start: the timer overflowed to 1 ms)', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir, ['--max_idle', '25d', '--max_lifetime', '25d']))
+  await new Promise((r) => setTimeout(r, 300))
+  p.send(rcptRequest())
+  const [reply] = await p.replies(1, 10000)
+  t.match(reply, /^action=/, 'answered')
+  p.child.stdin.end()
+  t.same(await p.exited(), { code: 0, signal: null })
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.match(log, /bad value "25d" for max_idle: too long, at most 2147483s = 24d 20h 31m 23s/)
+  t.notMatch(log, /TimeoutOverflowWarning/)
+})
+
+t.test('max_idle and max_lifetime at their largest value: the process starts, answers, and Node takes both timers', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(isolatedArgs(dir, ['--max_idle', '2147483s', '--max_lifetime', '2147483s']))
+  await new Promise((r) => setTimeout(r, 300))
+  t.equal(p.child.exitCode, null, 'still running')
+  p.send(rcptRequest())
+  t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/)
+  p.child.stdin.end()
+  t.same(await p.exited(), { code: 0, signal: null })
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.notMatch(log, /node warning|configuration error/)
+})
+
+t.test('db_busy_timeout of 1.001s or 9ms: greylisting works (SQLite refused a timeout of 1000.9999999999999 ms, and every request got fail_action)', async (t) => {
+  for (const timeout of ['1.001s', '9ms']) {
+    const dir = t.testdir()
+    const p = startPolicy(isolatedArgs(dir, ['--db_busy_timeout', timeout]))
+    p.send(rcptRequest())
+    t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/, timeout)
+    p.child.stdin.end()
+    await p.exited()
+  }
+})
+
+t.test('a database directory that does not exist and cannot be created is logged as such, not as "readonly"', async (t) => {
+  const { spawnSync } = await import('node:child_process')
+  const dir = t.testdir({ logs: {}, locked: {} })
+  fs.chmodSync(dir, 0o755)
+  fs.chmodSync(path.join(dir, 'logs'), 0o777)
+  // Root may create anything: as root the binary runs as nobody, under a directory of root's.
+  const asRoot = process.getuid?.() === 0
+  if (!asRoot) fs.chmodSync(path.join(dir, 'locked'), 0o555)
+  const id = (flag: string): number => Number(spawnSync('id', [flag, 'nobody'], { encoding: 'utf8' }).stdout.trim())
+  const missing = path.join(dir, 'locked', 'mta')
+  const args = isolatedArgs(dir, ['--db_path', path.join(missing, 'p.sqlite'), '--log_file', path.join(dir, 'logs', 'p.log')])
+  const r = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'policyd-ts'), ...args], {
+    input: rcptRequest(),
+    encoding: 'utf8',
+    env: { PATH: process.env.PATH },
+    timeout: 20000,
+    ...(asRoot ? { uid: id('-u'), gid: id('-g') } : {}),
+  })
+  t.equal(r.stdout, 'action=DUNNO\n\n')
+  const log = fs.readFileSync(path.join(dir, 'logs', 'p.log'), 'utf8')
+  t.match(log, `database unavailable, answering fail_action DUNNO: database directory ${missing} does not exist and cannot be created: EACCES: permission denied`)
+  t.match(log, /reason=store-unavailable/)
+  t.notMatch(log, /database readonly|store-readonly/)
+})
