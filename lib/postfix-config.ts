@@ -15,11 +15,18 @@
 import path = require('node:path')
 import { POLICYD_SPF_CONF, policydSpfConfUnread, sameFile } from './policyd-spf-conf'
 
-/** How Postfix reaches policyd-ts: spawn(8) starts one process per smtpd. */
-export const MODES = ['spawn'] as const
+/**
+ * How Postfix reaches policyd-ts: spawn(8) starts one process per smtpd; or
+ * one daemon, started by systemd on its socket, serves them all.
+ */
+export const MODES = ['spawn', 'daemon'] as const
 export type Mode = (typeof MODES)[number]
 
-export const DEFAULT_USER = 'nobody'
+/** The user of each mode when --user is not given. */
+export const DEFAULT_USERS: Record<Mode, string> = { spawn: 'nobody', daemon: 'policyd-ts' }
+export const DEFAULT_USER = DEFAULT_USERS.spawn
+/** Where policyd-ts.socket puts the daemon's socket; main.cf names it relative to the queue directory. */
+export const DAEMON_SOCKET = '/var/spool/postfix/policyd-ts/policy'
 export const DEFAULT_SERVICE = 'policy'
 
 export interface SpawnUser {
@@ -52,6 +59,12 @@ export interface Facts {
   /** After bin/policyd-ts on the command line: the config file and the key options postfix-config was given. */
   programArgs: string[]
   findings: Finding[]
+  /** The user's primary group (daemon mode's Group=). */
+  userGroup: string
+  /** The directory of db_path, which the daemon's unit must be allowed to write. */
+  dbDir: string
+  /** The shipped systemd units (daemon mode), or null when they cannot be read. */
+  units: { socket: string; service: string } | null
 }
 
 interface ModeLines {
@@ -61,6 +74,10 @@ interface ModeLines {
   endpoint: string
   /** main.cf lines of this mode besides the restriction lists. */
   mainCf: string[]
+  /** Further files to write: a heading and their lines. */
+  files: Array<{ title: string; lines: string[] }>
+  /** Commands (as root) after the files are written. */
+  steps: string[]
 }
 
 const MODE_LINES: Record<Mode, (f: Facts) => ModeLines> = {
@@ -76,7 +93,43 @@ const MODE_LINES: Record<Mode, (f: Facts) => ModeLines> = {
       '# long as an smtpd process lives:',
       `${f.service}_time_limit = 3600s`,
     ],
+    files: [],
+    steps: [],
   }),
+  daemon: (f) => ({
+    masterCf: [],
+    // Relative to the queue directory, so that a chrooted smtpd reaches it;
+    // DUNNO when the daemon is down: mail flows instead of 451 4.3.5.
+    endpoint: '{ unix:policyd-ts/policy, default_action=DUNNO }',
+    mainCf: ['# No master.cf entry: systemd starts the daemon on the first connection.'],
+    files: f.units === null
+      ? [{ title: 'systemd units', lines: [`# ${path.join(f.packageDir, 'systemd')} cannot be read: the units ship there`] }]
+      : [
+          { title: '/etc/systemd/system/policyd-ts.socket', lines: unitLines(f.units.socket, { SocketUser: f.userName }) },
+          {
+            title: '/etc/systemd/system/policyd-ts.service',
+            lines: unitLines(f.units.service, {
+              User: f.userName,
+              Group: f.userGroup,
+              ExecStart: [...commandLine(f), '--listen', 'systemd'].map(shellWord).join(' '),
+              ReadWritePaths: f.dbDir,
+            }),
+          },
+        ],
+    steps: ['systemctl daemon-reload', 'systemctl enable --now policyd-ts.socket'],
+  }),
+}
+
+/** A shipped unit without its comment lines (a blank line before each [Section]), `key=value` settings replaced. */
+function unitLines(text: string, set: Record<string, string>): string[] {
+  return text
+    .split('\n')
+    .filter((l) => !l.startsWith('#') && l.trim() !== '')
+    .flatMap((l, i) => (l.startsWith('[') && i > 0 ? ['', l] : [l]))
+    .map((l) => {
+      const key = /^(\w+)=/.exec(l)?.[1]
+      return key !== undefined && set[key] !== undefined ? `${key}=${set[key]}` : l
+    })
 }
 
 /** node, its flags, the program and its arguments, as the service runs them. */
@@ -119,7 +172,7 @@ export function renderPostfixConfig(f: Facts): string {
   const out: string[] = [
     `# policyd-ts ${f.version}: Postfix settings for this machine (${f.mode} mode), from`,
     `# \`policyd-ts postfix-config\`. node: ${f.nodePath} (${f.nodeVersion});`,
-    `# package: ${f.packageDir}; spawn user: ${f.userName}.`,
+    `# package: ${f.packageDir}; ${f.mode === 'spawn' ? 'spawn user' : 'daemon user'}: ${f.userName}.`,
     '',
     heading(`checks, for user ${f.userName}`),
   ]
@@ -127,6 +180,7 @@ export function renderPostfixConfig(f: Facts): string {
     out.push(...comment(LABEL[finding.kind], finding.fix === undefined ? finding.text : `${finding.text} (a command below fixes it)`))
   }
   if (mode.masterCf.length > 0) out.push('', heading('master.cf: add this entry (or replace the one of that name)'), ...mode.masterCf)
+  for (const file of mode.files) out.push('', heading(file.title), ...file.lines)
   out.push(
     '',
     heading('main.cf'),
@@ -147,6 +201,7 @@ export function renderPostfixConfig(f: Facts): string {
     heading('then, as root'),
   )
   for (const finding of f.findings) if (finding.fix !== undefined) out.push(finding.fix)
+  out.push(...mode.steps)
   out.push(
     '# The configuration as the spawn user reads it (exit 0; 78 on errors):',
     ['runuser', '-u', f.userName, '--', ...commandLine(f), '--test-mode'].map(shellWord).join(' '),
@@ -176,6 +231,8 @@ export interface System {
   readdir(dir: string): string[]
   /** Throws when the file cannot be resolved. */
   realpath(file: string): string
+  /** A text file's contents, or null when it cannot be read. */
+  readFile(file: string): string | null
 }
 
 export interface PostfixConfigRequest {
@@ -224,6 +281,8 @@ export function gatherFacts(req: PostfixConfigRequest, sys: System): Facts {
     findings.push(...checkPackage(req.packageDir, user, sys))
   }
   findings.push(...checkDatabase(req.loaded.config, req.userName, user, sys))
+  const socket = sys.readFile(path.join(req.packageDir, 'systemd', 'policyd-ts.socket'))
+  const service = sys.readFile(path.join(req.packageDir, 'systemd', 'policyd-ts.service'))
   return {
     mode: req.mode,
     version: req.version,
@@ -235,6 +294,9 @@ export function gatherFacts(req: PostfixConfigRequest, sys: System): Facts {
     packageDir: req.packageDir,
     programArgs,
     findings,
+    userGroup: user?.group ?? req.userName,
+    dbDir: path.dirname(path.resolve(req.loaded.config.db_path)),
+    units: socket !== null && service !== null ? { socket, service } : null,
   }
 }
 
@@ -435,11 +497,19 @@ function nodeSystem(): System {
       }
     },
     realpath: (file) => fs.realpathSync(file),
+    readFile: (file) => {
+      try {
+        return fs.readFileSync(file, 'utf8')
+      } catch {
+        return null
+      }
+    },
   }
 }
 
 export interface PostfixConfigArgs {
-  user: string
+  /** Absent: the mode's default user (DEFAULT_USERS). */
+  user?: string
   service: string
   mode: Mode
 }
@@ -447,15 +517,16 @@ export interface PostfixConfigArgs {
 /** The command's options, for yargs in lib/interactive.ts. */
 export function postfixConfigOptions<T>(y: import('yargs').Argv<T>) {
   return y
-    .option('user', { type: 'string', default: DEFAULT_USER, describe: 'The user spawn(8) runs policyd-ts as' })
+    .option('user', { type: 'string', describe: `The user policyd-ts runs as (default: ${MODES.map((m) => `${DEFAULT_USERS[m]} in ${m} mode`).join(', ')})` })
     .option('service', { type: 'string', default: DEFAULT_SERVICE, describe: 'The master.cf service name; main.cf names it unix:private/NAME' })
-    .option('mode', { type: 'string', choices: MODES, default: 'spawn', describe: 'How Postfix runs policyd-ts' })
+    .option('mode', { type: 'string', choices: MODES, default: 'spawn', describe: 'How Postfix runs policyd-ts: spawn(8) per smtpd, or one daemon started by systemd' })
 }
 
 /** Print the lines and checks; exit 0, or 64 for an unusable user or service name. */
 export function runPostfixConfig(args: PostfixConfigArgs, options: Record<string, string>, configPath: string | undefined): number {
+  const userName = args.user ?? DEFAULT_USERS[args.mode]
   // Names that master.cf and the shell commands printed can carry as they are.
-  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(args.user)) return usage(`--user ${JSON.stringify(args.user)} is not a user name`)
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(userName)) return usage(`--user ${JSON.stringify(userName)} is not a user name`)
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(args.service)) return usage(`--service ${JSON.stringify(args.service)} is not a master.cf service name`)
   const fs = require('node:fs') as typeof import('node:fs')
   const { ENV_PREFIX } = require('./config') as typeof import('./config')
@@ -473,7 +544,7 @@ export function runPostfixConfig(args: PostfixConfigArgs, options: Record<string
     {
       mode: args.mode,
       service: args.service,
-      userName: args.user,
+      userName,
       version: version(),
       nodePath: fs.realpathSync(process.execPath),
       nodeVersion: process.version,

@@ -32,6 +32,9 @@ function facts(over: Partial<Facts> = {}): Facts {
     packageDir: PKG,
     programArgs: [],
     findings: [],
+    userGroup: 'nogroup',
+    dbDir: '/var/mta',
+    units: null,
     ...over,
   }
 }
@@ -105,6 +108,26 @@ t.test('findings: labelled comments; their fixes come as commands before the rel
   t.equal(shell.at(-1), 'postfix reload')
 })
 
+t.test('daemon mode: no master.cf entry, the relative socket with default_action DUNNO, the shipped units for this machine', async (t) => {
+  const fs = await import('node:fs')
+  const shipped = (name: string): string => fs.readFileSync(path.join(__dirname, '..', 'systemd', name), 'utf8')
+  const text = renderPostfixConfig(facts({
+    mode: 'daemon', userName: 'policyd-ts', userGroup: 'policyd-ts', dbDir: '/srv/mta', programArgs: ['--config', '/etc/p.conf'],
+    units: { socket: shipped('policyd-ts.socket'), service: shipped('policyd-ts.service') },
+  }))
+  t.notMatch(text, /master\.cf: add/, 'no master.cf entry')
+  t.match(text, /^ {4}check_policy_service \{ unix:policyd-ts\/policy, default_action=DUNNO \}$/m)
+  const socket = section(text, '/etc/systemd/system/policyd-ts.socket')
+  t.ok(socket.includes('ListenStream=/var/spool/postfix/policyd-ts/policy'))
+  t.ok(socket.includes('SocketUser=policyd-ts'))
+  const service = section(text, '/etc/systemd/system/policyd-ts.service')
+  t.ok(service.includes(`ExecStart=${NODE} --single-threaded-gc ${PKG}/bin/policyd-ts --config /etc/p.conf --listen systemd`), 'this node, this package, the given options')
+  t.ok(service.includes('User=policyd-ts') && service.includes('Group=policyd-ts'))
+  t.ok(service.includes('ReadWritePaths=/srv/mta'), 'the database directory of this configuration')
+  t.same(section(text, 'then, as root').slice(0, 2), ['systemctl daemon-reload', 'systemctl enable --now policyd-ts.socket'])
+  t.match(renderPostfixConfig(facts({ mode: 'daemon', units: null })), /cannot be read: the units ship there/)
+})
+
 t.test('mayAccess decides by owner, then group, then others, as the kernel does', async (t) => {
   const nobody = { uid: 65534, gids: [65534] }
   const file = (uid: number, gid: number, mode: number): FileInfo => ({ uid, gid, mode, isDirectory: false })
@@ -126,6 +149,7 @@ interface Entry {
   dir?: boolean
   /** A symbolic link to this absolute path. */
   link?: string
+  text?: string
 }
 
 function fakeSystem(files: Record<string, Entry>, users: Record<string, { uid: number; gid: number; gids?: number[] }> = {}, mailOwner: string | null = 'postfix'): System {
@@ -169,6 +193,7 @@ function fakeSystem(files: Record<string, Entry>, users: Record<string, { uid: n
       if (real !== '/' && files[real] === undefined) throw new Error(`ENOENT: ${file}`)
       return real
     },
+    readFile: (file) => files[resolve(file)]?.text ?? null,
   }
 }
 
