@@ -6,6 +6,7 @@
 // dropped and counted, never buffered without limit. Nothing is ever written
 // to stdout or stderr: under spawn(8) both are the SMTP server's socket.
 
+import type { Config } from './config'
 import type { Writable } from 'node:stream'
 
 export interface LogOptions {
@@ -54,6 +55,18 @@ const BATCH_LINES = 32
 
 export function createLogger(opts: LogOptions): Logger {
   return new SyslogLogger(opts)
+}
+
+/** The log of this process as the configuration sets it up (syslog, log_file fallback, debugLevel). */
+export function processLogger(config: Pick<Config, 'debugLevel' | 'syslog_socket' | 'syslog_facility' | 'log_file'>): Logger {
+  return createLogger({
+    debugLevel: config.debugLevel,
+    syslogSocket: config.syslog_socket,
+    facility: config.syslog_facility,
+    logFile: config.log_file,
+    ident: 'policyd-ts',
+    pid: process.pid,
+  })
 }
 
 class SyslogLogger implements Logger {

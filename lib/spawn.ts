@@ -4,7 +4,7 @@
 
 import { App } from './app'
 import type { Config, LoadedConfig } from './config'
-import { createLogger, type Logger } from './log'
+import { processLogger, type Logger } from './log'
 import type { FramerLimits } from './protocol'
 import { serve, type EndReason } from './server'
 import { unreadPolicydSpfConf } from './policyd-spf-conf'
@@ -62,14 +62,7 @@ function silenceStdio(log: Logger): void {
 export async function runSpawn(args: SpawnArgs): Promise<void> {
   const { loaded } = args
   const config = loaded.config
-  const log = createLogger({
-    debugLevel: config.debugLevel,
-    syslogSocket: config.syslog_socket,
-    facility: config.syslog_facility,
-    logFile: config.log_file,
-    ident: 'policyd-ts',
-    pid: process.pid,
-  })
+  const log = processLogger(config)
   silenceStdio(log)
   log.log(3, `starting, version ${version()}, config file ${loaded.configFile}${loaded.configFileFound ? '' : ' (not found)'}`)
   // Logged by every process at its start, so that a bad setting shows up in

@@ -11,7 +11,7 @@ import { setMaxListeners } from 'node:events'
 import { App } from '../app'
 import type { LoadedConfig } from '../config'
 import { parseListen, formatListen } from '../listen-address'
-import { createLogger, type Logger } from '../log'
+import { processLogger } from '../log'
 import { readConfig } from '../read-config'
 import { unreadPolicydSpfConf } from '../policyd-spf-conf'
 import { serve } from '../server'
@@ -63,14 +63,7 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
   const { loaded } = args
   const config = loaded.config
   const stderr = args.stderr ?? ((text: string) => process.stderr.write(text))
-  const log = createLogger({
-    debugLevel: config.debugLevel,
-    syslogSocket: config.syslog_socket,
-    facility: config.syslog_facility,
-    logFile: config.log_file,
-    ident: 'policyd-ts',
-    pid: process.pid,
-  })
+  const log = processLogger(config)
   const fatal = async (code: number, msg: string): Promise<number> => {
     log.log(0, msg)
     stderr(`policyd-ts: ${msg}\n`)
