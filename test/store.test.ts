@@ -63,16 +63,36 @@ t.test('an existing database keeps its page size', async (t) => {
   db.close()
 })
 
-t.test('purge walks the keys in steps, removes only expired rows, and keeps the counts', async (t) => {
+t.test('purge walks the keys in steps with a saved cursor: live rows first, expired ones after', async (t) => {
   const { store } = makeStore(t.testdir())
   t.teardown(() => store.close())
-  for (let i = 0; i < 10; i++) {
-    await store.updateGreylist(`k${i}`, `c${i}`, () => ({ triplet: { row: row(i), expires: i }, client: { row: { count: 1, last: i, lastCounted: i }, expires: i }, result: null }))
+  // Live keys sort first: a step that started from the first key every
+  // time (a cursor never saved) would look at them only and purge nothing.
+  const keys = [...Array.from({ length: 10 }, (_, i) => `a${i}`), ...Array.from({ length: 10 }, (_, i) => `z${i}`)]
+  for (const key of keys) {
+    const expires = key.startsWith('a') ? 1000 : 1
+    await store.updateGreylist(key, key, () => ({ triplet: { row: row(0), expires }, client: { row: { count: 1, last: 0, lastCounted: 0 }, expires }, result: null }))
   }
-  t.equal(await store.purgeExpired(5, 3), 6, '3 triplets + 3 clients at most')
-  t.equal(await store.purgeExpired(5, 100), 4, 'the rest of those before 5')
-  t.same(await store.counts(), { triplets: 5, clients: 5 })
-  t.equal(await store.purgeExpired(5, 100), 0)
+  const steps: number[] = []
+  for (let i = 0; i < 6; i++) steps.push(await store.purgeExpired(5, 4))
+  // a0-a3, a4-a7, a8 a9 z0 z1, z2-z5, z6-z9, then the end of the keys (a triplet and a client row each).
+  t.same(steps, [0, 0, 4, 8, 8, 0], 'each step goes on where the last one stopped')
+  t.same(await store.counts(), { triplets: 10, clients: 10 })
+  // Past the end the walk starts over: rows expired behind the cursor are found on the next round.
+  const expired = (key: string) => store.updateGreylist(key, key, () => ({ triplet: { row: row(0), expires: 1 }, result: null }))
+  await expired('a55')
+  t.same([await store.purgeExpired(5, 4), await store.purgeExpired(5, 4), await store.purgeExpired(5, 4)], [0, 1, 0], 'a0-a3, a4 a5 a55 a6, a7-a9')
+  await expired('a00')
+  t.equal(await store.purgeExpired(5, 4), 1, 'a short page was the end: the next step starts over at a0 a00 a1 a2')
+  t.same(await store.counts(), { triplets: 10, clients: 10 })
+})
+
+t.test('a row is purged only once its expiry time is past', async (t) => {
+  const { store } = makeStore(t.testdir())
+  t.teardown(() => store.close())
+  await store.updateGreylist('k', 'c', () => ({ triplet: { row: row(0), expires: 5 }, result: null }))
+  t.equal(await store.purgeExpired(5, 10), 0, 'at its expiry time it stays')
+  t.equal(await store.purgeExpired(5.5, 10), 1, 'after it, it goes')
 })
 
 t.test('a delete write removes the row and the count follows', async (t) => {
