@@ -103,6 +103,24 @@ t.test('a delete write removes the row and the count follows', async (t) => {
   t.same(await store.counts(), { triplets: 0, clients: 0 })
 })
 
+t.test('a write that fails half-way is rolled back: nothing half-written, even after close and reopen', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  await store.updateGreylist('kept', 'c', () => ({ triplet: { row: row(1), expires: 9 }, result: null }))
+  // The triplet row is written, then the client row breaks a NOT NULL constraint.
+  const broken = { row: { count: 1, last: 2, lastCounted: 2 }, expires: null as unknown as number }
+  await t.rejects(store.updateGreylist('half', 'c', () => ({ triplet: { row: row(2), expires: 9 }, client: broken, result: null })), { failure: 'error' })
+  t.same(await store.counts(), { triplets: 1, clients: 0 }, 'the committed insert before it still counts')
+  store.close()
+  const db = new Database(path.join(dir, 'db', 'greylist.sqlite'), { readonly: true })
+  t.teardown(() => db.close())
+  t.same(db.prepare('SELECT key FROM triplet').pluck().all(), ['kept'], 'the failed request left no triplet')
+  t.same(db.prepare('SELECT key FROM client').pluck().all(), [])
+  const { store: reopened } = makeStore(dir)
+  t.teardown(() => reopened.close())
+  t.same(await reopened.counts(), { triplets: 1, clients: 0 })
+})
+
 t.test('refuses a world-writable directory with a clear error', async (t) => {
   const dir = t.testdir()
   const open = path.join(dir, 'open')

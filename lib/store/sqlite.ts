@@ -42,7 +42,8 @@ const MIGRATIONS: readonly string[] = [
 ]
 export const SCHEMA_VERSION = MIGRATIONS.length
 
-type Table = 'triplet' | 'client'
+const TABLES = ['triplet', 'client'] as const
+type Table = (typeof TABLES)[number]
 
 interface Statements {
   begin: BetterSqlite3.Statement
@@ -88,8 +89,10 @@ export class SqliteStore implements GreylistStore {
   private commitBeforeReply = false
   /** Until when (performance.now() ms) other writers were seen: then the lock is not held across the reply. */
   private contendedUntil = 0
-  /** Rows this process added (minus removed) since its last upkeep step. */
+  /** Rows this process added (minus removed) in committed transactions since its last upkeep step. */
   private pendingDelta: Record<Table, number> = { triplet: 0, client: 0 }
+  /** The same for the open transaction: added to pendingDelta when it commits, dropped when it rolls back. */
+  private txDelta: Record<Table, number> = { triplet: 0, client: 0 }
   private knownCount: Record<Table, number> = { triplet: 0, client: 0 }
   private closing = false
 
@@ -155,7 +158,7 @@ export class SqliteStore implements GreylistStore {
         }
         if (this.commitBeforeReply || performance.now() < this.contendedUntil) {
           s.commit.run()
-          this.inTransaction = false
+          this.committed()
           this.commitBeforeReply = false
         } else this.scheduleCommit()
         return update.result
@@ -167,7 +170,13 @@ export class SqliteStore implements GreylistStore {
   }
 
   private change(changes: number, table: Table, sign: number): void {
-    this.pendingDelta[table] += changes * sign
+    this.txDelta[table] += changes * sign
+  }
+
+  private committed(): void {
+    this.inTransaction = false
+    for (const table of TABLES) this.pendingDelta[table] += this.txDelta[table]
+    this.txDelta = { triplet: 0, client: 0 }
   }
 
   private scheduleCommit(): void {
@@ -178,7 +187,7 @@ export class SqliteStore implements GreylistStore {
 
   private rollback(s: Statements): void {
     this.inTransaction = false
-    this.pendingDelta = { triplet: 0, client: 0 }
+    this.txDelta = { triplet: 0, client: 0 }
     try {
       s.rollback.run()
     } catch {
@@ -190,9 +199,9 @@ export class SqliteStore implements GreylistStore {
   commitPending(): void {
     this.commitScheduled = false
     if (!this.inTransaction || !this.stmts) return
-    this.inTransaction = false
     try {
       this.stmts.commit.run()
+      this.committed()
     } catch (err) {
       const failure = classifyError(err)
       this.opts.log(0, `database ${this.opts.path}: commit failed (${failure}): ${(err as Error).message}; the next requests commit before their reply`)
@@ -213,10 +222,14 @@ export class SqliteStore implements GreylistStore {
   }
 
   private upkeep(now: number, limit: number): number {
-    return this.run((db, s) =>
+    let flushed = { triplet: 0, client: 0 }
+    const counts = { ...this.knownCount }
+    const removed = this.run((db, s) =>
       this.whenUnlocked(() => db.transaction(() => {
+        // Read here: run() has just committed this process's last transaction.
+        flushed = { ...this.pendingDelta }
         let removed = 0
-        for (const table of ['triplet', 'client'] as const) {
+        for (const table of TABLES) {
           let gone = 0
           if (limit > 0) {
             const cursor = String((s.getMeta.get(`${table}_cursor`) as { value: unknown } | undefined)?.value ?? '')
@@ -225,16 +238,19 @@ export class SqliteStore implements GreylistStore {
             // A short page means the end of the keys: start over next time.
             s.setMeta.run(rows.length < limit ? '' : rows[rows.length - 1].key, `${table}_cursor`)
           }
-          s.addMeta.run(this.pendingDelta[table] - gone, `${table}_count`)
-          this.pendingDelta[table] = 0
-          const count = Number((s.getMeta.get(`${table}_count`) as { value: number }).value)
+          s.addMeta.run(flushed[table] - gone, `${table}_count`)
+          const count = metaCount(s, table)
           if (count < 0) s.setMeta.run(0, `${table}_count`)
-          this.knownCount[table] = Math.max(0, count)
+          counts[table] = Math.max(0, count)
           removed += gone
         }
         return removed
       }).immediate()),
     )
+    // Only a committed step has handed these over (inserts made since stay pending).
+    for (const table of TABLES) this.pendingDelta[table] -= flushed[table]
+    this.knownCount = counts
+    return removed
   }
 
   /**
@@ -291,6 +307,7 @@ export class SqliteStore implements GreylistStore {
     this.db = null
     this.stmts = null
     this.inTransaction = false
+    this.txDelta = { triplet: 0, client: 0 }
   }
 
   private run<T>(fn: (db: BetterSqlite3.Database, s: Statements) => T): T {
@@ -370,9 +387,7 @@ export class SqliteStore implements GreylistStore {
     // From here on a locked database is waited for by whenUnlocked().
     db.pragma('busy_timeout = 0')
     const stmts = prepare(db)
-    for (const table of ['triplet', 'client'] as const) {
-      this.knownCount[table] = Number((stmts.getMeta.get(`${table}_count`) as { value: number }).value)
-    }
+    for (const table of TABLES) this.knownCount[table] = metaCount(stmts, table)
     this.stmts = stmts
     return { db, stmts }
   }
@@ -448,6 +463,10 @@ function nativeBinding(): string | undefined {
     dir = path.dirname(dir)
   }
   return undefined
+}
+
+function metaCount(s: Statements, table: Table): number {
+  return Number((s.getMeta.get(`${table}_count`) as { value: number }).value)
 }
 
 function prepare(db: BetterSqlite3.Database): Statements {
