@@ -2,7 +2,7 @@ import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { classifyError, SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
+import { classifyError, RECOUNT_EVERY, SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
 import { StoreError, type GreylistView } from '../lib/store/types'
 
 function makeStore(dir: string, extra: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}) {
@@ -101,6 +101,57 @@ t.test('a delete write removes the row and the count follows', async (t) => {
   await store.updateGreylist('k', 'c', () => ({ triplet: { row: row(1), expires: 9 }, result: null }))
   await store.updateGreylist('k', 'c', () => ({ triplet: null, result: null }))
   t.same(await store.counts(), { triplets: 0, clients: 0 })
+})
+
+t.test('the row counts are recounted once per RECOUNT_EVERY: rows of a process killed before handing its count over count again', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  t.teardown(() => store.close())
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  await store.updateGreylist('own', 'c', () => ({ triplet: { row: row(1), expires: 1e12 }, result: null }))
+  store.commitPending()
+  // As a process killed before its upkeep step leaves them: rows there, not in the counts.
+  const killedWriter = (from: number, n: number): void => {
+    const db = new Database(file)
+    const insert = db.prepare('INSERT INTO triplet (key, first, last, passed, count, expires) VALUES (?, 0, 0, 0, 1, 1e12)')
+    db.transaction(() => {
+      for (let i = from; i < from + n; i++) insert.run(`killed${i}`)
+    })()
+    db.close()
+  }
+  killedWriter(0, 30)
+  t.same(await store.counts(), { triplets: 1, clients: 0 }, "counted: this process's own insert only")
+  const t0 = 1e9
+  await store.purgeExpired(t0, 100)
+  t.same(await store.counts(), { triplets: 31, clients: 0 }, 'the first upkeep step ever recounts')
+  killedWriter(30, 20)
+  await store.purgeExpired(t0 + RECOUNT_EVERY - 1, 100)
+  t.same(await store.counts(), { triplets: 31, clients: 0 }, 'not again before RECOUNT_EVERY')
+  await store.purgeExpired(t0 + RECOUNT_EVERY, 100)
+  t.same(await store.counts(), { triplets: 51, clients: 0 }, 'RECOUNT_EVERY later: exact again')
+  killedWriter(50, 5)
+  const { store: other } = makeStore(dir)
+  t.teardown(() => other.close())
+  await other.purgeExpired(t0 + RECOUNT_EVERY + 1, 100)
+  t.same(await other.counts(), { triplets: 51, clients: 0 }, 'one recount per period among all processes')
+  await other.purgeExpired(t0 + 10, 100)
+  t.same(await other.counts(), { triplets: 56, clients: 0 }, 'a clock that went back recounts at once instead of waiting')
+})
+
+t.test('a recount keeps what other processes handed over while it counted', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  const { store: other } = makeStore(dir)
+  t.teardown(() => (store.close(), other.close()))
+  for (let i = 0; i < 3; i++) await store.updateGreylist(`k${i}`, 'c', () => ({ triplet: { row: row(1), expires: 1e12 }, result: null }))
+  await store.counts()
+  // The two steps of a recount, with another process's upkeep step between them.
+  const recounting = store as unknown as { countRows(): unknown; applyRecount(census: unknown): void }
+  const census = recounting.countRows()
+  for (let i = 0; i < 4; i++) await other.updateGreylist(`o${i}`, 'c', () => ({ triplet: { row: row(1), expires: 1e12 }, result: null }))
+  await other.counts()
+  recounting.applyRecount(census)
+  t.same(await store.counts(), { triplets: 7, clients: 0 }, '3 counted + 4 handed over meanwhile')
 })
 
 t.test('a write that fails half-way is rolled back: nothing half-written, even after close and reopen', async (t) => {
