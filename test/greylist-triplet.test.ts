@@ -94,6 +94,28 @@ t.test('auto-whitelist after N passes, counted at most once an hour, expires aft
   t.same(l.at(now + 2 * p.maxAge + 1), { kind: 'new', secondsLeft: 300 }, 'unseen for longer than max age: greylisted again')
 })
 
+t.test('a known triplet seen again refreshes its client row, so the passes counted do not expire while the client sends', async (t) => {
+  const l = life()
+  l.at(0)
+  l.at(300)
+  t.same(l.client, { count: 1, last: 300, lastCounted: 300 })
+  const again = 300 + TOUCH_INTERVAL
+  const u = evaluateTriplet({ triplet: l.triplet, client: l.client, tripletCount: 1 }, again, p)
+  t.same(u.client, { row: { count: 1, last: again, lastCounted: 300 }, expires: again + p.maxAge }, 'after TOUCH_INTERVAL the client row is written with the triplet')
+  t.equal(evaluateTriplet({ triplet: l.triplet, client: l.client, tripletCount: 1 }, again - 1, p).client, undefined, 'not before')
+  // The same known triplet every 20 days for 100 days (max age 35): the client's pass still counts.
+  let now = 300
+  for (let day = 20; day <= 100; day += 20) {
+    now = 300 + day * 86400
+    t.same(l.at(now), { kind: 'known' }, `day ${day}: known`)
+  }
+  t.equal(l.client!.last, now, 'the client row was kept fresh')
+  l.newTriplet()
+  l.at(now + 1)
+  t.same(l.at(now + 301), { kind: 'first-pass', delayed: 300, clientWhitelisted: false })
+  t.equal(l.client!.count, 2, 'a new triplet of that client adds to its earlier pass instead of starting over')
+})
+
 t.test('auto-whitelist 0 disables client rows', async (t) => {
   const l = life({ ...p, autoWhitelist: 0 })
   l.at(0)

@@ -69,13 +69,22 @@ t.test('attribute count bound', async (t) => {
   t.match((f as { reason: string }).reason, /max_attributes 5/)
 })
 
-t.test('request size bound', async (t) => {
+t.test('request size bound: exactly max_request_bytes (empty line included) passes, one byte more discards', async (t) => {
   const l = { maxLineLength: 100, maxAttributes: 100, maxRequestBytes: 50 }
-  const line = `a=${'x'.repeat(20)}\n` // 23 bytes with the newline
-  t.equal(frames(`${line}${line}\n`, 0, l)[0].kind, 'request', '46 bytes')
-  const [f] = frames(`${line}${line}${line}\n`, 0, l)
-  t.equal(f.kind, 'discarded', '69 bytes')
-  t.match((f as { reason: string }).reason, /max_request_bytes 50/)
+  const request = (bytes: number): string => {
+    const first = `a=${'x'.repeat(20)}\n` // 23 bytes with the newline
+    const text = `${first}b=${'y'.repeat(bytes - first.length - 4)}\n\n`
+    if (Buffer.byteLength(text) !== bytes) throw new Error(`built ${Buffer.byteLength(text)} bytes, not ${bytes}`)
+    return text
+  }
+  for (const size of [0, 1, 7]) {
+    t.equal(frames(request(50), size, l)[0].kind, 'request', `50 bytes, the largest accepted request (chunks of ${size || 'all'})`)
+    const [over] = frames(request(51), size, l)
+    t.equal(over.kind, 'discarded', `51 bytes (chunks of ${size || 'all'})`)
+    t.match((over as { reason: string }).reason, /max_request_bytes 50/)
+  }
+  const out = frames(`${request(51)}${request(50)}`, 0, l)
+  t.same(out.map((f) => f.kind), ['discarded', 'request'], 'the count starts afresh with the next request')
 })
 
 t.test('a 2 MiB line is dropped as it arrives: the framer holds no more than the bound', async (t) => {

@@ -2,7 +2,7 @@ import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { classifyError, SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
+import { classifyError, RECOUNT_EVERY, SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
 import { StoreError, type GreylistView } from '../lib/store/types'
 
 function makeStore(dir: string, extra: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}) {
@@ -63,16 +63,36 @@ t.test('an existing database keeps its page size', async (t) => {
   db.close()
 })
 
-t.test('purge walks the keys in steps, removes only expired rows, and keeps the counts', async (t) => {
+t.test('purge walks the keys in steps with a saved cursor: live rows first, expired ones after', async (t) => {
   const { store } = makeStore(t.testdir())
   t.teardown(() => store.close())
-  for (let i = 0; i < 10; i++) {
-    await store.updateGreylist(`k${i}`, `c${i}`, () => ({ triplet: { row: row(i), expires: i }, client: { row: { count: 1, last: i, lastCounted: i }, expires: i }, result: null }))
+  // Live keys sort first: a step that started from the first key every
+  // time (a cursor never saved) would look at them only and purge nothing.
+  const keys = [...Array.from({ length: 10 }, (_, i) => `a${i}`), ...Array.from({ length: 10 }, (_, i) => `z${i}`)]
+  for (const key of keys) {
+    const expires = key.startsWith('a') ? 1000 : 1
+    await store.updateGreylist(key, key, () => ({ triplet: { row: row(0), expires }, client: { row: { count: 1, last: 0, lastCounted: 0 }, expires }, result: null }))
   }
-  t.equal(await store.purgeExpired(5, 3), 6, '3 triplets + 3 clients at most')
-  t.equal(await store.purgeExpired(5, 100), 4, 'the rest of those before 5')
-  t.same(await store.counts(), { triplets: 5, clients: 5 })
-  t.equal(await store.purgeExpired(5, 100), 0)
+  const steps: number[] = []
+  for (let i = 0; i < 6; i++) steps.push(await store.purgeExpired(5, 4))
+  // a0-a3, a4-a7, a8 a9 z0 z1, z2-z5, z6-z9, then the end of the keys (a triplet and a client row each).
+  t.same(steps, [0, 0, 4, 8, 8, 0], 'each step goes on where the last one stopped')
+  t.same(await store.counts(), { triplets: 10, clients: 10 })
+  // Past the end the walk starts over: rows expired behind the cursor are found on the next round.
+  const expired = (key: string) => store.updateGreylist(key, key, () => ({ triplet: { row: row(0), expires: 1 }, result: null }))
+  await expired('a55')
+  t.same([await store.purgeExpired(5, 4), await store.purgeExpired(5, 4), await store.purgeExpired(5, 4)], [0, 1, 0], 'a0-a3, a4 a5 a55 a6, a7-a9')
+  await expired('a00')
+  t.equal(await store.purgeExpired(5, 4), 1, 'a short page was the end: the next step starts over at a0 a00 a1 a2')
+  t.same(await store.counts(), { triplets: 10, clients: 10 })
+})
+
+t.test('a row is purged only once its expiry time is past', async (t) => {
+  const { store } = makeStore(t.testdir())
+  t.teardown(() => store.close())
+  await store.updateGreylist('k', 'c', () => ({ triplet: { row: row(0), expires: 5 }, result: null }))
+  t.equal(await store.purgeExpired(5, 10), 0, 'at its expiry time it stays')
+  t.equal(await store.purgeExpired(5.5, 10), 1, 'after it, it goes')
 })
 
 t.test('a delete write removes the row and the count follows', async (t) => {
@@ -81,6 +101,75 @@ t.test('a delete write removes the row and the count follows', async (t) => {
   await store.updateGreylist('k', 'c', () => ({ triplet: { row: row(1), expires: 9 }, result: null }))
   await store.updateGreylist('k', 'c', () => ({ triplet: null, result: null }))
   t.same(await store.counts(), { triplets: 0, clients: 0 })
+})
+
+t.test('the row counts are recounted once per RECOUNT_EVERY: rows of a process killed before handing its count over count again', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  t.teardown(() => store.close())
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  await store.updateGreylist('own', 'c', () => ({ triplet: { row: row(1), expires: 1e12 }, result: null }))
+  store.commitPending()
+  // As a process killed before its upkeep step leaves them: rows there, not in the counts.
+  const killedWriter = (from: number, n: number): void => {
+    const db = new Database(file)
+    const insert = db.prepare('INSERT INTO triplet (key, first, last, passed, count, expires) VALUES (?, 0, 0, 0, 1, 1e12)')
+    db.transaction(() => {
+      for (let i = from; i < from + n; i++) insert.run(`killed${i}`)
+    })()
+    db.close()
+  }
+  killedWriter(0, 30)
+  t.same(await store.counts(), { triplets: 1, clients: 0 }, "counted: this process's own insert only")
+  const t0 = 1e9
+  await store.purgeExpired(t0, 100)
+  t.same(await store.counts(), { triplets: 31, clients: 0 }, 'the first upkeep step ever recounts')
+  killedWriter(30, 20)
+  await store.purgeExpired(t0 + RECOUNT_EVERY - 1, 100)
+  t.same(await store.counts(), { triplets: 31, clients: 0 }, 'not again before RECOUNT_EVERY')
+  await store.purgeExpired(t0 + RECOUNT_EVERY, 100)
+  t.same(await store.counts(), { triplets: 51, clients: 0 }, 'RECOUNT_EVERY later: exact again')
+  killedWriter(50, 5)
+  const { store: other } = makeStore(dir)
+  t.teardown(() => other.close())
+  await other.purgeExpired(t0 + RECOUNT_EVERY + 1, 100)
+  t.same(await other.counts(), { triplets: 51, clients: 0 }, 'one recount per period among all processes')
+  await other.purgeExpired(t0 + 10, 100)
+  t.same(await other.counts(), { triplets: 56, clients: 0 }, 'a clock that went back recounts at once instead of waiting')
+})
+
+t.test('a recount keeps what other processes handed over while it counted', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  const { store: other } = makeStore(dir)
+  t.teardown(() => (store.close(), other.close()))
+  for (let i = 0; i < 3; i++) await store.updateGreylist(`k${i}`, 'c', () => ({ triplet: { row: row(1), expires: 1e12 }, result: null }))
+  await store.counts()
+  // The two steps of a recount, with another process's upkeep step between them.
+  const recounting = store as unknown as { countRows(): unknown; applyRecount(census: unknown): void }
+  const census = recounting.countRows()
+  for (let i = 0; i < 4; i++) await other.updateGreylist(`o${i}`, 'c', () => ({ triplet: { row: row(1), expires: 1e12 }, result: null }))
+  await other.counts()
+  recounting.applyRecount(census)
+  t.same(await store.counts(), { triplets: 7, clients: 0 }, '3 counted + 4 handed over meanwhile')
+})
+
+t.test('a write that fails half-way is rolled back: nothing half-written, even after close and reopen', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  await store.updateGreylist('kept', 'c', () => ({ triplet: { row: row(1), expires: 9 }, result: null }))
+  // The triplet row is written, then the client row breaks a NOT NULL constraint.
+  const broken = { row: { count: 1, last: 2, lastCounted: 2 }, expires: null as unknown as number }
+  await t.rejects(store.updateGreylist('half', 'c', () => ({ triplet: { row: row(2), expires: 9 }, client: broken, result: null })), { failure: 'error' })
+  t.same(await store.counts(), { triplets: 1, clients: 0 }, 'the committed insert before it still counts')
+  store.close()
+  const db = new Database(path.join(dir, 'db', 'greylist.sqlite'), { readonly: true })
+  t.teardown(() => db.close())
+  t.same(db.prepare('SELECT key FROM triplet').pluck().all(), ['kept'], 'the failed request left no triplet')
+  t.same(db.prepare('SELECT key FROM client').pluck().all(), [])
+  const { store: reopened } = makeStore(dir)
+  t.teardown(() => reopened.close())
+  t.same(await reopened.counts(), { triplets: 1, clients: 0 })
 })
 
 t.test('refuses a world-writable directory with a clear error', async (t) => {

@@ -33,7 +33,10 @@ export interface SqliteStoreOptions {
  * Each entry brings the schema from version i to i + 1. A commit writes as
  * few pages as possible: no secondary index and no trigger; the purge walks
  * the primary key with a shared cursor, and the triplet count is kept
- * approximately (each process adds its own inserts at its next upkeep step).
+ * approximately (each process adds its own inserts at its next upkeep step,
+ * and one process recounts every RECOUNT_EVERY seconds). A meta row added
+ * later (recount_at) is created on first use, so an older version can
+ * still open the file.
  */
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE triplet (
@@ -49,7 +52,30 @@ const MIGRATIONS: readonly string[] = [
 ]
 export const SCHEMA_VERSION = MIGRATIONS.length
 
-type Table = 'triplet' | 'client'
+const TABLES = ['triplet', 'client'] as const
+type Table = (typeof TABLES)[number]
+/** Per table (in TABLES order): rows counted, and the kept count at that moment. */
+type RowCensus = Array<{ rows: number; counted: number }>
+
+/**
+ * Seconds between two exact recounts of the row counts. The approximate
+ * counts miss the inserts of a process killed before its upkeep step
+ * (and each process adds its own only every ten seconds), so they drift low
+ * and greylist_max_entries would stop holding. A recount reads the whole
+ * table (COUNT(*) of a WITHOUT ROWID table: ~110 ms per million triplets
+ * here, 1 KiB pages, warm page cache) in a read transaction that blocks
+ * no other process; the upkeep step of one process per period does it,
+ * after its reply, so it delays at most that process's next request.
+ */
+export const RECOUNT_EVERY = 600
+
+/**
+ * Claims the next recount (changes one row) when RECOUNT_EVERY has passed
+ * since the last, or the clock went back. Prepared when used, every ten
+ * seconds at most, not at each cold start.
+ */
+const ELECT_RECOUNT = `INSERT INTO meta (name, value) VALUES ('recount_at', @now)
+  ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE meta.value <= @now - @period OR meta.value > @now`
 
 interface Statements {
   begin: BetterSqlite3.Statement
@@ -95,8 +121,10 @@ export class SqliteStore implements GreylistStore {
   private commitBeforeReply = false
   /** Until when (performance.now() ms) other writers were seen: then the lock is not held across the reply. */
   private contendedUntil = 0
-  /** Rows this process added (minus removed) since its last upkeep step. */
+  /** Rows this process added (minus removed) in committed transactions since its last upkeep step. */
   private pendingDelta: Record<Table, number> = { triplet: 0, client: 0 }
+  /** The same for the open transaction: added to pendingDelta when it commits, dropped when it rolls back. */
+  private txDelta: Record<Table, number> = { triplet: 0, client: 0 }
   private knownCount: Record<Table, number> = { triplet: 0, client: 0 }
   private closing = false
 
@@ -166,7 +194,7 @@ export class SqliteStore implements GreylistStore {
         }
         if (this.commitBeforeReply || performance.now() < this.contendedUntil) {
           s.commit.run()
-          this.inTransaction = false
+          this.committed()
           this.commitBeforeReply = false
         } else this.scheduleCommit()
         return update.result
@@ -178,7 +206,13 @@ export class SqliteStore implements GreylistStore {
   }
 
   private change(changes: number, table: Table, sign: number): void {
-    this.pendingDelta[table] += changes * sign
+    this.txDelta[table] += changes * sign
+  }
+
+  private committed(): void {
+    this.inTransaction = false
+    for (const table of TABLES) this.pendingDelta[table] += this.txDelta[table]
+    this.txDelta = { triplet: 0, client: 0 }
   }
 
   private scheduleCommit(): void {
@@ -189,7 +223,7 @@ export class SqliteStore implements GreylistStore {
 
   private rollback(s: Statements): void {
     this.inTransaction = false
-    this.pendingDelta = { triplet: 0, client: 0 }
+    this.txDelta = { triplet: 0, client: 0 }
     try {
       s.rollback.run()
     } catch {
@@ -201,9 +235,9 @@ export class SqliteStore implements GreylistStore {
   commitPending(): void {
     this.commitScheduled = false
     if (!this.inTransaction || !this.stmts) return
-    this.inTransaction = false
     try {
       this.stmts.commit.run()
+      this.committed()
     } catch (err) {
       const failure = classifyError(err)
       this.opts.log(0, `database ${this.opts.path}: commit failed (${failure}): ${(err as Error).message}; the next requests commit before their reply`)
@@ -216,8 +250,9 @@ export class SqliteStore implements GreylistStore {
 
   /**
    * One upkeep step: delete expired rows among the next `limit` rows of
-   * each table (a cursor shared by all processes walks the keys), and add
-   * this process's inserts to the shared row counts.
+   * each table (a cursor shared by all processes walks the keys), add this
+   * process's inserts to the shared row counts, and, once per RECOUNT_EVERY
+   * seconds of `now` among all processes, recount the rows exactly.
    */
   async purgeExpired(now: number, limit: number): Promise<number> {
     return this.withLockWaits(() => this.upkeep(now, limit))
@@ -248,10 +283,15 @@ export class SqliteStore implements GreylistStore {
   }
 
   private upkeep(now: number, limit: number): number {
-    return this.run((db, s) =>
+    let flushed = { triplet: 0, client: 0 }
+    const counts = { ...this.knownCount }
+    let recount = false
+    const removed = this.run((db, s) =>
       this.whenUnlocked(() => db.transaction(() => {
+        // Read here: run() has just committed this process's last transaction.
+        flushed = { ...this.pendingDelta }
         let removed = 0
-        for (const table of ['triplet', 'client'] as const) {
+        for (const table of TABLES) {
           let gone = 0
           if (limit > 0) {
             const cursor = String((s.getMeta.get(`${table}_cursor`) as { value: unknown } | undefined)?.value ?? '')
@@ -260,14 +300,59 @@ export class SqliteStore implements GreylistStore {
             // A short page means the end of the keys: start over next time.
             s.setMeta.run(rows.length < limit ? '' : rows[rows.length - 1].key, `${table}_cursor`)
           }
-          s.addMeta.run(this.pendingDelta[table] - gone, `${table}_count`)
-          this.pendingDelta[table] = 0
-          const count = Number((s.getMeta.get(`${table}_count`) as { value: number }).value)
+          s.addMeta.run(flushed[table] - gone, `${table}_count`)
+          const count = metaCount(s, table)
           if (count < 0) s.setMeta.run(0, `${table}_count`)
-          this.knownCount[table] = Math.max(0, count)
+          counts[table] = Math.max(0, count)
           removed += gone
         }
+        recount = limit > 0 && db.prepare(ELECT_RECOUNT).run({ now, period: RECOUNT_EVERY }).changes > 0
         return removed
+      }).immediate()),
+    )
+    // Only a committed step has handed these over (inserts made since stay pending).
+    for (const table of TABLES) this.pendingDelta[table] -= flushed[table]
+    this.knownCount = counts
+    if (recount) {
+      try {
+        this.recount()
+      } catch (err) {
+        this.opts.log(2, `row recount skipped: ${(err as Error).message}`)
+      }
+    }
+    return removed
+  }
+
+  /**
+   * Replace the approximate counts with exact ones: COUNT(*) in a read
+   * transaction, then what other processes added to the counts meanwhile
+   * is kept on top. Inserts a live process had not yet handed over are
+   * counted twice until the next recount (high by at most what each
+   * process inserted since its last upkeep step); those of a process
+   * killed before handing them over are counted again.
+   */
+  private recount(): void {
+    this.applyRecount(this.countRows())
+  }
+
+  /** Each table's rows and its kept count, from one read snapshot. */
+  private countRows(): RowCensus {
+    return this.run((db, s) =>
+      db.transaction(() => TABLES.map((table) => ({
+        counted: metaCount(s, table),
+        rows: Number(db.prepare(`SELECT count(*) FROM ${table}`).pluck().get()),
+      }))).deferred(),
+    )
+  }
+
+  private applyRecount(census: RowCensus): void {
+    this.run((db, s) =>
+      this.whenUnlocked(() => db.transaction(() => {
+        TABLES.forEach((table, i) => {
+          const exact = Math.max(0, census[i].rows + metaCount(s, table) - census[i].counted)
+          s.setMeta.run(exact, `${table}_count`)
+          this.knownCount[table] = exact
+        })
       }).immediate()),
     )
   }
@@ -313,7 +398,7 @@ export class SqliteStore implements GreylistStore {
       try {
         this.upkeep(-Infinity, 0)
       } catch {
-        // The counts are approximate: losing this process's share is harmless.
+        // Losing this process's share is harmless: the next recount finds its rows.
       } finally {
         this.closing = false
       }
@@ -328,6 +413,7 @@ export class SqliteStore implements GreylistStore {
     this.db = null
     this.stmts = null
     this.inTransaction = false
+    this.txDelta = { triplet: 0, client: 0 }
   }
 
   private run<T>(fn: (db: BetterSqlite3.Database, s: Statements) => T): T {
@@ -413,9 +499,7 @@ export class SqliteStore implements GreylistStore {
     // From here on a locked database is waited for by whenUnlocked().
     db.pragma('busy_timeout = 0')
     const stmts = prepare(db)
-    for (const table of ['triplet', 'client'] as const) {
-      this.knownCount[table] = Number((stmts.getMeta.get(`${table}_count`) as { value: number }).value)
-    }
+    for (const table of TABLES) this.knownCount[table] = metaCount(stmts, table)
     this.stmts = stmts
     return { db, stmts }
   }
@@ -523,6 +607,10 @@ function nativeBinding(): string | undefined {
     dir = path.dirname(dir)
   }
   return undefined
+}
+
+function metaCount(s: Statements, table: Table): number {
+  return Number((s.getMeta.get(`${table}_count`) as { value: number }).value)
 }
 
 function prepare(db: BetterSqlite3.Database): Statements {

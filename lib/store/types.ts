@@ -36,7 +36,11 @@ export interface GreylistUpdate<T> {
 export interface GreylistView {
   triplet: TripletRow | null
   client: ClientRow | null
-  /** Rows in the triplet table now, for the max-entries bound. */
+  /**
+   * Rows in the triplet table, for the max-entries bound. A store may count
+   * them approximately, as long as the count comes back to the real one by
+   * itself (SQLite: an exact recount every RECOUNT_EVERY seconds).
+   */
   tripletCount: number
 }
 

@@ -1,9 +1,10 @@
 // A full disk under the database, through the real binary: a small tmpfs
 // holds the database; a filler file takes the rest of it. Mail keeps
-// flowing with fail_action, the condition is logged once, and when space
-// comes back the same process greylists again and the file is intact.
-// Mounting needs root (CI runs as root); where mount(8) is refused the
-// same failure policy is shown through the store interface instead.
+// flowing with fail_action, every deferral whose record could not be
+// written is logged, and when space comes back the same process greylists
+// again and the file is intact. Mounting needs root (CI runs as root);
+// where mount(8) is refused that test is skipped, saying why, and the same
+// failure policy is still shown through the store interface.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
@@ -18,25 +19,25 @@ import { HeaderQueue } from '../../lib/header-queue'
 import { toPolicyRequest } from '../../lib/request'
 import { StoreError, type GreylistStore } from '../../lib/store/types'
 
-function tryMount(dir: string, size: string): boolean {
+/** Mount a small tmpfs on `dir`; returns why it could not, or null when mounted. */
+function mountRefused(dir: string, size: string): string | null {
   const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir], { encoding: 'utf8' })
-  return r.status === 0
+  if (r.status === 0) return null
+  return (r.error?.message ?? r.stderr.trim()) || `mount exited ${r.status}`
 }
 
-t.test('a full file system under the database', async (t) => {
-  // Not t.testdir(): tap would remove it before this test's teardown unmounts.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'policyd-ts-full-'))
-  const mountPoint = path.join(dir, 'db')
-  fs.mkdirSync(mountPoint)
-  const mounted = tryMount(mountPoint, '2m')
-  t.teardown(() => {
-    if (mounted) spawnSync('umount', ['-l', mountPoint])
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
-  if (!mounted) {
-    t.comment('mount -t tmpfs refused here: the failure is simulated through the store interface below')
-    return
-  }
+// Not t.testdir(): tap would remove it before the teardown unmounts.
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'policyd-ts-full-'))
+const mountPoint = path.join(dir, 'db')
+fs.mkdirSync(mountPoint)
+const refused = mountRefused(mountPoint, '2m')
+t.teardown(() => {
+  if (refused === null) spawnSync('umount', ['-l', mountPoint])
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+const skip = refused === null ? false : `a full file system needs a tmpfs mount, refused here (uid ${process.getuid?.()}): ${refused}`
+
+t.test('a full file system under the database', { skip }, async (t) => {
   const p = startPolicy(isolatedArgs(dir, ['--greylist_delay', '300']))
   let n = 0
   const ask = async (count: number): Promise<string[]> => {
@@ -47,7 +48,8 @@ t.test('a full file system under the database', async (t) => {
   const before = await ask(20)
   t.ok(before.every((r) => r.startsWith('action=DEFER_IF_PERMIT 4.2.0 Greylisted')), 'greylisting works while there is room')
 
-  // Fill the file system to the last byte.
+  // Fill the file system to the last byte. (The COMMIT of the last request
+  // above runs just after its reply: it may come before or after this.)
   const filler = path.join(mountPoint, 'filler')
   const fd = fs.openSync(filler, 'w')
   const block = Buffer.alloc(64 * 1024, 0x41)
@@ -65,7 +67,7 @@ t.test('a full file system under the database', async (t) => {
 
   const during = await ask(400)
   t.equal(during.filter((r) => !/^action=(DUNNO|DEFER_IF_PERMIT 4\.2\.0 Greylisted.*)$/.test(r)).length, 0, 'every reply is fail_action (DUNNO) or still a greylisting decision')
-  t.ok(during.includes('action=DUNNO'), 'once the disk is full, mail flows with fail_action')
+  t.ok(during.filter((r) => r === 'action=DUNNO').length > 300, 'once the disk is full, mail flows with fail_action')
 
   fs.rmSync(filler)
   const after = await ask(20)
@@ -74,19 +76,25 @@ t.test('a full file system under the database', async (t) => {
   p.child.stdin.end()
   t.same(await p.exited(), { code: 0, signal: null })
   t.equal(p.stderr(), '')
-  assertWellFormed(p.stdout())
+  const replies = assertWellFormed(p.stdout())
   const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
-  t.equal(log.match(/commit failed \(full\).*the next requests commit before their reply/g)?.length, 1, 'the first failed commit, after its reply, is logged')
-  t.equal(log.match(/database full, answering fail_action DUNNO/g)?.length, 1, 'then the condition is logged once')
-  t.match(log, /database available again/)
+  const commitFailures = log.match(/commit failed \(full\).*the next requests commit before their reply/g)?.length ?? 0
+  t.ok(commitFailures >= 1, `a COMMIT that failed after its reply is logged (${commitFailures} times)`)
+  // A full disk still takes a commit whose pages fit in the WAL's last
+  // block (one page, not a split leaf): the store may come back for a
+  // request and fail again. Each outage is logged once and its end too.
+  const outages = log.match(/database full, answering fail_action DUNNO/g)?.length ?? 0
+  t.ok(outages >= 1, `the condition is logged (${outages} times)`)
+  t.equal(log.match(/database available again/g)?.length, outages, 'and each time its end, once')
   const db = new Database(path.join(mountPoint, 'policyd-ts.sqlite'), { readonly: true })
   t.teardown(() => db.close())
   t.equal((db.prepare('PRAGMA integrity_check').get() as { integrity_check: string }).integrity_check, 'ok')
-  t.ok((db.prepare('SELECT count(*) AS n FROM triplet').get() as { n: number }).n >= 40, 'the triplets of before and after are there')
-  // While full: the last frames may still fit in the WAL's last block; after that one deferral whose
-  // commit failed after its reply, then fail_action. No other deferral goes unrecorded.
-  const recordedDuring = (db.prepare("SELECT count(*) AS n FROM triplet WHERE key LIKE '%/s%@full.example/%' AND CAST(substr(key, instr(key, '/s') + 2) AS INTEGER) BETWEEN 20 AND 419").get() as { n: number }).n
-  t.equal(during.filter((r) => r.startsWith('action=DEFER')).length, recordedDuring + 1, `deferred while full: the ${recordedDuring} recorded, and the one whose commit failed after its reply`)
+  const recorded = (db.prepare("SELECT count(*) AS n FROM triplet WHERE key LIKE '%@full.example/%'").get() as { n: number }).n
+  t.ok(recorded >= 39, `the triplets of before and after are there (${recorded} recorded)`)
+  // No deferral goes unrecorded silently: each one is in the database, or
+  // is the one whose COMMIT failed after its reply, logged just then.
+  const deferred = replies.filter((r) => r.startsWith('action=DEFER')).length
+  t.equal(deferred, recorded + commitFailures, `deferred: ${deferred} = ${recorded} recorded + ${commitFailures} logged commit failures`)
 })
 
 t.test('a full store, simulated through the store interface: fail_action, logged once, recovered', async (t) => {
