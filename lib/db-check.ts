@@ -56,7 +56,7 @@ export function checkDatabase(config: Config, user: RunAs = currentUser()): Data
     }
     if (dirState.missing) {
       try {
-        created = fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+        created = (require('./make-dirs') as typeof import('./make-dirs')).makeDirs(dir, 0o700)
       } catch (err) {
         const parent = nearestExisting(dir)
         const group = nameOf('group', process.getegid?.() ?? 0)
