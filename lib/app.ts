@@ -7,7 +7,7 @@
 import type { Config, LoadedConfig } from './config'
 import { Connection } from './connection'
 import type { Logger } from './log'
-import type { GreylistStore } from './store/types'
+import type { GreylistStore, StoreAdmin } from './store/types'
 import type { SpfContext } from './spf/check'
 import type { GreylistWhitelists } from './greylist/check'
 import { BoundedMap } from './bounded-map'
@@ -59,6 +59,10 @@ export class App {
   private generation = 0
   private lastUpkeep: number
   private readonly ownStore: boolean
+  /** Where this process adds its counters for `policyd-ts stats`, when the store keeps them. */
+  private readonly statsStore: (GreylistStore & StoreAdmin) | null
+  /** Counter values already added to the store. */
+  private flushed = new Map<string, number>()
   private readonly hostnameOverride?: string
 
   constructor(opts: AppOptions) {
@@ -67,7 +71,9 @@ export class App {
     this.hostnameOverride = opts.hostname
     const config = opts.loaded.config
     this.ownStore = opts.store === undefined
-    this.store = timedStore(opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block'), this.metrics)
+    const store = opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block')
+    this.statsStore = 'addStats' in store ? (store as GreylistStore & StoreAdmin) : null
+    this.store = timedStore(store, this.metrics)
     this.runtimeNow = this.makeRuntime(opts.loaded)
     this.lastUpkeep = this.now()
   }
@@ -106,10 +112,34 @@ export class App {
         (n) => n > 0 && this.log.log(2, `purged ${n} expired greylist rows`),
         (err: Error) => this.log.log(2, `purge skipped: ${err.message}`),
       )
+      void this.flushStats()
     })
   }
 
-  /** Close the store and the resolver; the log is the caller's. */
+  /**
+   * Add the counters that grew since the last call to the store's totals
+   * (`policyd-ts stats`): spawned processes serve no /metrics. Only while
+   * greylisting uses the store: an SPF-only process never opens it. A
+   * failure keeps the deltas for the next call.
+   */
+  async flushStats(): Promise<void> {
+    if (!this.statsStore || !this.config.greylist_enabled) return
+    const deltas = new Map<string, number>()
+    const values = this.metrics.counterValues()
+    for (const [name, value] of values) {
+      const delta = value - (this.flushed.get(name) ?? 0)
+      if (delta !== 0) deltas.set(name, delta)
+    }
+    if (deltas.size === 0) return
+    try {
+      await this.statsStore.addStats(this.runtimeNow.hostname, deltas)
+      this.flushed = values
+    } catch (err) {
+      this.log.log(2, `counters not added to the store: ${(err as Error).message}`)
+    }
+  }
+
+  /** Close the store and the resolver; the log is the caller's. Call flushStats() first to keep the last counters. */
   close(): void {
     if (this.ownStore) this.store.close()
     this.runtimeNow.close()
@@ -157,7 +187,7 @@ function timedStore(store: GreylistStore, metrics: Metrics): GreylistStore {
     }
   }
   return {
-    updateGreylist: (tripletKey, clientKey, decide) => timed('greylist', () => store.updateGreylist(tripletKey, clientKey, decide)),
+    updateGreylist: (tripletKey, clientKey, decide, whitelistKeys) => timed('greylist', () => store.updateGreylist(tripletKey, clientKey, decide, whitelistKeys)),
     purgeExpired: (now, limit) => timed('purge', () => store.purgeExpired(now, limit)),
     counts: () => store.counts(),
     close: () => store.close(),

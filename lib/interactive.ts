@@ -44,6 +44,26 @@ export function buildCli(yargs: YargsFactory, versionText: string): Cli {
     .command('postfix-config', 'Print the master.cf and main.cf lines for this machine (node, package, spawn user), with checks', (y) =>
       (require('./postfix-config') as typeof import('./postfix-config')).postfixConfigOptions(y),
     )
+    .command('greylist <action> [kind] [value]', 'The greylisting state in the store: list, delete, whitelist [client|sender|recipient VALUE], unwhitelist client|sender|recipient VALUE', (y) =>
+      y
+        .positional('action', { choices: ['list', 'delete', 'whitelist', 'unwhitelist'] as const, describe: 'what to do' })
+        .positional('kind', { type: 'string', choices: ['client', 'sender', 'recipient'], describe: 'whitelist, unwhitelist: what VALUE is' })
+        .positional('value', { type: 'string', describe: 'an IP address or network (client), an address (sender, recipient)' })
+        .option('client', { type: 'string', requiresArg: true, describe: 'list, delete: client network (or spf:domain) pattern; * and ? match' })
+        .option('sender', { type: 'string', requiresArg: true, describe: 'list, delete: sender pattern' })
+        .option('recipient', { type: 'string', requiresArg: true, describe: 'list, delete: recipient pattern' })
+        .option('limit', { type: 'string', default: '1000', describe: 'list: at most this many triplets' })
+        .option('all', { type: 'boolean', describe: 'delete: every triplet' })
+        .option('ttl', { type: 'string', requiresArg: true, describe: 'whitelist: for this long (3600, 12h, 30d); default for ever' })
+        .option('note', { type: 'string', requiresArg: true, describe: 'whitelist: why, shown by greylist whitelist' })
+        .option('json', { type: 'boolean', describe: 'JSON instead of a table' }),
+    )
+    .command('stats', 'The counters every process added to the store (requests, decisions, store errors), summed over hosts', (y) =>
+      y.option('json', { type: 'boolean', describe: 'JSON, per host too' }).option('prometheus', { type: 'boolean', describe: "Prometheus text, for node_exporter's textfile collector" }),
+    )
+    .command('store <action>', 'The configured store: check (integrity, schema, row counts), purge (delete every expired row)', (y) =>
+      y.positional('action', { choices: ['check', 'purge'] as const }).option('json', { type: 'boolean', describe: 'JSON instead of text' }),
+    )
     .strict()
     .wrap(Math.min(100, process.stdout.columns || 100))
     .exitProcess(false)
@@ -102,6 +122,7 @@ export async function runInteractive(argv: string[]): Promise<number> {
     const { runPostfixConfig } = require('./postfix-config') as typeof import('./postfix-config')
     return runPostfixConfig(args as unknown as import('./postfix-config').PostfixConfigArgs, options, configPath)
   }
+  if (command === 'greylist' || command === 'stats' || command === 'store') return runOps(command, args, options, configPath)
   if (command === 'spfquery') {
     return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
   }
@@ -110,6 +131,47 @@ export async function runInteractive(argv: string[]): Promise<number> {
   const { runSpawn } = require('./spawn') as typeof import('./spawn')
   await runSpawn({ loaded: readConfig(options, configPath), argvErrors: [] })
   return 0
+}
+
+/** greylist, stats, store: the ops commands on the configured store (lib/ops.ts). */
+async function runOps(command: 'greylist' | 'stats' | 'store', args: Record<string, unknown>, options: Record<string, string>, configPath: string | undefined): Promise<number> {
+  const { readConfig } = require('./read-config') as typeof import('./read-config')
+  const ops = require('./ops') as typeof import('./ops')
+  const loaded = readConfig(options, configPath)
+  const io: import('./ops').OpsIo = {
+    out: (text) => process.stdout.write(text),
+    err: (text) => process.stderr.write(text),
+    now: () => Date.now() / 1000,
+  }
+  const str = (name: string): string | undefined => (typeof args[name] === 'string' ? (args[name] as string) : undefined)
+  const json = args.json === true
+  const store = ops.openOpsStore(loaded)
+  try {
+    if (command === 'stats') return await ops.stats(store, { json, prometheus: args.prometheus === true }, io)
+    if (command === 'store') return await (args.action === 'check' ? ops.storeCheck(store, json, io) : ops.storePurge(store, json, io))
+    const filter = { client: str('client'), sender: str('sender'), recipient: str('recipient') }
+    switch (args.action) {
+      case 'list': {
+        const limit = Number(str('limit'))
+        if (!Number.isInteger(limit) || limit < 1) {
+          io.err(`policyd-ts greylist list: --limit ${JSON.stringify(str('limit'))} is not a positive whole number\n`)
+          return ops.EX_USAGE
+        }
+        return await ops.greylistList(store, loaded.config, { ...filter, limit, json }, io)
+      }
+      case 'delete':
+        return await ops.greylistDelete(store, { ...filter, all: args.all === true, json }, io)
+      case 'whitelist':
+        return await ops.greylistWhitelist(store, { kind: str('kind'), value: str('value'), ttl: str('ttl'), note: str('note'), json }, io)
+      default:
+        return await ops.greylistUnwhitelist(store, { kind: str('kind'), value: str('value'), json }, io)
+    }
+  } catch (err) {
+    process.stderr.write(`policyd-ts ${command}: ${(err as Error).message}\n`)
+    return ops.EX_UNAVAILABLE
+  } finally {
+    store.close()
+  }
 }
 
 /** spfquery: exit 0 with a result, 64 for a bad address, 78 for a bad configuration. */

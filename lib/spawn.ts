@@ -90,6 +90,7 @@ export async function runSpawn(args: SpawnArgs): Promise<void> {
     // Let the work queued behind the last reply (its commit, its log line) run first.
     await new Promise((resolve) => setImmediate(resolve))
     log.log(3, `exiting: ${reason}`)
+    await app.flushStats()
     app.close()
     await log.close()
     const exit = (): never => process.exit(0)

@@ -140,3 +140,12 @@ t.test('expiry times written with the rows', async (t) => {
   t.equal(v.triplet!.expires, 1300 + p.maxAge, 'passed: last + max age')
   t.equal(v.client!.expires, 1300 + p.maxAge)
 })
+
+t.test('an admin whitelist entry from the store: passes and records nothing while it lasts; at its end, greylisting as usual', async (t) => {
+  const empty: GreylistView = { triplet: null, client: null, tripletCount: 0 }
+  const entry = { key: 'sender\ta@example.net', expires: 1000 }
+  t.same(evaluateTriplet({ ...empty, whitelisted: entry }, 999, p), { result: { kind: 'store-whitelisted', entry: 'sender\ta@example.net' } }, 'no write')
+  t.same(evaluateTriplet({ ...empty, whitelisted: entry }, 1000, p).result, { kind: 'new', secondsLeft: 300 }, 'the entry ends at its expiry time')
+  const full: GreylistView = { triplet: null, client: null, tripletCount: p.maxEntries, whitelisted: entry }
+  t.equal(evaluateTriplet(full, 10, p).result.kind, 'store-whitelisted', 'before the table-full check')
+})

@@ -188,6 +188,7 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
     if (finishing) return
     finishing = true
     await metricsServer?.close()
+    await app.flushStats()
     app.close()
     log.log(1, 'daemon stopped')
     await log.close()

@@ -51,6 +51,32 @@ export function greylistKeys(req: PolicyRequest, ip: ParsedIp, config: Config, a
   return { triplet: sha256(triplet), client: sha256(client), subject }
 }
 
+/**
+ * The keys under which `policyd-ts greylist whitelist` stores its entries
+ * for this request: the client address and the network it is greylisted
+ * by, the normalised sender and the recipient ("kind<TAB>value"; kept in
+ * clear also with greylist_privacy: the admin wrote them).
+ */
+export function storeWhitelistKeys(req: PolicyRequest, ip: ParsedIp, config: Config): string[] {
+  return [
+    whitelistKey('client', hostNetwork(ip)),
+    whitelistKey('client', clientNetwork(ip, config.greylist_ipv4_prefix, config.greylist_ipv6_prefix)),
+    whitelistKey('sender', normalizeSender(req.sender) || '<>'),
+    whitelistKey('recipient', normalizeRecipient(req.recipient)),
+  ]
+}
+
+export type WhitelistKind = 'client' | 'sender' | 'recipient'
+
+export function whitelistKey(kind: WhitelistKind, value: string): string {
+  return `${kind}\t${value}`
+}
+
+/** The client address alone, written as clientNetwork writes a network of one address (no /32, /128). */
+function hostNetwork(ip: ParsedIp): string {
+  return clientNetwork(ip, 32, 128)
+}
+
 function sha256(text: string): string {
   const { createHash } = require('node:crypto') as typeof import('node:crypto')
   return createHash('sha256').update(text).digest('hex')
@@ -112,11 +138,13 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
     if (fresh(recent.get(keys.triplet))) return pass('triplet-known', fields)
   }
   const params = greylistParams(config)
-  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params))
+  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params), storeWhitelistKeys(req, req.clientIp, config))
   // Only a request that used the store can tell that it works again.
   ctx.logStateChange('store', 'ok', 0, 'database available again')
 
   switch (outcome.kind) {
+    case 'store-whitelisted':
+      return pass('store-whitelist', { whitelist: outcome.entry.replace('\t', ':') })
     case 'auto-whitelisted':
       recent?.set(`client ${keys.client}`, now)
       return pass('client-awl', { ...fields, passes: outcome.passes })

@@ -26,6 +26,8 @@ export type GreylistOutcome =
   | { kind: 'auto-whitelisted'; passes: number }
   /** The triplet table is full: a new triplet passes unrecorded. */
   | { kind: 'table-full'; entries: number }
+  /** An entry the admin set in the store (`policyd-ts greylist whitelist`) names the client, sender or recipient. */
+  | { kind: 'store-whitelisted'; entry: string }
 
 /** Passes of one client are counted at most once per this many seconds, as postgrey does. */
 export const AWL_COUNT_INTERVAL = 3600
@@ -47,6 +49,8 @@ function tripletExpiry(t: TripletRow, p: GreylistParams): number {
 }
 
 export function evaluateTriplet(view: GreylistView, now: number, p: GreylistParams): GreylistUpdate<GreylistOutcome> {
+  // Nothing is recorded for whitelisted mail, as for the whitelist files.
+  if (view.whitelisted && now < view.whitelisted.expires) return { result: { kind: 'store-whitelisted', entry: view.whitelisted.key } }
   const client = view.client && now - view.client.last <= p.maxAge ? view.client : null
   if (p.autoWhitelist > 0 && client && client.count >= p.autoWhitelist) {
     const update: GreylistUpdate<GreylistOutcome> = { result: { kind: 'auto-whitelisted', passes: client.count } }

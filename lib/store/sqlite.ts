@@ -5,6 +5,10 @@
 import type BetterSqlite3 from 'better-sqlite3'
 import {
   StoreError,
+  type StoreAdmin,
+  type StoreHealth,
+  type TripletListing,
+  type WhitelistEntry,
   type GreylistStore,
   type GreylistUpdate,
   type GreylistView,
@@ -49,8 +53,18 @@ const MIGRATIONS: readonly string[] = [
      expires REAL NOT NULL) WITHOUT ROWID;
    CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
    INSERT INTO meta VALUES ('triplet_count', 0), ('client_count', 0), ('triplet_cursor', ''), ('client_cursor', '');`,
+  // 2: whitelist entries the admin sets with \`policyd-ts greylist whitelist\`
+  // (key "kind<TAB>value"), and the counters processes add up for
+  // \`policyd-ts stats\` (one row per host and metric).
+  `CREATE TABLE whitelist (
+     key TEXT PRIMARY KEY NOT NULL, expires REAL NOT NULL, note TEXT NOT NULL, set_at REAL NOT NULL) WITHOUT ROWID;
+   CREATE TABLE stats (
+     host TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (host, name)) WITHOUT ROWID;`,
 ]
 export const SCHEMA_VERSION = MIGRATIONS.length
+
+/** Whitelist keys one request looks up (client address, client network, sender, recipient); unused places get ''. */
+const WHITELIST_KEYS_READ = [0, 1, 2, 3] as const
 
 const TABLES = ['triplet', 'client'] as const
 type Table = (typeof TABLES)[number]
@@ -81,7 +95,10 @@ interface Statements {
   begin: BetterSqlite3.Statement
   commit: BetterSqlite3.Statement
   rollback: BetterSqlite3.Statement
-  /** Both rows of a request in one statement, so in one read transaction: [kind 0 triplet | 1 client, ...columns]. */
+  /**
+   * Both rows of a request and its whitelist entries in one statement, so in
+   * one read transaction: [kind 0 triplet | 1 client | 2 whitelist, ...columns].
+   */
   getRows: BetterSqlite3.Statement
   insertTriplet: BetterSqlite3.Statement
   updateTriplet: BetterSqlite3.Statement
@@ -108,7 +125,7 @@ export function classifyError(err: unknown): StoreFailure {
   return 'error'
 }
 
-export class SqliteStore implements GreylistStore {
+export class SqliteStore implements GreylistStore, StoreAdmin {
   private db: BetterSqlite3.Database | null = null
   private stmts: Statements | null = null
   private inode = 0
@@ -150,17 +167,20 @@ export class SqliteStore implements GreylistStore {
    * it across the reply and an event-loop turn costs them more than the
    * early COMMIT costs this one: then COMMIT runs before the reply too.
    */
-  async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T> {
-    return this.withLockWaits(() => this.updateGreylistNow(tripletKey, clientKey, decide))
+  async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys: readonly string[] = []): Promise<T> {
+    return this.withLockWaits(() => this.updateGreylistNow(tripletKey, clientKey, decide, whitelistKeys))
   }
 
-  private updateGreylistNow<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): T {
+  private updateGreylistNow<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys: readonly string[]): T {
+    const wl = WHITELIST_KEYS_READ.map((i) => whitelistKeys[i] ?? '')
     return this.run((_db, s) => {
       const read = (): GreylistView => {
         const view: GreylistView = { triplet: null, client: null, tripletCount: this.knownCount.triplet + this.pendingDelta.triplet }
-        for (const r of s.getRows.all(tripletKey, clientKey) as number[][]) {
+        for (const r of s.getRows.all(tripletKey, clientKey, ...wl) as Array<[number, number, number, number, number, string | null]>) {
           if (r[0] === 0) view.triplet = { first: r[1], last: r[2], passed: r[3], count: r[4] }
-          else view.client = { count: r[4], last: r[2], lastCounted: r[1] }
+          else if (r[0] === 1) view.client = { count: r[4], last: r[2], lastCounted: r[1] }
+          // Of several entries, the one that lasts longest.
+          else if (!view.whitelisted || readTime(r[1]) > view.whitelisted.expires) view.whitelisted = { key: r[5]!, expires: readTime(r[1]) }
         }
         return view
       }
@@ -384,6 +404,99 @@ export class SqliteStore implements GreylistStore {
     }
   }
 
+  // ---- StoreAdmin: the ops commands (lib/ops.ts), never on the request path.
+
+  async listTriplets(match: (key: string) => boolean, limit: number): Promise<TripletListing[]> {
+    return this.run((db) => {
+      const out: TripletListing[] = []
+      for (const row of db.prepare('SELECT key, first, last, passed, count, expires FROM triplet ORDER BY key').iterate() as Iterable<TripletListing>) {
+        if (out.length >= limit) break
+        if (match(row.key)) out.push({ ...row })
+      }
+      return out
+    })
+  }
+
+  async deleteTriplets(match: (key: string) => boolean): Promise<number> {
+    const keys = (await this.listTriplets(match, Infinity)).map((r) => r.key)
+    return this.withLockWaits(() => this.run((db, s) =>
+      this.whenUnlocked(() => db.transaction(() => {
+        let gone = 0
+        for (const key of keys) gone += s.deleteTriplet.run(key).changes
+        s.addMeta.run(-gone, 'triplet_count')
+        return gone
+      }).immediate()),
+    ))
+  }
+
+  async setWhitelist(entry: WhitelistEntry): Promise<void> {
+    await this.withLockWaits(() => this.run((db) => this.whenUnlocked(() => {
+      db.prepare('INSERT INTO whitelist (key, expires, note, set_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET expires = excluded.expires, note = excluded.note, set_at = excluded.set_at')
+        .run(entry.key, storedTime(entry.expires), entry.note, entry.setAt)
+    })))
+  }
+
+  async deleteWhitelist(key: string): Promise<boolean> {
+    return this.withLockWaits(() => this.run((db) => this.whenUnlocked(() => db.prepare('DELETE FROM whitelist WHERE key = ?').run(key).changes > 0)))
+  }
+
+  async listWhitelist(): Promise<WhitelistEntry[]> {
+    return this.run((db) =>
+      (db.prepare('SELECT key, expires, note, set_at AS setAt FROM whitelist ORDER BY key').all() as WhitelistEntry[]).map((e) => ({ ...e, expires: readTime(e.expires) })),
+    )
+  }
+
+  async addStats(host: string, deltas: ReadonlyMap<string, number>): Promise<void> {
+    if (deltas.size === 0) return
+    await this.withLockWaits(() => this.run((db) =>
+      this.whenUnlocked(() => db.transaction(() => {
+        const add = db.prepare('INSERT INTO stats (host, name, value) VALUES (?, ?, ?) ON CONFLICT (host, name) DO UPDATE SET value = value + excluded.value')
+        for (const [name, value] of deltas) add.run(host, name, value)
+      }).immediate()),
+    ))
+  }
+
+  async stats(): Promise<Array<{ host: string; name: string; value: number }>> {
+    return this.run((db) => db.prepare('SELECT host, name, value FROM stats ORDER BY name, host').all() as Array<{ host: string; name: string; value: number }>)
+  }
+
+  async purgeAll(now: number): Promise<number> {
+    const removed = await this.withLockWaits(() => this.run((db, s) =>
+      this.whenUnlocked(() => db.transaction(() => {
+        let gone = 0
+        for (const table of TABLES) {
+          const n = db.prepare(`DELETE FROM ${table} WHERE expires < ?`).run(now).changes
+          s.addMeta.run(-n, `${table}_count`)
+          gone += n
+        }
+        return gone + db.prepare('DELETE FROM whitelist WHERE expires <= ?').run(now).changes
+      }).immediate()),
+    ))
+    return removed
+  }
+
+  async check(): Promise<StoreHealth> {
+    const lines: string[] = []
+    let ok = true
+    try {
+      const result = this.run((db, s) => {
+        const integrity = db.pragma('quick_check', { simple: true }) as string
+        const version = db.pragma('user_version', { simple: true }) as number
+        const rows = (table: string): number => (db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n
+        return { integrity, version, triplets: rows('triplet'), clients: rows('client'), whitelist: rows('whitelist'), counted: metaCount(s, 'triplet') }
+      })
+      ok = result.integrity === 'ok'
+      lines.push(
+        `database ${this.opts.path}: schema version ${result.version}, integrity ${result.integrity}`,
+        `triplets: ${result.triplets} (counted for greylist_max_entries: ${result.counted}), client networks: ${result.clients}, whitelist entries: ${result.whitelist}`,
+      )
+    } catch (err) {
+      ok = false
+      lines.push(`database ${this.opts.path}: ${(err as Error).message}`)
+    }
+    return { ok, lines }
+  }
+
   /** Row counts as kept in the database (approximate while processes hold uncounted inserts). */
   async counts(): Promise<{ triplets: number; clients: number }> {
     await this.purgeExpired(-Infinity, 0)
@@ -460,8 +573,9 @@ export class SqliteStore implements GreylistStore {
     } catch (err) {
       // A directory that is missing or out of reach is not a read-only database.
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StoreError('unavailable', `database directory ${dir} cannot be reached: ${(err as Error).message}`)
+      const { makeDirs } = require('../make-dirs') as typeof import('../make-dirs')
       try {
-        fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+        makeDirs(dir, 0o700)
       } catch (mkdirErr) {
         throw new StoreError('unavailable', `database directory ${dir} does not exist and cannot be created: ${(mkdirErr as Error).message}`)
       }
@@ -547,6 +661,15 @@ export class SqliteStore implements GreylistStore {
   }
 }
 
+/** SQLite keeps REAL, not Infinity: an entry without an end is stored as this. */
+const FOREVER = 1e300
+function storedTime(t: number): number {
+  return t === Infinity ? FOREVER : t
+}
+function readTime(t: number): number {
+  return t >= FOREVER ? Infinity : t
+}
+
 /** Another process holds the write lock; thrown before anything changed, so the step can be retried. */
 class LockHeld extends StoreError {
   constructor() {
@@ -621,7 +744,10 @@ function prepare(db: BetterSqlite3.Database): Statements {
     commit: db.prepare('COMMIT'),
     rollback: db.prepare('ROLLBACK'),
     getRows: db
-      .prepare('SELECT 0, first, last, passed, count FROM triplet WHERE key = ? UNION ALL SELECT 1, last_counted, last, 0, count FROM client WHERE key = ?')
+      .prepare(
+        'SELECT 0, first, last, passed, count, NULL FROM triplet WHERE key = ? UNION ALL SELECT 1, last_counted, last, 0, count, NULL FROM client WHERE key = ? ' +
+          `UNION ALL SELECT 2, expires, 0, 0, 0, key FROM whitelist WHERE key IN (${WHITELIST_KEYS_READ.map(() => '?').join(', ')})`,
+      )
       .raw(true),
     insertTriplet: db.prepare('INSERT INTO triplet (first, last, passed, count, expires, key) VALUES (?, ?, ?, ?, ?, ?)'),
     updateTriplet: db.prepare('UPDATE triplet SET first = ?, last = ?, passed = ?, count = ?, expires = ? WHERE key = ?'),

@@ -42,6 +42,8 @@ export interface GreylistView {
    * itself (SQLite: an exact recount every RECOUNT_EVERY seconds).
    */
   tripletCount: number
+  /** A whitelist entry set by the admin (`policyd-ts greylist whitelist`) that names this request, expired or not. */
+  whitelisted?: { key: string; expires: number }
 }
 
 export type StoreFailure = 'busy' | 'corrupt' | 'full' | 'readonly' | 'unavailable' | 'error'
@@ -63,9 +65,56 @@ export interface GreylistStore {
    * `decide` is pure and may be called twice: a store may first try it on
    * rows read without a lock, and take the lock only when it wants to write.
    */
-  updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>): Promise<T>
+  updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys?: readonly string[]): Promise<T>
   /** Delete at most `limit` rows whose expiry time is before `now`; returns how many went. */
   purgeExpired(now: number, limit: number): Promise<number>
   counts(): Promise<{ triplets: number; clients: number }>
   close(): void
+}
+
+/** A triplet row as the ops commands show it. */
+export interface TripletListing {
+  key: string
+  first: number
+  last: number
+  passed: number
+  count: number
+  expires: number
+}
+
+/** An entry of `policyd-ts greylist whitelist`: key "kind<TAB>value". */
+export interface WhitelistEntry {
+  key: string
+  /** Epoch seconds; Infinity for an entry without --ttl. */
+  expires: number
+  note: string
+  setAt: number
+}
+
+export interface StoreHealth {
+  ok: boolean
+  /** One line each: what was checked and what was found. */
+  lines: string[]
+}
+
+/**
+ * What the ops commands do to a store (root or the store's owner, never on
+ * the request path). Every backend implements it; the conformance table
+ * (test/store-conformance.test.ts) runs against each.
+ */
+export interface StoreAdmin {
+  /** Triplet rows whose key `match` accepts, at most `limit`, in key order. */
+  listTriplets(match: (key: string) => boolean, limit: number): Promise<TripletListing[]>
+  /** Delete the triplet rows whose key `match` accepts; returns how many went. */
+  deleteTriplets(match: (key: string) => boolean): Promise<number>
+  setWhitelist(entry: WhitelistEntry): Promise<void>
+  /** Returns whether there was such an entry. */
+  deleteWhitelist(key: string): Promise<boolean>
+  listWhitelist(): Promise<WhitelistEntry[]>
+  /** Add counter deltas of one host (`name` is a Prometheus series, labels included). */
+  addStats(host: string, deltas: ReadonlyMap<string, number>): Promise<void>
+  stats(): Promise<Array<{ host: string; name: string; value: number }>>
+  /** Delete every expired row (triplets, clients, whitelist entries); returns how many went. */
+  purgeAll(now: number): Promise<number>
+  check(): Promise<StoreHealth>
 }

@@ -1,0 +1,205 @@
+// The ops commands: greylist list|delete|whitelist|unwhitelist, stats,
+// store check|purge. They act on the configured store (run them as root or
+// as the store's owner), print a table for people or JSON (--json) for
+// scripts, and never run on the request path. Rate-limit commands come as
+// one more group of the same shape.
+
+import type { Config, LoadedConfig } from './config'
+import { globToRegExp, splitTripletKey, tripletMatcher, type TripletFilter } from './ops/patterns'
+import { normalizeRecipient, normalizeSender, parseCidr, clientNetwork } from './normalize'
+import { whitelistKey, type WhitelistKind } from './greylist/check'
+import type { StoreAdmin, GreylistStore } from './store/types'
+
+export const EX_USAGE = 64
+export const EX_UNAVAILABLE = 69
+export const EX_DATAERR = 65
+
+export interface OpsIo {
+  out(text: string): void
+  err(text: string): void
+  /** Epoch seconds. */
+  now(): number
+}
+
+export type OpsStore = GreylistStore & StoreAdmin
+
+const KINDS: readonly WhitelistKind[] = ['client', 'sender', 'recipient']
+
+/** The value a whitelist entry is stored under, normalised as the greylist check looks it up; null when it is not one. */
+export function whitelistValue(kind: WhitelistKind, value: string): string | null {
+  const v = value.trim()
+  if (v === '') return null
+  if (kind === 'client') {
+    const cidr = parseCidr(v)
+    return cidr ? clientNetwork(cidr.net, cidr.prefix, cidr.prefix) : null
+  }
+  if (kind === 'sender') return v === '<>' ? '<>' : normalizeSender(v) || null
+  return /@/.test(v) ? normalizeRecipient(v) : null
+}
+
+/** Seconds from "300", "5m", "2h", "35d", "1w"; null when it is none of them. */
+export function parseTtl(text: string): number | null {
+  const m = /^(\d{1,9})\s*(s|m|h|d|w)?$/i.exec(text.trim())
+  if (!m) return null
+  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[(m[2] ?? 's').toLowerCase() as 's']
+}
+
+function isoTime(t: number): string {
+  if (!Number.isFinite(t)) return 'never'
+  return new Date(t * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z')
+}
+
+/** Rows as aligned columns under a header. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()
+  return `${[line(header), ...rows.map(line)].join('\n')}\n`
+}
+
+export interface GreylistListArgs extends TripletFilter {
+  limit: number
+  json: boolean
+}
+
+export async function greylistList(store: OpsStore, config: Config, args: GreylistListArgs, io: OpsIo): Promise<number> {
+  const rows = await store.listTriplets(tripletMatcher(args), args.limit)
+  if (args.json) {
+    io.out(`${JSON.stringify(rows.map((r) => ({ ...r, ...(splitTripletKey(r.key) ?? {}), state: r.passed > 0 ? 'passed' : 'waiting' })))}\n`)
+    return 0
+  }
+  if (config.greylist_privacy && (args.client ?? args.sender ?? args.recipient) !== undefined) {
+    io.err('policyd-ts: greylist_privacy is on: the store holds hashes, which no pattern matches\n')
+  }
+  io.out(table(
+    ['CLIENT', 'SENDER', 'RECIPIENT', 'STATE', 'FIRST', 'LAST', 'SEEN', 'EXPIRES'],
+    rows.map((r) => {
+      const parts = splitTripletKey(r.key) ?? { subject: r.key, sender: '', recipient: '' }
+      return [parts.subject, parts.sender, parts.recipient, r.passed > 0 ? 'passed' : 'waiting', isoTime(r.first), isoTime(r.last), String(r.count), isoTime(r.expires)]
+    }),
+  ))
+  if (rows.length === args.limit) io.err(`policyd-ts: the first ${args.limit} matching triplets shown (--limit)\n`)
+  return 0
+}
+
+export async function greylistDelete(store: OpsStore, args: TripletFilter & { all: boolean; json: boolean }, io: OpsIo): Promise<number> {
+  if (!args.all && args.client === undefined && args.sender === undefined && args.recipient === undefined) {
+    io.err('policyd-ts greylist delete: give --client, --sender or --recipient, or --all to delete every triplet\n')
+    return EX_USAGE
+  }
+  const n = await store.deleteTriplets(args.all ? () => true : tripletMatcher(args))
+  io.out(args.json ? `${JSON.stringify({ deleted: n })}\n` : `${n} triplets deleted\n`)
+  return 0
+}
+
+export interface WhitelistArgs {
+  kind?: string
+  value?: string
+  ttl?: string
+  note?: string
+  json: boolean
+}
+
+export async function greylistWhitelist(store: OpsStore, args: WhitelistArgs, io: OpsIo): Promise<number> {
+  if (args.kind === undefined) return listWhitelist(store, args.json, io)
+  const key = entryKey(args.kind, args.value, io, 'whitelist')
+  if (key === null) return EX_USAGE
+  let expires = Infinity
+  if (args.ttl !== undefined) {
+    const ttl = parseTtl(args.ttl)
+    if (ttl === null || ttl === 0) {
+      io.err(`policyd-ts greylist whitelist: --ttl ${JSON.stringify(args.ttl)} is not a duration such as 3600, 12h or 30d\n`)
+      return EX_USAGE
+    }
+    expires = io.now() + ttl
+  }
+  await store.setWhitelist({ key, expires, note: args.note ?? '', setAt: io.now() })
+  const [kind, value] = key.split('\t')
+  io.out(args.json ? `${JSON.stringify({ kind, value, expires: Number.isFinite(expires) ? expires : null })}\n` : `${kind} ${value} whitelisted${Number.isFinite(expires) ? ` until ${isoTime(expires)}` : ''}\n`)
+  return 0
+}
+
+export async function greylistUnwhitelist(store: OpsStore, args: WhitelistArgs, io: OpsIo): Promise<number> {
+  const key = entryKey(args.kind, args.value, io, 'unwhitelist')
+  if (key === null) return EX_USAGE
+  const [kind, value] = key.split('\t')
+  if (!(await store.deleteWhitelist(key))) {
+    io.err(`policyd-ts greylist unwhitelist: no whitelist entry for ${kind} ${value}\n`)
+    return EX_DATAERR
+  }
+  io.out(args.json ? `${JSON.stringify({ kind, value, removed: true })}\n` : `${kind} ${value} no longer whitelisted\n`)
+  return 0
+}
+
+function entryKey(kind: string | undefined, value: string | undefined, io: OpsIo, verb: string): string | null {
+  if (kind === undefined || !(KINDS as readonly string[]).includes(kind) || value === undefined) {
+    io.err(`policyd-ts greylist ${verb}: give client ADDRESS[/BITS], sender ADDRESS or recipient ADDRESS\n`)
+    return null
+  }
+  const v = whitelistValue(kind as WhitelistKind, value)
+  if (v === null) {
+    io.err(`policyd-ts greylist ${verb}: ${JSON.stringify(value)} is not ${kind === 'client' ? 'an IP address or network' : 'an address'}\n`)
+    return null
+  }
+  return whitelistKey(kind as WhitelistKind, v)
+}
+
+async function listWhitelist(store: OpsStore, json: boolean, io: OpsIo): Promise<number> {
+  const entries = (await store.listWhitelist()).filter((e) => e.expires > io.now())
+  const shown = entries.map((e) => {
+    const [kind, value] = e.key.split('\t')
+    return { kind, value, expires: Number.isFinite(e.expires) ? e.expires : null, note: e.note, set_at: e.setAt }
+  })
+  if (json) io.out(`${JSON.stringify(shown)}\n`)
+  else io.out(table(['KIND', 'VALUE', 'EXPIRES', 'SET', 'NOTE'], shown.map((e) => [e.kind, e.value, isoTime(e.expires ?? Infinity), isoTime(e.set_at), e.note])))
+  return 0
+}
+
+/** stats: the counters every process added to the store, summed over hosts (--json per host too). */
+export async function stats(store: OpsStore, args: { json: boolean; prometheus: boolean }, io: OpsIo): Promise<number> {
+  const rows = await store.stats()
+  const totals = new Map<string, number>()
+  for (const r of rows) totals.set(r.name, (totals.get(r.name) ?? 0) + r.value)
+  if (args.json) {
+    io.out(`${JSON.stringify({ totals: Object.fromEntries(totals), hosts: rows })}\n`)
+    return 0
+  }
+  if (args.prometheus) {
+    // For node_exporter's textfile collector: one TYPE line per family.
+    const lines: string[] = []
+    let family = ''
+    for (const [name, value] of [...totals].sort(([a], [b]) => a.localeCompare(b))) {
+      const f = name.replace(/\{.*$/, '')
+      if (f !== family) lines.push(`# TYPE ${(family = f)} counter`)
+      lines.push(`${name} ${value}`)
+    }
+    io.out(lines.length > 0 ? `${lines.join('\n')}\n` : '')
+    return 0
+  }
+  if (totals.size === 0) {
+    io.out('no counters in the store yet (processes add theirs every 10 seconds of activity and when they exit)\n')
+    return 0
+  }
+  io.out(table(['COUNTER', 'VALUE'], [...totals].sort(([a], [b]) => a.localeCompare(b)).map(([n, v]) => [n, String(v)])))
+  return 0
+}
+
+export async function storeCheck(store: OpsStore, json: boolean, io: OpsIo): Promise<number> {
+  const health = await store.check()
+  io.out(json ? `${JSON.stringify(health)}\n` : `${health.lines.join('\n')}\n${health.ok ? 'ok' : 'PROBLEM'}\n`)
+  return health.ok ? 0 : EX_UNAVAILABLE
+}
+
+export async function storePurge(store: OpsStore, json: boolean, io: OpsIo): Promise<number> {
+  const n = await store.purgeAll(io.now())
+  io.out(json ? `${JSON.stringify({ purged: n })}\n` : `${n} expired rows purged\n`)
+  return 0
+}
+
+/** The store the configuration names, for a command; errors become one line and EX_UNAVAILABLE. */
+export function openOpsStore(loaded: LoadedConfig): OpsStore {
+  const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')
+  const c = loaded.config
+  return new SqliteStore({ path: c.db_path, busyTimeoutMs: c.db_busy_timeout * 1000, renameCorrupt: false, log: () => undefined })
+}
+
+export { globToRegExp }
