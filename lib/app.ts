@@ -100,7 +100,10 @@ export class App {
     const old = this.runtimeNow
     this.runtimeNow = this.makeRuntime(loaded)
     this.log.setLevel(loaded.config.debugLevel)
-    old.close()
+    // Requests already in their SPF check finish on the old resolver:
+    // closing it now would turn their pending lookups into temperror.
+    const lookups = (old.config.Lookup_Time + old.config.Whitelist_Lookup_Time) * 1000
+    setTimeout(() => old.close(), lookups + 1000).unref()
   }
 
   /** Called after each decided request: a few rows of store upkeep every UPKEEP_EVERY seconds of activity. */

@@ -20,6 +20,33 @@ export function framerLimits(config: Config): FramerLimits {
   return { maxLineLength: config.max_line_length, maxAttributes: config.max_attributes, maxRequestBytes: config.max_request_bytes }
 }
 
+/**
+ * A bug left the process in a state nobody knows: log it and exit, as
+ * Postfix daemons do; spawn(8) (or systemd, for the daemon) starts a fresh
+ * process. `stopInput` stops reading requests meanwhile, and the log is
+ * flushed first (it batches lines). Node prints nothing itself: there is
+ * a handler.
+ */
+export function exitOnUncaughtError(log: Logger, stopInput: () => void): void {
+  let failed = false
+  const fail = (what: string, err: unknown): void => {
+    if (failed) return
+    failed = true
+    // 70 is sysexits(3) EX_SOFTWARE, as bin/policyd-ts answers a failed start.
+    const exit = (): never => process.exit(70)
+    setTimeout(exit, 2000)
+    try {
+      stopInput()
+      log.log(0, `${what}, exiting: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
+      log.close().then(exit, exit)
+    } catch {
+      exit()
+    }
+  }
+  process.on('uncaughtException', (err) => fail('uncaught exception', err))
+  process.on('unhandledRejection', (err) => fail('unhandled rejection', err))
+}
+
 /** Route everything that could print (console, warnings, stray errors) into the log. */
 function silenceStdio(log: Logger): void {
   const toLog = (...args: unknown[]): void => log.log(2, `console: ${args.map(String).join(' ')}`)
@@ -36,27 +63,7 @@ function silenceStdio(log: Logger): void {
   Object.defineProperty(process, 'stderr', { configurable: true, enumerable: true, get: () => sink })
   process.removeAllListeners('warning')
   process.on('warning', (w) => log.log(0, `node warning: ${w.name}: ${w.message}`))
-  // A bug left the process in a state nobody knows: log it and exit, as
-  // Postfix daemons do; spawn(8) starts a fresh process for the next
-  // connection. No more requests are read meanwhile, and the log is flushed
-  // first (it batches lines). Node prints nothing itself: there is a handler.
-  let failed = false
-  const fail = (what: string, err: unknown): void => {
-    if (failed) return
-    failed = true
-    // 70 is sysexits(3) EX_SOFTWARE, as bin/policyd-ts answers a failed start.
-    const exit = (): never => process.exit(70)
-    setTimeout(exit, 2000)
-    try {
-      process.stdin.removeAllListeners('data').removeAllListeners('end').pause()
-      log.log(0, `${what}, exiting: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
-      log.close().then(exit, exit)
-    } catch {
-      exit()
-    }
-  }
-  process.on('uncaughtException', (err) => fail('uncaught exception', err))
-  process.on('unhandledRejection', (err) => fail('unhandled rejection', err))
+  exitOnUncaughtError(log, () => process.stdin.removeAllListeners('data').removeAllListeners('end').pause())
 }
 
 export async function runSpawn(args: SpawnArgs): Promise<void> {

@@ -15,7 +15,7 @@ import { processLogger } from '../log'
 import { readConfig } from '../read-config'
 import { unreadPolicydSpfConf } from '../policyd-spf-conf'
 import { serve } from '../server'
-import { framerLimits } from '../spawn'
+import { exitOnUncaughtError, framerLimits } from '../spawn'
 import { version } from '../version'
 import { ListenError, openListener } from './listen'
 import { startMetricsServer, type MetricsServer } from './metrics-server'
@@ -45,6 +45,8 @@ export interface Daemon {
   connections(): number
   reload(): void
   stop(): void
+  /** Close the listening socket (connections stay). */
+  stopAccepting(): void
   app: App
   metricsAddress: string | null
 }
@@ -52,6 +54,10 @@ export interface Daemon {
 export async function runDaemon(args: DaemonArgs): Promise<number> {
   const daemon = await startDaemon(args)
   if (typeof daemon === 'number') return daemon
+  // A crash of one connection's handler is answered with fail_action by the
+  // I/O loop; an error outside any handler leaves the process in an
+  // unknown state: logged, then exit 70 (systemd restarts it).
+  exitOnUncaughtError(daemon.app.log, () => daemon.stopAccepting())
   process.on('SIGHUP', () => daemon.reload())
   process.once('SIGTERM', () => daemon.stop())
   process.once('SIGINT', () => daemon.stop())
@@ -71,7 +77,11 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
     return code
   }
   const address = parseListen(config.listen)
-  if (!address) return fatal(EX_CONFIG, `listen: ${JSON.stringify(config.listen)} is not unix:PATH, inet:HOST:PORT or systemd`)
+  if (!address) {
+    // A bad value was already reported and dropped by the loader: say that one.
+    const reported = loaded.errors.find((e) => /: listen: /.test(e))
+    return fatal(EX_CONFIG, reported ?? `listen: ${JSON.stringify(config.listen)} is not unix:PATH, inet:HOST:PORT or systemd`)
+  }
   for (const e of loaded.errors) {
     log.log(0, `configuration error: ${e}`)
     stderr(`policyd-ts: configuration error: ${e}\n`)
@@ -207,7 +217,7 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
     }, DRAIN_TIMEOUT_MS).unref()
   }
 
-  return { stopped, where, connections: () => sockets.size, reload, stop, app, metricsAddress: metricsServer?.address ?? null }
+  return { stopped, where, connections: () => sockets.size, reload, stop, stopAccepting: () => server.close(), app, metricsAddress: metricsServer?.address ?? null }
 }
 
 export { formatListen }

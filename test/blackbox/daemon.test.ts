@@ -7,6 +7,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { assertWellFormed, isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
 import { connect, socketDir, startDaemon, type Client } from '../helpers/daemon-process'
+import { responseTo, startScriptedDnsServer } from '../helpers/dns-server'
 
 const GREYLISTED = /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in \d+ seconds$/
 
@@ -106,26 +107,34 @@ t.test('TERM during load: the request in flight on every connection is answered,
   const dir = t.testdir()
   const d = await startDaemon(socketDir(t), args(dir))
   const clients = await Promise.all(Array.from({ length: 16 }, () => connect(d.socketPath)))
-  // Like smtpd, each client has one request on the wire at a time.
+  // Like smtpd, each client has one request on the wire at a time. TERM
+  // comes once every connection has been answered at least once (a
+  // connection still in the listen queue is not the daemon's yet).
   const current: Array<Promise<string>> = []
   let term = false
+  const servedOnce: Array<Promise<void>> = []
   const answered = clients.map(async (c, i) => {
     let n = 0
+    let first!: () => void
+    servedOnce.push(new Promise<void>((r) => (first = r)))
     for (let k = 0; k < 100000 && !term; k++) {
       current[i] = c.ask(rcptRequest({ instance: `t${i}.${k}`, recipient: `r${k}@example.org` }), 5000)
-      await current[i].catch(() => undefined)
-      n++
+      if ((await current[i].catch(() => '')).startsWith('action=')) {
+        n++
+        first()
+      }
     }
     return n
   })
-  await new Promise((r) => setTimeout(r, 300))
+  await Promise.all(servedOnce)
+  await new Promise((r) => setTimeout(r, 100))
   term = true
   const inFlight = [...current]
   d.child.kill('SIGTERM')
   const last = await Promise.allSettled(inFlight)
   const counts = await Promise.all(answered)
   t.ok(counts.every((n) => n > 0), 'every connection was served before TERM')
-  t.equal(last.filter((r) => r.status === 'fulfilled' && r.value.startsWith('action=')).length, 16, 'the request in flight on each of the 16 connections is answered')
+  t.same(last.map((r) => (r.status === 'fulfilled' ? r.value.slice(0, 14) : String(r.reason))), Array(16).fill('action=DEFER_I'), 'the request in flight on each of the 16 connections is answered')
   const exit = await d.exited(15000)
   t.same(exit, { code: 0, signal: null }, 'exit 0')
   for (const c of clients) {
@@ -226,4 +235,42 @@ t.test('metrics_listen: GET /metrics in Prometheus text format, counting the req
   t.match(text, /^policyd_connections 1$/m)
   t.match(text, /^process_resident_memory_bytes \d+$/m)
   t.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404)
+})
+
+t.test('an error outside any connection handler: logged with its stack, exit 70 (systemd restarts the daemon)', async (t) => {
+  const dir = t.testdir()
+  const fixture = path.join(__dirname, '..', 'fixtures', 'fail-after-start.cjs')
+  const d = await startDaemon(socketDir(t), args(dir), { NODE_OPTIONS: `--require ${fixture}`, POLICYD_TEST_FAIL: 'exception' })
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const c = await connect(d.socketPath)
+  t.match(await c.ask(rcptRequest()), /^action=/)
+  d.child.kill('SIGUSR2')
+  t.same(await d.exited(), { code: 70, signal: null })
+  t.match(d.log(), /uncaught exception, exiting: Error: test fixture: thrown from a timer/)
+})
+
+t.test('a bad listen value: the daemon stops with that value named, never serves stdin', async (t) => {
+  const dir = t.testdir()
+  const p = startPolicy(['--listen', 'unx:/tmp/x', ...args(dir)])
+  t.equal((await p.exited()).code, 78)
+  t.match(p.stderr(), /listen: "unx:\/tmp\/x" is not unix:PATH, inet:HOST:PORT or systemd/)
+  t.equal(p.stdout(), '')
+})
+
+t.test('HUP while an SPF check waits for DNS: it finishes on the old resolver, not as temperror', async (t) => {
+  const dir = t.testdir()
+  // Every answer comes 600 ms late: the HUP arrives while the check waits.
+  const dns = await startScriptedDnsServer((q) => {
+    const answers = q.question.type === 'TXT' && q.question.name === 'slow.example' ? [{ type: 'TXT' as const, name: 'slow.example', ttl: 60, data: 'v=spf1 -all' }] : []
+    setTimeout(() => q.reply(responseTo(q, { answers })), 600)
+  })
+  t.teardown(() => dns.close())
+  const a = args(dir, ['--spf_enabled', 'yes', '--dns_servers', `127.0.0.1:${dns.port}`, '--greylist_enabled', 'no'])
+  const d = await startDaemon(socketDir(t), a)
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const c = await connect(d.socketPath)
+  const reply = c.ask(rcptRequest({ sender: 'x@slow.example', helo_name: 'slow.example', client_address: '192.0.2.1' }))
+  await new Promise((r) => setTimeout(r, 200))
+  d.child.kill('SIGHUP')
+  t.match(await reply, /^action=550 5\.7\.23 /, 'the -all record still rejects')
 })
