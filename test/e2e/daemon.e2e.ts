@@ -10,6 +10,7 @@
 //
 //   bash scripts/e2e-deps.sh && npm run build && npx tap --jobs 1 --timeout 600 test/e2e/daemon.e2e.ts
 import t from 'tap'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
@@ -322,6 +323,47 @@ for (const transport of ['unix', 'inet'] as Transport[]) {
     t.pass(`the restarted daemon (pid ${again}) answered`)
   })
 }
+
+t.test('the daemon\'s own advice for its socket directory, followed as printed, gives a socket smtpd can use', async (t) => {
+  const pf = await usePostfix(t, { ...DAEMON, prepareDaemon: false, policyArgs: BASE })
+  const socketDir = path.dirname(pf.daemon!.socketPath!)
+  const command = `install -d -o ${SPAWN_USER} -g ${DAEMON_SOCKET_GROUP} -m 2750 ${socketDir}`
+  const advice = (): string => /install -d -o \S+ -g \S+ -m [0-7]+ \S+/.exec(pf.daemon!.output())?.[0] ?? ''
+  const asRoot = (cmd: string): void => {
+    const r = spawnSync('/bin/sh', ['-c', cmd], { encoding: 'utf8' })
+    t.equal(r.status, 0, `${cmd}: exit 0 ${r.stderr}`)
+  }
+
+  t.notOk(fs.existsSync(socketDir), `${socketDir} does not exist yet`)
+  t.ok(await pf.daemon!.start().then(() => false, () => true), 'the daemon does not start without its directory')
+  t.match(pf.daemon!.output(), `directory ${socketDir} does not exist`, 'it names the missing directory')
+  t.equal(advice(), command, `its command: that directory, the daemon's user, set-group-ID listen_group (${advice()})`)
+
+  // The directory group postfix but not set-group-ID: the daemon (nobody, in no other group) cannot give its socket
+  // group postfix.
+  asRoot(`install -d -o ${SPAWN_USER} -g ${DAEMON_SOCKET_GROUP} -m 0750 ${socketDir}`)
+  const before = pf.daemon!.output().length
+  t.ok(await pf.daemon!.start().then(() => false, () => true), 'without set-group-ID the daemon does not start either')
+  const said = pf.daemon!.output().slice(before)
+  t.match(said, `${SPAWN_USER} is not a member of group ${DAEMON_SOCKET_GROUP} (listen_group)`, `it says why: ${said.trim()}`)
+  t.equal(/install -d -o \S+ -g \S+ -m [0-7]+ \S+/.exec(said)?.[0], command, 'and gives the same command')
+  t.notOk(fs.existsSync(pf.daemon!.socketPath!), 'no socket left behind')
+
+  // As an admin would: run the command as root, start the daemon again.
+  asRoot(command)
+  const pid = await pf.daemon!.start().catch((err: Error) => {
+    t.fail(`the daemon does not start in the directory made as it says: ${err.message}`)
+    return null
+  })
+  if (pid === null) return
+  const st = fs.statSync(pf.daemon!.socketPath!)
+  t.equal(st.gid, gidOf(DAEMON_SOCKET_GROUP), `socket group ${DAEMON_SOCKET_GROUP}`)
+  t.equal((st.mode & 0o777).toString(8), '660', 'socket mode 0660')
+  const first = await pf.swaks({ from: 'kim@sender.example', to: 'bob@example.test', xclient: { addr: '192.0.2.40' } })
+  assertGreylisted(t, first, ['bob@example.test'])
+  await pf.waitPolicyLog(new RegExp(`policyd-ts\\[${pid}\\]: decision action=DEFER_IF_PERMIT .*sender=kim@sender\\.example`))
+  noPolicyWarnings(t, pf)
+})
 
 t.test('nothing left behind: no instance running, no temp dir, no process (daemons included)', async (t) => {
   t.equal(runningInstances(), 0, 'every instance stopped')
