@@ -4,6 +4,7 @@
 
 import fs = require('node:fs')
 import net = require('node:net')
+import os = require('node:os')
 import path = require('node:path')
 import { formatListen, isLoopback, type ListenAddress } from '../listen-address'
 
@@ -72,7 +73,7 @@ async function listenUnix(server: net.Server, file: string, opts: ListenOptions)
   }
   const dir = path.dirname(path.resolve(file))
   if (!isDirectory(dir)) {
-    throw new ListenError(`cannot listen on unix:${file}: directory ${dir} does not exist (Debian's smtpd runs chrooted: create it under the queue directory, e.g. install -d -o policyd-ts -g postfix -m 0750 /var/spool/postfix/policyd-ts)`)
+    throw new ListenError(`cannot listen on unix:${file}: directory ${dir} does not exist; create it as root: ${installCommand(dir, opts.group)} (${WHERE_SMTPD_CONNECTS})`)
   }
   await removeStale(file)
   const mode = parseInt(opts.mode, 8)
@@ -91,7 +92,30 @@ async function listenUnix(server: net.Server, file: string, opts: ListenOptions)
     fs.chmodSync(file, mode)
   } catch (err) {
     server.close()
-    throw new ListenError(`cannot set owner group or mode of ${file}: ${(err as Error).message}`)
+    const notMember = (err as NodeJS.ErrnoException).code === 'EPERM' && gid !== null && gid !== -1
+    const why = notMember
+      ? `: ${userName()} is not a member of group ${opts.group} (listen_group), and only a member may give a file that group. Make the directory set-group-ID ${opts.group}, so that the socket gets that group as it is created: ${installCommand(dir, opts.group)}`
+      : ''
+    throw new ListenError(`cannot set owner group or mode of ${file}: ${(err as Error).message}${why}`)
+  }
+}
+
+const WHERE_SMTPD_CONNECTS = "a chrooted smtpd, as on Debian, reaches only sockets under the queue directory: /var/spool/postfix/policyd-ts/policy is unix:policyd-ts/policy in main.cf"
+
+/**
+ * The directory for the socket: the daemon's user creates the socket there; set-group-ID listen_group, so that the
+ * socket gets the group smtpd runs as without the daemon's user being a member of it; others kept out.
+ */
+function installCommand(dir: string, group: string): string {
+  return group === '' ? `install -d -o ${userName()} -m 0755 ${dir}` : `install -d -o ${userName()} -g ${group} -m 2750 ${dir}`
+}
+
+/** The daemon's user, for the commands it suggests. */
+function userName(): string {
+  try {
+    return os.userInfo().username
+  } catch {
+    return String(process.getuid?.() ?? 'the daemon user')
   }
 }
 

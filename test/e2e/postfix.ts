@@ -1,5 +1,6 @@
 // End-to-end harness: a REAL private Postfix on 127.0.0.1 that runs the
-// built bin/policyd-ts as a spawn(8) policy service, driven by swaks and by
+// built bin/policyd-ts as a spawn(8) policy service (or talks to it as a
+// daemon the harness runs: policyMode 'daemon'), driven by swaks and by
 // a raw SMTP client. Follows ../shared/postfix-e2e.md (private instance in a
 // temp dir, nothing in /etc/postfix used or changed, free ports, everything
 // of the instance killed by PID and the temp dir removed at stop()).
@@ -36,10 +37,38 @@ const SYSTEM_PATH = '/usr/sbin:/usr/bin:/sbin:/bin'
 const POSTFIX = '/usr/sbin/postfix'
 
 export type Transport = 'unix' | 'inet'
+/** spawn: master.cf.example's spawn(8) service. daemon: one policyd-ts --listen process the harness runs, no master.cf entry. */
+export type PolicyMode = 'spawn' | 'daemon'
+
+/** Daemon mode: the socket's directory under the queue directory and its name, as main.cf names it (unix:policyd-ts/policy). */
+export const DAEMON_SOCKET_DIR = 'policyd-ts'
+export const DAEMON_SOCKET_NAME = 'policy'
+/** Daemon mode: the group smtpd runs as (mail_owner's group), given to the socket with --listen_group. */
+export const DAEMON_SOCKET_GROUP = 'postfix'
 
 export interface PostfixOptions {
-  /** How smtpd reaches the policy service: the spawn entry of master.cf.example (unix) or its commented TCP variant (inet). */
+  /**
+   * How smtpd reaches the policy service. Spawn mode: the spawn entry of master.cf.example (unix) or its commented
+   * TCP variant (inet). Daemon mode: unix:policyd-ts/policy (relative to the queue directory, as a chrooted smtpd
+   * needs) or inet:127.0.0.1:PORT.
+   */
   transport?: Transport
+  /**
+   * 'spawn' (default) or 'daemon': the harness starts bin/policyd-ts --listen itself (node flags of
+   * scripts/node-flags.js, as the spawn user through setpriv, before Postfix) and main.cf says
+   * `check_policy_service { SERVICE, default_action=DUNNO }` with no master.cf entry. policyArgs go to the daemon.
+   */
+  policyMode?: PolicyMode
+  /**
+   * Daemon mode: create the socket's directory (unix: <queue_directory>/policyd-ts, the daemon user's, set-group-ID
+   * postfix, 2750) and start the daemon before Postfix. Default true; false leaves both to the test (daemon.start()).
+   */
+  prepareDaemon?: boolean
+  /**
+   * Run smtpd chrooted in the queue directory (master.cf chroot column y), as Debian's master.cf does: it then
+   * reaches only sockets under the queue directory. Default false.
+   */
+  chrootSmtpd?: boolean
   /**
    * Appended to the policyd-ts command line in master.cf, after the isolating options (later options win).
    * A function gets the instance's paths (e.g. for whitelist files given in `files`).
@@ -127,6 +156,9 @@ export interface PostfixInstance {
   /** smtpd's port on 127.0.0.1. */
   port: number
   transport: Transport
+  policyMode: PolicyMode
+  /** Daemon mode: the policyd-ts daemon the harness runs (started before Postfix, stopped by stop()); null in spawn mode. */
+  daemon: PolicyDaemon | null
   /** `check_policy_service` target as written in main.cf. */
   policyService: string
   /** The policy port (inet transport only). */
@@ -138,9 +170,9 @@ export interface PostfixInstance {
   policyLogFile: string
   mboxFile: string
   maillogFile: string
-  /** The master.cf policy entry actually used. */
+  /** The master.cf policy entry actually used ('' in daemon mode: there is none). */
   policyEntry: string
-  /** The full policyd-ts argv after the interpreter. */
+  /** The policyd-ts arguments after bin/policyd-ts (spawn entry or daemon command line). */
   policyArgv: string[]
   /** What `--test-mode` said of the start-up, run as the spawn user with master.cf's command line. */
   startUp: string
@@ -158,9 +190,9 @@ export interface PostfixInstance {
   policyLog(): string
   /** Waits (bounded) until the policy log matches, then returns its text (or throws with the text). */
   waitPolicyLog(re: RegExp, timeoutMs?: number): Promise<string>
-  /** PIDs of this instance's running policyd-ts processes (not zombies). */
+  /** PIDs of this instance's running policyd-ts processes (not zombies): spawned ones, and the daemon in daemon mode. */
   policyPids(): number[]
-  /** `postfix reload`; by default waits until the policy processes running before it have exited. Returns those PIDs. */
+  /** `postfix reload`; by default waits until the spawned policy processes running before it have exited (not the daemon: Postfix does not run it). Returns those PIDs. */
   reload(opts?: { waitPolicyExit?: boolean; timeoutMs?: number }): Promise<number[]>
   /** Text for a failure report: config, maillog, policy log. */
   diagnostics(): string
@@ -327,6 +359,121 @@ case $want in *w*) [ -w "$target" ] || { echo "$target (not writable)"; exit 0; 
   const r = asSpawnUser(['/bin/sh', '-c', script, 'sh', p, want])
   if (r.code !== 0) throw new Error(`setpriv as ${SPAWN_USER} failed (${r.code}): ${r.err}`)
   return r.out.trim() === '' ? null : r.out.trim()
+}
+
+// ---------------------------------------------------------------------------
+// daemon mode: one policyd-ts process for every smtpd, run by the harness
+
+export interface DaemonExit {
+  pid: number
+  code: number | null
+  signal: NodeJS.Signals | null
+  /** True when it did not exit within the timeout and was killed with SIGKILL. */
+  killed: boolean
+}
+
+export interface PolicyDaemon {
+  /** The --listen value (an absolute unix: path, or inet:127.0.0.1:PORT). */
+  listen: string
+  /** unix: the socket file (<queue_directory>/policyd-ts/policy); null for inet. */
+  socketPath: string | null
+  /** The whole command run as the spawn user: node, the node flags of master.cf.example, bin/policyd-ts, its arguments. */
+  argv: string[]
+  /** PID of the running daemon; null when none runs. */
+  pid(): number | null
+  /** Starts it and waits (bounded) until it accepts connections; returns its PID. Throws (with its output) if it exits first. */
+  start(timeoutMs?: number): Promise<number>
+  /** Sends `signal` (default SIGTERM) and waits (bounded, default 15 s) for the exit, then SIGKILL. Null when none ran. */
+  stop(opts?: { signal?: NodeJS.Signals; timeoutMs?: number }): Promise<DaemonExit | null>
+  /** Everything every run wrote on stdout and stderr (a daemon writes there only when it cannot start). */
+  output(): string
+}
+
+interface DaemonSpec {
+  argv: string[]
+  listen: string
+  socketPath: string | null
+  port: number | null
+  /** Set in the daemon's environment as spawn(8) sets it for its children: stop() and the watchdog find the instance's processes by it. */
+  etcDir: string
+  log: () => string
+}
+
+function canConnect(where: { path: string } | { host: string; port: number }): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(where as net.NetConnectOpts)
+    const done = (ok: boolean): void => {
+      s.destroy()
+      resolve(ok)
+    }
+    s.once('connect', () => done(true))
+    s.once('error', () => done(false))
+    s.setTimeout(1000, () => done(false))
+  })
+}
+
+function policyDaemon(spec: DaemonSpec): PolicyDaemon {
+  let child: ReturnType<typeof spawn> | null = null
+  let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | null = null
+  let lastExit: DaemonExit | null = null
+  let output = ''
+  const where = spec.socketPath !== null ? { path: spec.socketPath } : { host: '127.0.0.1', port: spec.port! }
+
+  const stop = async (o: { signal?: NodeJS.Signals; timeoutMs?: number } = {}): Promise<DaemonExit | null> => {
+    if (child === null || exited === null) return lastExit
+    const running = child
+    const pid = running.pid!
+    const ended = exited
+    running.kill(o.signal ?? 'SIGTERM')
+    const timeout = o.timeoutMs ?? 15000
+    let timer: NodeJS.Timeout | undefined
+    let result = await Promise.race([ended, new Promise<null>((r) => (timer = setTimeout(() => r(null), timeout)))])
+    clearTimeout(timer)
+    let killed = false
+    if (result === null) {
+      killed = true
+      running.kill('SIGKILL')
+      result = await Promise.race([ended, sleep(5000).then(() => ({ code: null, signal: null }))])
+    }
+    child = null
+    exited = null
+    lastExit = { pid, ...result, killed }
+    return lastExit
+  }
+
+  return {
+    listen: spec.listen,
+    socketPath: spec.socketPath,
+    argv: spec.argv,
+    pid: () => child?.pid ?? null,
+    output: () => output,
+    stop,
+    async start(timeoutMs = 15000): Promise<number> {
+      if (child !== null) throw new Error(`the daemon already runs (pid ${child.pid})`)
+      // env -i: tap adds its own NODE_OPTIONS to every child's environment (@tapjs/processinfo), which would load
+      // tap's code into the daemon (and fail as nobody at exit). env and setpriv exec: the child's PID is the daemon's.
+      const environment = [`PATH=${SYSTEM_PATH}`, 'LANG=C', `MAIL_CONFIG=${spec.etcDir}`]
+      const setpriv = ['/usr/bin/setpriv', `--reuid=${SPAWN_USER}`, `--regid=${SPAWN_GROUP}`, '--clear-groups', '--']
+      const c = spawn('/usr/bin/env', ['-i', ...environment, ...setpriv, ...spec.argv], { stdio: ['ignore', 'pipe', 'pipe'] })
+      child = c
+      for (const stream of [c.stdout!, c.stderr!]) {
+        stream.setEncoding('utf8')
+        stream.on('data', (d: string) => (output += d))
+      }
+      exited = new Promise((resolve) => c.once('exit', (code, signal) => resolve({ code, signal })))
+      const early: { exit: { code: number | null; signal: NodeJS.Signals | null } | null } = { exit: null }
+      void exited.then((e) => (early.exit = e))
+      // Ready once it has logged its start (after the socket's group and mode are set) and a connection succeeds.
+      const started = `policyd-ts[${c.pid}]: daemon started`
+      const up = await waitFor(async () => early.exit !== null || (spec.log().includes(started) && (await canConnect(where))), timeoutMs, 50)
+      if (!up || early.exit !== null) {
+        const why = early.exit !== null ? `exited (${JSON.stringify(early.exit)})` : `does not accept connections on ${spec.listen} within ${timeoutMs} ms`
+        await stop({ signal: 'SIGKILL', timeoutMs: 2000 })
+        throw new Error(`the policyd-ts daemon ${why}:\n${spec.argv.join(' ')}\noutput: ${output}\nlog:\n${spec.log().split('\n').slice(-20).join('\n')}`)
+      }
+      return c.pid!
+    },
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -653,6 +800,7 @@ export function leftoverProcesses(): number[] {
 export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixInstance> {
   preflightMachine()
   const transport = opts.transport ?? 'unix'
+  const policyMode = opts.policyMode ?? 'spawn'
   const node = fs.realpathSync(process.execPath)
   const bin = fs.realpathSync(BIN)
   const nobodyUid = idOf('-u', SPAWN_USER)
@@ -666,6 +814,7 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
   let masterPid: number | null = null
   let watchdogPid: number | null = null
   let stopped = false
+  let daemon: PolicyDaemon | null = null
   const sessions = new Set<SmtpSession>()
 
   const readMasterPid = (): number | null => {
@@ -682,6 +831,8 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
     stopped = true
     running.delete(handle)
     for (const s of sessions) s.close()
+    // The daemon is not Postfix's: TERM it (it answers what it was asked, then exits); whatever is left is killed below.
+    await daemon?.stop({ timeoutMs: 12000 }).catch(() => undefined)
     masterPid ??= readMasterPid()
     const before = instanceProcesses(etcDir, masterPid)
     if (masterPid !== null || before.length > 0) run(POSTFIX, ['-c', etcDir, 'stop'], { timeoutMs: 20000 })
@@ -780,11 +931,37 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
 
     const [port, policyPortFree] = await freePorts(2)
     const policyPort = transport === 'inet' ? policyPortFree : null
-    const { entry, argv } = policyEntryFromExample(transport, policyPort, node, bin, policyArgs)
+    let entry = ''
+    let argv: string[]
+    let policyService: string
+    if (policyMode === 'spawn') {
+      ;({ entry, argv } = policyEntryFromExample(transport, policyPort, node, bin, policyArgs))
+      policyService = transport === 'unix' ? 'unix:private/policy' : `inet:127.0.0.1:${policyPort}`
+    } else {
+      // The socket in a directory of its own under the queue directory: a chrooted smtpd (Debian's default) sees only
+      // that tree, and main.cf names the socket relative to it. The directory is the daemon user's and set-group-ID
+      // postfix, so the socket it creates is group postfix without that user being a member of group postfix.
+      const socketDir = path.join(dir, 'spool', DAEMON_SOCKET_DIR)
+      if (transport === 'unix' && opts.prepareDaemon !== false) {
+        fs.mkdirSync(socketDir, { mode: 0o750 })
+        fs.chownSync(socketDir, nobodyUid, postfixGid)
+        fs.chmodSync(socketDir, 0o2750)
+        const why = spawnUserCannot(socketDir, 'w')
+        if (why) throw new Error(`the daemon user ${SPAWN_USER} cannot create its socket: ${why}`)
+      }
+      const socketPath = path.join(socketDir, DAEMON_SOCKET_NAME)
+      const listen = transport === 'unix' ? `unix:${socketPath}` : `inet:127.0.0.1:${policyPort}`
+      const { nodeFlags } = require(path.join(ROOT, 'scripts', 'node-flags.js')) as { nodeFlags(): string[] }
+      argv = [...nodeFlags(), bin, '--listen', listen, '--listen_group', DAEMON_SOCKET_GROUP, '--listen_mode', '0660', ...policyArgs]
+      // Only the service string says where the policy is: no master.cf entry; when the daemon is down, DUNNO.
+      const target = transport === 'unix' ? `unix:${DAEMON_SOCKET_DIR}/${DAEMON_SOCKET_NAME}` : listen
+      policyService = `{ ${target}, default_action=DUNNO }`
+      daemon = policyDaemon({ argv: [node, ...argv], listen, socketPath: transport === 'unix' ? socketPath : null, port: policyPort, etcDir, log: () => readOr(policyLogFile) })
+    }
     let startUp = ''
 
     if (opts.checkConfig !== false) {
-      // As master.cf runs it (its node flags too), plus --test-mode.
+      // As master.cf (or the daemon's command line) runs it, node flags too, plus --test-mode.
       const r = asSpawnUser([node, ...argv.slice(0, argv.indexOf(bin) + 1), '--test-mode', ...argv.slice(argv.indexOf(bin) + 1)])
       startUp = /^# start-up: (.*)$/m.exec(r.out)?.[1] ?? ''
       if (r.code !== 0) {
@@ -793,7 +970,6 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
       }
     }
 
-    const policyService = transport === 'unix' ? 'unix:private/policy' : `inet:127.0.0.1:${policyPort}`
     const mailboxLocal = 'mbox'
     const main: Record<string, string> = {
       compatibility_level: '3.7',
@@ -834,17 +1010,19 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
     if (opts.dataRestrictions !== false) main.smtpd_data_restrictions = `check_policy_service ${policyService}`
     // The time limit of a spawn service is <service name>_time_limit: `policy` for the unix entry; the inet entry
     // carries -o command_time_limit instead (policy_time_limit would be an unused parameter there).
-    if (transport === 'unix') main.policy_time_limit = '3600s'
+    if (policyMode === 'spawn' && transport === 'unix') main.policy_time_limit = '3600s'
     Object.assign(main, opts.extraMain ?? {})
     const mainCf = path.join(etcDir, 'main.cf')
     const masterCf = path.join(etcDir, 'master.cf')
     fs.writeFileSync(mainCf, `${Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`, { mode: 0o644 })
-    fs.writeFileSync(masterCf, `127.0.0.1:${port} inet n - n - - smtpd\n${MASTER_CF_BASE}${entry}\n`, { mode: 0o644 })
+    fs.writeFileSync(masterCf, `127.0.0.1:${port} inet n - ${opts.chrootSmtpd ? 'y' : 'n'} - - smtpd\n${MASTER_CF_BASE}${entry === '' ? '' : `${entry}\n`}`, { mode: 0o644 })
     setOld(mainCf)
     setOld(masterCf)
 
     const check = run(POSTFIX, ['-c', etcDir, 'check'])
     if (check.code !== 0) throw new Error(`postfix check failed (${check.code}):\n${check.err}${check.out}${explain(['check'])}`)
+    // Like policyd-ts.service (Before=postfix.service): the daemon runs before smtpd asks it.
+    if (opts.prepareDaemon !== false) await daemon?.start()
     const start = run(POSTFIX, ['-c', etcDir, 'start'])
     if (start.code !== 0) throw new Error(`postfix start failed (${start.code}):\n${start.err}${start.out}${explain(['start'])}`)
     masterPid = readMasterPid()
@@ -895,6 +1073,8 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
       policyLogFile,
       mboxFile,
       maillogFile,
+      policyMode,
+      daemon,
       policyEntry: entry,
       policyArgv: argv.slice(argv.indexOf(bin) + 1),
       startUp,
@@ -946,7 +1126,7 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
         return read()
       },
       async reload(o: { waitPolicyExit?: boolean; timeoutMs?: number } = {}): Promise<number[]> {
-        const old = policyPids()
+        const old = policyPids().filter((p) => p !== daemon?.pid())
         const oldInfo = old.map(procInfo).filter((p): p is ProcInfo => p !== null)
         setOld(mainCf)
         setOld(masterCf)
@@ -961,7 +1141,9 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
       diagnostics(): string {
         return [
           `== instance ${dir} (smtpd 127.0.0.1:${port}, policy ${policyService})`,
-          `== master.cf policy entry:\n${entry}`,
+          daemon
+            ? `== policy daemon (pid ${daemon.pid() ?? 'none'}): ${daemon.argv.join(' ')}\n   its stdout/stderr: ${JSON.stringify(daemon.output())}`
+            : `== master.cf policy entry:\n${entry}`,
           `== maillog (last 60 lines):\n${maillog().split('\n').slice(-60).join('\n')}`,
           `== policy log (last 40 lines):\n${policyLog().split('\n').slice(-40).join('\n')}`,
         ].join('\n')
