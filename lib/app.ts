@@ -61,6 +61,8 @@ export class App {
   private readonly ownStore: boolean
   /** Where this process adds its counters for `policyd-ts stats`, when the store keeps them. */
   private readonly statsStore: (GreylistStore & StoreAdmin) | null
+  /** DNS counts of the resolvers of earlier configurations (before a reload). */
+  private dnsBefore = { queries: 0, cacheHits: 0, timeouts: 0 }
   /** Counter values already added to the store. */
   private flushed = new Map<string, number>()
   private readonly hostnameOverride?: string
@@ -75,6 +77,16 @@ export class App {
     this.statsStore = 'addStats' in store ? (store as GreylistStore & StoreAdmin) : null
     this.store = timedStore(store, this.metrics)
     this.runtimeNow = this.makeRuntime(opts.loaded)
+    // The resolver counts its own questions; a reload starts a new one, so
+    // the totals of earlier ones are kept here.
+    this.metrics.collect('dns', () => {
+      const now = this.runtimeNow.spfLoaded ? this.runtimeNow.spf().resolver.stats() : { queries: 0, cacheHits: 0, timeouts: 0 }
+      return [
+        [{ outcome: 'query' }, this.dnsBefore.queries + now.queries],
+        [{ outcome: 'cache_hit' }, this.dnsBefore.cacheHits + now.cacheHits],
+        [{ outcome: 'timeout' }, this.dnsBefore.timeouts + now.timeouts],
+      ]
+    })
     this.lastUpkeep = this.now()
   }
 
@@ -98,6 +110,10 @@ export class App {
    */
   reload(loaded: LoadedConfig): void {
     const old = this.runtimeNow
+    if (old.spfLoaded) {
+      const s = old.spf().resolver.stats()
+      this.dnsBefore = { queries: this.dnsBefore.queries + s.queries, cacheHits: this.dnsBefore.cacheHits + s.cacheHits, timeouts: this.dnsBefore.timeouts + s.timeouts }
+    }
     this.runtimeNow = this.makeRuntime(loaded)
     this.log.setLevel(loaded.config.debugLevel)
     // Requests already in their SPF check finish on the old resolver:

@@ -141,11 +141,11 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   },
   max_idle: {
     type: 'duration', default: '600s', min: 1, max: LONGEST_TIMER_S,
-    doc: 'Exit after this long without a request (Postfix closes idle policy connections after 300s by default); at most 24d 20h 31m 23s, the longest timer Node has.',
+    doc: 'Spawn mode: exit after this long without a request; daemon: close a connection idle this long, which must be longer than Postfix\'s smtpd_policy_service_max_idle (300s by default, after which Postfix closes it itself); at most 24d 20h 31m 23s, the longest timer Node has.',
   },
   max_lifetime: {
     type: 'duration', default: '7200s', min: 1, max: LONGEST_TIMER_S,
-    doc: 'Exit after this long in all, between two requests (Postfix does not enforce policy_time_limit on spawned children); at most 24d 20h 31m 23s, the longest timer Node has.',
+    doc: 'Spawn mode: exit after this long in all, between two requests (Postfix does not enforce policy_time_limit on spawned children); not used by the daemon, whose connections Postfix ends after smtpd_policy_service_max_ttl; at most 24d 20h 31m 23s, the longest timer Node has.',
   },
   listen: {
     type: 'string', default: '',

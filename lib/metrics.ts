@@ -51,6 +51,8 @@ export class Metrics {
   private readonly counters = new Map<FamilyKey, Map<string, number>>()
   private readonly histograms = new Map<FamilyKey, Map<string, Histogram>>()
   private readonly gauges = new Map<FamilyKey, () => number>()
+  /** Counters kept elsewhere (the resolver's), read when rendered. */
+  private readonly collectors = new Map<FamilyKey, () => Array<[Record<string, string>, number]>>()
 
   /** Add `by` to a counter; labels are rendered in the order given. */
   add(family: FamilyKey, labels: Record<string, string> = {}, by = 1): void {
@@ -77,10 +79,23 @@ export class Metrics {
     this.gauges.set(family, read)
   }
 
+  /** A counter family whose values another part keeps: `read` gives them, with their labels, when rendered. */
+  collect(family: FamilyKey, read: () => Array<[Record<string, string>, number]>): void {
+    this.collectors.set(family, read)
+  }
+
+  private counterSeries(family: FamilyKey): Map<string, number> | undefined {
+    const read = this.collectors.get(family)
+    if (!read) return this.counters.get(family)
+    return new Map(read().map(([labels, v]) => [labelText(labels), v]))
+  }
+
   /** Counter values as flat `name{labels}` keys, for adding to the store's totals. */
   counterValues(): Map<string, number> {
     const out = new Map<string, number>()
-    for (const [family, series] of this.counters) for (const [labels, v] of series) out.set(`${FAMILIES[family].name}${labels}`, v)
+    for (const family of new Set([...this.counters.keys(), ...this.collectors.keys()])) {
+      for (const [labels, v] of this.counterSeries(family) ?? []) out.set(`${FAMILIES[family].name}${labels}`, v)
+    }
     return out
   }
 
@@ -91,7 +106,7 @@ export class Metrics {
     }
     for (const key of Object.keys(FAMILIES) as FamilyKey[]) {
       const f = FAMILIES[key]
-      const counters = this.counters.get(key)
+      const counters = this.counterSeries(key)
       const histograms = this.histograms.get(key)
       const gauge = this.gauges.get(key)
       if (counters && counters.size > 0) {

@@ -55,3 +55,12 @@ t.test('gauges are read when rendered; counter values for the store totals', asy
   m.add('discarded')
   t.same([...m.counterValues()], [['policyd_requests_discarded_total', 1]])
 })
+
+t.test('collected counters (kept by another part, read when rendered) render and sum like counters', async (t) => {
+  const m = new Metrics()
+  let queries = 2
+  m.collect('dns', () => [[{ outcome: 'query' }, queries], [{ outcome: 'timeout' }, 0]])
+  t.match(m.render(), /^# TYPE policyd_dns_total counter\npolicyd_dns_total\{outcome="query"\} 2\npolicyd_dns_total\{outcome="timeout"\} 0$/m)
+  queries = 5
+  t.equal(m.counterValues().get('policyd_dns_total{outcome="query"}'), 5)
+})

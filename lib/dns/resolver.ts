@@ -53,7 +53,7 @@ export interface Resolver {
   /** The cached answer, if there is a fresh one: no query, no promise. */
   cached(name: string, type: RrType): DnsAnswer | undefined
   /** `sockets`: UDP sockets open now. */
-  stats(): { queries: number; cacheHits: number; cacheEntries: number; sockets: number }
+  stats(): { queries: number; cacheHits: number; timeouts: number; cacheEntries: number; sockets: number }
   /**
    * Settles every pending query at once as TIMEOUT (no answer: a temporary
    * error to the SPF check), closes the sockets and clears the timers.
@@ -126,6 +126,8 @@ class StubResolver implements Resolver {
   private readonly tcpPending = new Set<() => void>()
   private queries = 0
   private cacheHits = 0
+  /** Queries that got no answer in time. */
+  private timeouts = 0
   private closed = false
   private packet: typeof DnsPacket | null = null
 
@@ -156,8 +158,8 @@ class StubResolver implements Resolver {
     return this.servers
   }
 
-  stats(): { queries: number; cacheHits: number; cacheEntries: number; sockets: number } {
-    return { queries: this.queries, cacheHits: this.cacheHits, cacheEntries: this.cache.size, sockets: this.open.size }
+  stats(): { queries: number; cacheHits: number; timeouts: number; cacheEntries: number; sockets: number } {
+    return { queries: this.queries, cacheHits: this.cacheHits, timeouts: this.timeouts, cacheEntries: this.cache.size, sockets: this.open.size }
   }
 
   cached(name: string, type: RrType): DnsAnswer | undefined {
@@ -204,6 +206,7 @@ class StubResolver implements Resolver {
       if (reply && (reply as { flag_tc?: boolean }).flag_tc) reply = await this.tcpQuery(server, qname, type)
       if (!reply) {
         last = 'TIMEOUT'
+        this.timeouts++
         continue
       }
       const rcode = String((reply as { rcode?: string }).rcode ?? 'NOERROR')

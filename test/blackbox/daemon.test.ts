@@ -274,3 +274,24 @@ t.test('HUP while an SPF check waits for DNS: it finishes on the old resolver, n
   d.child.kill('SIGHUP')
   t.match(await reply, /^action=550 5\.7\.23 /, 'the -all record still rejects')
 })
+
+t.test('metrics: DNS questions of the SPF check are counted (queries, cache hits)', async (t) => {
+  const dir = t.testdir()
+  const port = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port
+      s.close(() => resolve(p))
+    })
+  })
+  const dns = await startScriptedDnsServer((q) => q.reply(responseTo(q, { answers: q.question.type === 'TXT' ? [{ type: 'TXT', name: q.question.name, ttl: 300, data: 'v=spf1 ip4:192.0.2.0/24 -all' }] : [] })))
+  t.teardown(() => dns.close())
+  const d = await startDaemon(socketDir(t), args(dir, ['--spf_enabled', 'yes', '--dns_servers', `127.0.0.1:${dns.port}`, '--greylist_enabled', 'no', '--metrics_listen', `127.0.0.1:${port}`]))
+  t.teardown(() => d.child.kill('SIGKILL'))
+  const c = await connect(d.socketPath)
+  for (let i = 0; i < 3; i++) await c.ask(rcptRequest({ instance: `d${i}`, sender: 'a@pass.example', helo_name: 'pass.example', client_address: '192.0.2.9' }))
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+  const value = (outcome: string): number => Number(new RegExp(`^policyd_dns_total\\{outcome="${outcome}"\\} (\\d+)$`, 'm').exec(text)?.[1])
+  t.equal(value('query'), dns.received.length, 'one per question the DNS server received')
+  t.ok(value('cache_hit') >= 2, 'the later requests are answered from the cache')
+  t.equal(value('timeout'), 0)
+})
