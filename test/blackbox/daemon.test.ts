@@ -43,31 +43,50 @@ t.test('200 connections with interleaved two-recipient messages: well-formed rep
   await Promise.all(clients.map((c) => (c.end(), c.closed)))
 })
 
-t.test('bad input on some connections while others keep being served', async (t) => {
+t.test('twelve kinds of bad input, each on its own connection, while others keep being served', async (t) => {
   const dir = t.testdir()
-  const d = await startDaemon(socketDir(t), args(dir, ['--max_line_length', '1024', '--max_attributes', '40']))
+  const d = await startDaemon(socketDir(t), args(dir, ['--max_line_length', '1024', '--max_attributes', '40', '--max_request_bytes', '8192']))
   t.teardown(() => d.child.kill('SIGKILL'))
   const good = await Promise.all(Array.from({ length: 8 }, () => connect(d.socketPath)))
-  const bad = await Promise.all(Array.from({ length: 6 }, () => connect(d.socketPath)))
-  bad[0].send(`${'x'.repeat(2 * 1024 * 1024)}\n\n`)
-  bad[1].send(Buffer.from([0x00, 0xff, 0xfe, 0x0d, 0x0a, 0x0a, 0x0a]))
-  bad[2].send(`${Array.from({ length: 100 }, (_, i) => `a${i}=b`).join('\n')}\n\n`)
-  bad[3].send('request=smtpd_access_policy\nprotocol_state=RC')
-  bad[3].end()
-  bad[4].send('garbage without equals\n\n')
-  bad[5].socket.destroy()
+  // [what, bytes, replies expected (each well formed), then the connection goes on (true) or is closed by the client]
+  const cases: Array<[string, string | Buffer, number]> = [
+    ['a 2 MiB line', `${'x'.repeat(2 * 1024 * 1024)}\n\n`, 1],
+    ['NUL, invalid UTF-8, CR', Buffer.from([0x00, 0xff, 0xfe, 0x0d, 0x0a, 0x0a]), 1],
+    ['too many attributes', `${Array.from({ length: 100 }, (_, i) => `a${i}=b`).join('\n')}\n\n`, 1],
+    ['a request past max_request_bytes', `${Array.from({ length: 30 }, (_, i) => `k${i}=${'v'.repeat(500)}`).join('\n')}\n\n`, 1],
+    ['lines without "="', 'garbage without equals\nmore\n\n', 1],
+    ['a foreign request type', 'request=junk_policy\nprotocol_state=RCPT\n\n', 1],
+    ['an empty request', '\n', 1],
+    ['repeated attributes', `${rcptRequest().replace('\n\n', '\nsender=other@example.net\nrecipient=x@y\n\n')}`, 1],
+    ['an attribute with an empty name', '=value\nrequest=smtpd_access_policy\n\n', 1],
+    ['control bytes in values', rcptRequest({ helo_name: 'evil\u0001\u001b[2Jhelo', sender: 'a\u007fb@example.net' }), 1],
+    ['a request cut by EOF', 'request=smtpd_access_policy\nprotocol_state=RC', 0],
+    ['the client gone without reading', rcptRequest({ instance: 'gone' }), 0],
+  ]
+  const bad = await Promise.all(cases.map(() => connect(d.socketPath)))
+  cases.forEach(([, bytes], i) => bad[i].send(bytes))
+  bad[10].end()
+  bad[11].socket.destroy()
   const rounds = await Promise.all(good.map(async (c, i) => {
     const out: string[] = []
     for (let k = 0; k < 20; k++) out.push(await c.ask(rcptRequest({ instance: `g${i}.${k}`, recipient: `r${k}@example.org` })))
     return out
   }))
   t.same(rounds.flat().filter((r) => !GREYLISTED.test(r)), [], 'every request of the well-behaved connections answered')
-  t.equal((await bad[0].replies(1))[0], 'action=DUNNO', 'an oversized line: fail_action')
-  t.equal((await bad[2].replies(1))[0], 'action=DUNNO', 'too many attributes: fail_action')
-  t.equal((await bad[4].replies(1))[0], 'action=DUNNO', 'a line without "=" in a request of no type: an answer, not a crash')
-  await bad[3].closed
-  t.equal(bad[3].output(), '', 'a request cut by EOF is not answered')
-  for (const c of [...good, ...bad]) assertWellFormed(c.output())
+  for (const [i, [what, , n]] of cases.entries()) {
+    if (n > 0) {
+      const replies = await bad[i].replies(n)
+      t.equal(replies.length, n, what)
+      assertWellFormed(bad[i].output())
+    } else if (i === 10) {
+      await bad[i].closed
+      t.equal(bad[i].output(), '', `${what}: not answered`)
+    }
+  }
+  t.match((await bad[0].replies(1))[0], /^action=DUNNO$/, 'an oversized line: fail_action')
+  // The connection that sent bad input still serves a good request afterwards.
+  bad[4].send(rcptRequest({ instance: 'after-garbage', recipient: 'after@example.org' }))
+  t.match((await bad[4].replies(2))[1], GREYLISTED)
   t.equal(d.child.exitCode, null, 'the daemon is still running')
 })
 
