@@ -118,7 +118,7 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
 }
 
 /** Commit (mail goes on) or release (mail refused) what each check proposed; a failure is logged, the reply stands. */
-async function settleEffects(verdicts: readonly Verdict[], commit: boolean, ctx: DecideContext): Promise<void> {
+export async function settleEffects(verdicts: readonly Verdict[], commit: boolean, ctx: DecideContext): Promise<void> {
   for (const v of verdicts) {
     if (!v.effect) continue
     try {
