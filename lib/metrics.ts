@@ -39,12 +39,15 @@ interface Histogram {
 
 /** Label values go into the exposition quoted; escape what the format requires. */
 function labelValue(v: string): string {
-  return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')
+  return NEEDS_ESCAPE.test(v) ? v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : v
 }
+const NEEDS_ESCAPE = /[\\\n"]/
 
+/** `{k="v",...}`, or '' without labels. Runs for every counted request: a plain loop, no intermediate arrays. */
 function labelText(labels: Record<string, string>): string {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${labelValue(v)}"`)
-  return parts.length === 0 ? '' : `{${parts.join(',')}}`
+  let text = ''
+  for (const k in labels) text += `${text === '' ? '{' : ','}${k}="${labelValue(labels[k])}"`
+  return text === '' ? '' : `${text}}`
 }
 
 export class Metrics {

@@ -121,3 +121,21 @@ for (const backend of BACKENDS) {
     }
   })
 }
+
+t.test('sqlite: an entry another process adds is looked up from the next upkeep step on (ten seconds of activity)', async (t) => {
+  const dir = t.testdir()
+  const make = (): SqliteStore => new SqliteStore({ path: path.join(dir, 'db', 'store.sqlite'), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined })
+  const server = make()
+  const ops = make()
+  t.teardown(() => (server.close(), ops.close()))
+  const keys = ['client\t192.0.2.1', 'client\t192.0.2.0/24', 'sender\ta@x', 'recipient\tb@y']
+  t.equal((await view(server, 'k', 'c', keys)).whitelisted, undefined, 'opened with an empty whitelist')
+  // The server commits after its reply, on the next turn of the event loop (two stores share this process here).
+  const turn = (): Promise<void> => new Promise((r) => setImmediate(r))
+  await turn()
+  await ops.setWhitelist({ key: 'sender\ta@x', expires: Infinity, note: '', setAt: 0 })
+  t.equal((await view(server, 'k', 'c', keys)).whitelisted, undefined, 'not yet: the table was empty at open')
+  await turn()
+  await server.purgeExpired(100, 10)
+  t.same((await view(server, 'k', 'c', keys)).whitelisted, { key: 'sender\ta@x', expires: Infinity }, 'after its upkeep step')
+})

@@ -95,11 +95,11 @@ interface Statements {
   begin: BetterSqlite3.Statement
   commit: BetterSqlite3.Statement
   rollback: BetterSqlite3.Statement
-  /**
-   * Both rows of a request and its whitelist entries in one statement, so in
-   * one read transaction: [kind 0 triplet | 1 client | 2 whitelist, ...columns].
-   */
+  /** Both rows of a request in one statement, so in one read transaction: [kind 0 triplet | 1 client, ...columns]. */
   getRows: BetterSqlite3.Statement
+  /** The same with the request's whitelist entries (kind 2), used while the whitelist table has any. */
+  getRowsWhitelist: BetterSqlite3.Statement
+  whitelistInUse: BetterSqlite3.Statement
   insertTriplet: BetterSqlite3.Statement
   updateTriplet: BetterSqlite3.Statement
   deleteTriplet: BetterSqlite3.Statement
@@ -144,6 +144,13 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
   private txDelta: Record<Table, number> = { triplet: 0, client: 0 }
   private knownCount: Record<Table, number> = { triplet: 0, client: 0 }
   private closing = false
+  /**
+   * Whether the whitelist table has entries, as found at open and at each
+   * upkeep step (every ten seconds of activity): while it is empty, as it
+   * mostly is, requests read their rows without looking it up. An entry
+   * the ops command adds takes effect within those ten seconds.
+   */
+  private whitelistInUse = false
 
   constructor(private readonly opts: SqliteStoreOptions) {}
 
@@ -176,7 +183,8 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
     return this.run((_db, s) => {
       const read = (): GreylistView => {
         const view: GreylistView = { triplet: null, client: null, tripletCount: this.knownCount.triplet + this.pendingDelta.triplet }
-        for (const r of s.getRows.all(tripletKey, clientKey, ...wl) as Array<[number, number, number, number, number, string | null]>) {
+        const rows = this.whitelistInUse ? s.getRowsWhitelist.all(tripletKey, clientKey, ...wl) : s.getRows.all(tripletKey, clientKey)
+        for (const r of rows as Array<[number, number, number, number, number, string | null]>) {
           if (r[0] === 0) view.triplet = { first: r[1], last: r[2], passed: r[3], count: r[4] }
           else if (r[0] === 1) view.client = { count: r[4], last: r[2], lastCounted: r[1] }
           // Of several entries, the one that lasts longest.
@@ -327,6 +335,7 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
           removed += gone
         }
         recount = limit > 0 && db.prepare(ELECT_RECOUNT).run({ now, period: RECOUNT_EVERY }).changes > 0
+        this.whitelistInUse = s.whitelistInUse.get() === 1
         return removed
       }).immediate()),
     )
@@ -434,6 +443,7 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
       db.prepare('INSERT INTO whitelist (key, expires, note, set_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET expires = excluded.expires, note = excluded.note, set_at = excluded.set_at')
         .run(entry.key, storedTime(entry.expires), entry.note, entry.setAt)
     })))
+    this.whitelistInUse = true
   }
 
   async deleteWhitelist(key: string): Promise<boolean> {
@@ -615,6 +625,7 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
     const stmts = prepare(db)
     for (const table of TABLES) this.knownCount[table] = metaCount(stmts, table)
     this.stmts = stmts
+    this.whitelistInUse = stmts.whitelistInUse.get() === 1
     return { db, stmts }
   }
 
@@ -736,6 +747,9 @@ function metaCount(s: Statements, table: Table): number {
   return Number((s.getMeta.get(`${table}_count`) as { value: number }).value)
 }
 
+/** The triplet and client rows of a request (the client row's key is the last parameter). */
+const ROWS = 'SELECT 0, first, last, passed, count, NULL FROM triplet WHERE key = ? UNION ALL SELECT 1, last_counted, last, 0, count, NULL FROM client'
+
 function prepare(db: BetterSqlite3.Database): Statements {
   const scan = (t: Table): BetterSqlite3.Statement => db.prepare(`SELECT key, expires FROM ${t} WHERE key > ? ORDER BY key LIMIT ?`)
   const remove = (t: Table): BetterSqlite3.Statement => db.prepare(`DELETE FROM ${t} WHERE key = ?`)
@@ -743,12 +757,11 @@ function prepare(db: BetterSqlite3.Database): Statements {
     begin: db.prepare('BEGIN IMMEDIATE'),
     commit: db.prepare('COMMIT'),
     rollback: db.prepare('ROLLBACK'),
-    getRows: db
-      .prepare(
-        'SELECT 0, first, last, passed, count, NULL FROM triplet WHERE key = ? UNION ALL SELECT 1, last_counted, last, 0, count, NULL FROM client WHERE key = ? ' +
-          `UNION ALL SELECT 2, expires, 0, 0, 0, key FROM whitelist WHERE key IN (${WHITELIST_KEYS_READ.map(() => '?').join(', ')})`,
-      )
+    getRows: db.prepare(`${ROWS} WHERE key = ?`).raw(true),
+    getRowsWhitelist: db
+      .prepare(`${ROWS} WHERE key = ? UNION ALL SELECT 2, expires, 0, 0, 0, key FROM whitelist WHERE key IN (${WHITELIST_KEYS_READ.map(() => '?').join(', ')})`)
       .raw(true),
+    whitelistInUse: db.prepare('SELECT EXISTS (SELECT 1 FROM whitelist)').pluck(),
     insertTriplet: db.prepare('INSERT INTO triplet (first, last, passed, count, expires, key) VALUES (?, ?, ?, ?, ?, ?)'),
     updateTriplet: db.prepare('UPDATE triplet SET first = ?, last = ?, passed = ?, count = ?, expires = ? WHERE key = ?'),
     deleteTriplet: remove('triplet'),
