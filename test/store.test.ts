@@ -259,3 +259,25 @@ t.test('error classes', async (t) => {
   ]
   for (const [code, want] of cases) t.equal(classifyError(Object.assign(new Error(code), { code })), want, code)
 })
+
+t.test("lockWaits 'yield' (the daemon): waiting for another process's lock leaves the event loop free; 'block' (spawn) waits in place", async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'db', 'greylist.sqlite')
+  const { store: daemon } = makeStore(dir, { lockWaits: 'yield', busyTimeoutMs: 2000 })
+  t.teardown(() => daemon.close())
+  await daemon.updateGreylist('warm', 'c', () => ({ result: null }))
+  await new Promise((r) => setImmediate(r))
+  // Another "process": a raw connection holding the write lock for 150 ms.
+  const other = new Database(file)
+  t.teardown(() => other.close())
+  other.exec('BEGIN IMMEDIATE')
+  setTimeout(() => other.exec('COMMIT'), 150)
+  let ticks = 0
+  const ticker = setInterval(() => ticks++, 10)
+  const started = Date.now()
+  const result = await daemon.updateGreylist('k', 'c', () => ({ triplet: { row: row(1), expires: 99 }, result: 'written' }))
+  clearInterval(ticker)
+  t.equal(result, 'written', 'done once the lock was free')
+  t.ok(Date.now() - started >= 140, 'it did wait for the lock')
+  t.ok(ticks >= 5, `timers ran while it waited (${ticks} ticks of 10 ms)`)
+})
