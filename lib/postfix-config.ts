@@ -203,7 +203,7 @@ export function renderPostfixConfig(f: Facts): string {
   for (const finding of f.findings) if (finding.fix !== undefined) out.push(finding.fix)
   out.push(...mode.steps)
   out.push(
-    '# The configuration as the spawn user reads it (exit 0; 78 on errors):',
+    '# Check the configuration as the user policyd-ts runs as (78 on errors):',
     ['runuser', '-u', f.userName, '--', ...commandLine(f), '--test-mode'].map(shellWord).join(' '),
     'postfix reload',
   )
@@ -348,7 +348,7 @@ function checkUser(name: string, user: SpawnUser | null, sys: System): Finding[]
   }
   const mailOwner = sys.mailOwner() ?? 'postfix'
   if (user.uid === 0 || name === mailOwner) {
-    return [{ kind: 'problem', text: `spawn(8) refuses to run a command as root or as the mail system owner (${mailOwner}): choose another user with --user` }]
+    return [{ kind: 'problem', text: `spawn(8) refuses to run a command as root or as the mail system owner (${mailOwner}), and the daemon should run as neither: choose another user with --user` }]
   }
   return [{ kind: 'ok', text: `user ${name} exists (uid ${user.uid}, group ${user.group})` }]
 }
