@@ -138,6 +138,11 @@ async function runOps(command: 'greylist' | 'stats' | 'store', args: Record<stri
   const { readConfig } = require('./read-config') as typeof import('./read-config')
   const ops = require('./ops') as typeof import('./ops')
   const loaded = readConfig(options, configPath)
+  if (loaded.errors.length > 0) {
+    // db_path or a greylist_* key may be among them: acting on another store than meant would be worse.
+    process.stderr.write(loaded.errors.map((e) => `policyd-ts: error: ${e}\n`).join(''))
+    return EX_CONFIG
+  }
   const io: import('./ops').OpsIo = {
     out: (text) => process.stdout.write(text),
     err: (text) => process.stderr.write(text),
@@ -160,11 +165,11 @@ async function runOps(command: 'greylist' | 'stats' | 'store', args: Record<stri
         return await ops.greylistList(store, loaded.config, { ...filter, limit, json }, io)
       }
       case 'delete':
-        return await ops.greylistDelete(store, { ...filter, all: args.all === true, json }, io)
+        return await ops.greylistDelete(store, loaded.config, { ...filter, all: args.all === true, json }, io)
       case 'whitelist':
-        return await ops.greylistWhitelist(store, { kind: str('kind'), value: str('value'), ttl: str('ttl'), note: str('note'), json }, io)
+        return await ops.greylistWhitelist(store, loaded.config, { kind: str('kind'), value: str('value'), ttl: str('ttl'), note: str('note'), json }, io)
       default:
-        return await ops.greylistUnwhitelist(store, { kind: str('kind'), value: str('value'), json }, io)
+        return await ops.greylistUnwhitelist(store, loaded.config, { kind: str('kind'), value: str('value'), json }, io)
     }
   } catch (err) {
     process.stderr.write(`policyd-ts ${command}: ${(err as Error).message}\n`)

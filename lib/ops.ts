@@ -6,7 +6,7 @@
 
 import type { Config, LoadedConfig } from './config'
 import { globToRegExp, splitTripletKey, tripletMatcher, type TripletFilter } from './ops/patterns'
-import { normalizeRecipient, normalizeSender, parseCidr, clientNetwork } from './normalize'
+import { clientNetwork, normalizeRecipient, normalizeSender, parseCidr } from './normalize'
 import { whitelistKey, type WhitelistKind } from './greylist/check'
 import type { StoreAdmin, GreylistStore } from './store/types'
 
@@ -25,16 +25,27 @@ export type OpsStore = GreylistStore & StoreAdmin
 
 const KINDS: readonly WhitelistKind[] = ['client', 'sender', 'recipient']
 
-/** The value a whitelist entry is stored under, normalised as the greylist check looks it up; null when it is not one. */
-export function whitelistValue(kind: WhitelistKind, value: string): string | null {
+/**
+ * The value a whitelist entry is stored under, normalised as the greylist
+ * check looks it up, or why it cannot be one. A client entry is an address
+ * or a network of the size greylisting keys clients by (the check looks up
+ * exactly those two): any other size could never match.
+ */
+export function whitelistValue(kind: WhitelistKind, value: string, config: Pick<Config, 'greylist_ipv4_prefix' | 'greylist_ipv6_prefix'>): { value: string } | { problem: string } {
   const v = value.trim()
-  if (v === '') return null
   if (kind === 'client') {
     const cidr = parseCidr(v)
-    return cidr ? clientNetwork(cidr.net, cidr.prefix, cidr.prefix) : null
+    if (!cidr) return { problem: 'is not an IP address or network' }
+    const bits = cidr.net.bytes.length * 8
+    const keyed = cidr.net.family === 4 ? config.greylist_ipv4_prefix : config.greylist_ipv6_prefix
+    if (cidr.prefix !== bits && cidr.prefix !== keyed) {
+      return { problem: `is a /${cidr.prefix} network, but greylisting keys IPv${cidr.net.family} clients by /${keyed} (greylist_ipv${cidr.net.family}_prefix): give an address or a /${keyed} network` }
+    }
+    return { value: clientNetwork(cidr.net, cidr.prefix, cidr.prefix) }
   }
-  if (kind === 'sender') return v === '<>' ? '<>' : normalizeSender(v) || null
-  return /@/.test(v) ? normalizeRecipient(v) : null
+  if (kind === 'sender' && v === '<>') return { value: '<>' }
+  if (!/^[^@\s]*@[^@\s]+$/.test(v)) return { problem: 'is not an address (local@domain)' }
+  return { value: kind === 'sender' ? normalizeSender(v) : normalizeRecipient(v) }
 }
 
 /** Seconds from "300", "5m", "2h", "35d", "1w"; null when it is none of them. */
@@ -61,14 +72,19 @@ export interface GreylistListArgs extends TripletFilter {
   json: boolean
 }
 
+/** Under greylist_privacy the store holds hashes of the keys: no pattern can match them. */
+function warnPrivacy(config: Config, filter: TripletFilter, io: OpsIo): void {
+  if (config.greylist_privacy && (filter.client ?? filter.sender ?? filter.recipient) !== undefined) {
+    io.err('policyd-ts: greylist_privacy is on: the store holds hashes, which no pattern matches\n')
+  }
+}
+
 export async function greylistList(store: OpsStore, config: Config, args: GreylistListArgs, io: OpsIo): Promise<number> {
+  warnPrivacy(config, args, io)
   const rows = await store.listTriplets(tripletMatcher(args), args.limit)
   if (args.json) {
     io.out(`${JSON.stringify(rows.map((r) => ({ ...r, ...(splitTripletKey(r.key) ?? {}), state: r.passed > 0 ? 'passed' : 'waiting' })))}\n`)
     return 0
-  }
-  if (config.greylist_privacy && (args.client ?? args.sender ?? args.recipient) !== undefined) {
-    io.err('policyd-ts: greylist_privacy is on: the store holds hashes, which no pattern matches\n')
   }
   io.out(table(
     ['CLIENT', 'SENDER', 'RECIPIENT', 'STATE', 'FIRST', 'LAST', 'SEEN', 'EXPIRES'],
@@ -81,7 +97,8 @@ export async function greylistList(store: OpsStore, config: Config, args: Greyli
   return 0
 }
 
-export async function greylistDelete(store: OpsStore, args: TripletFilter & { all: boolean; json: boolean }, io: OpsIo): Promise<number> {
+export async function greylistDelete(store: OpsStore, config: Config, args: TripletFilter & { all: boolean; json: boolean }, io: OpsIo): Promise<number> {
+  warnPrivacy(config, args, io)
   if (!args.all && args.client === undefined && args.sender === undefined && args.recipient === undefined) {
     io.err('policyd-ts greylist delete: give --client, --sender or --recipient, or --all to delete every triplet\n')
     return EX_USAGE
@@ -99,9 +116,9 @@ export interface WhitelistArgs {
   json: boolean
 }
 
-export async function greylistWhitelist(store: OpsStore, args: WhitelistArgs, io: OpsIo): Promise<number> {
+export async function greylistWhitelist(store: OpsStore, config: Config, args: WhitelistArgs, io: OpsIo): Promise<number> {
   if (args.kind === undefined) return listWhitelist(store, args.json, io)
-  const key = entryKey(args.kind, args.value, io, 'whitelist')
+  const key = entryKey(args.kind, args.value, config, io, 'whitelist')
   if (key === null) return EX_USAGE
   let expires = Infinity
   if (args.ttl !== undefined) {
@@ -118,8 +135,8 @@ export async function greylistWhitelist(store: OpsStore, args: WhitelistArgs, io
   return 0
 }
 
-export async function greylistUnwhitelist(store: OpsStore, args: WhitelistArgs, io: OpsIo): Promise<number> {
-  const key = entryKey(args.kind, args.value, io, 'unwhitelist')
+export async function greylistUnwhitelist(store: OpsStore, config: Config, args: WhitelistArgs, io: OpsIo): Promise<number> {
+  const key = entryKey(args.kind, args.value, config, io, 'unwhitelist')
   if (key === null) return EX_USAGE
   const [kind, value] = key.split('\t')
   if (!(await store.deleteWhitelist(key))) {
@@ -130,17 +147,17 @@ export async function greylistUnwhitelist(store: OpsStore, args: WhitelistArgs, 
   return 0
 }
 
-function entryKey(kind: string | undefined, value: string | undefined, io: OpsIo, verb: string): string | null {
+function entryKey(kind: string | undefined, value: string | undefined, config: Config, io: OpsIo, verb: string): string | null {
   if (kind === undefined || !(KINDS as readonly string[]).includes(kind) || value === undefined) {
     io.err(`policyd-ts greylist ${verb}: give client ADDRESS[/BITS], sender ADDRESS or recipient ADDRESS\n`)
     return null
   }
-  const v = whitelistValue(kind as WhitelistKind, value)
-  if (v === null) {
-    io.err(`policyd-ts greylist ${verb}: ${JSON.stringify(value)} is not ${kind === 'client' ? 'an IP address or network' : 'an address'}\n`)
+  const v = whitelistValue(kind as WhitelistKind, value, config)
+  if ('problem' in v) {
+    io.err(`policyd-ts greylist ${verb}: ${JSON.stringify(value)} ${v.problem}\n`)
     return null
   }
-  return whitelistKey(kind as WhitelistKind, v)
+  return whitelistKey(kind as WhitelistKind, v.value)
 }
 
 async function listWhitelist(store: OpsStore, json: boolean, io: OpsIo): Promise<number> {
@@ -199,7 +216,7 @@ export async function storePurge(store: OpsStore, json: boolean, io: OpsIo): Pro
 export function openOpsStore(loaded: LoadedConfig): OpsStore {
   const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')
   const c = loaded.config
-  return new SqliteStore({ path: c.db_path, busyTimeoutMs: c.db_busy_timeout * 1000, renameCorrupt: false, log: () => undefined })
+  return new SqliteStore({ path: c.db_path, busyTimeoutMs: c.db_busy_timeout * 1000, renameCorrupt: false, mustExist: true, log: () => undefined })
 }
 
 export { globToRegExp }

@@ -20,6 +20,11 @@ export interface SqliteStoreOptions {
   busyTimeoutMs: number
   /** Rename a corrupt file aside and start afresh (true), or keep failing (false). */
   renameCorrupt: boolean
+  /**
+   * Open only a database that exists (the ops commands): run as root, they
+   * would otherwise create a directory and file the policy user cannot write.
+   */
+  mustExist?: boolean
   log: (level: number, msg: string) => void
   /** Seconds between two attempts to reopen a failed database. */
   reopenDelay?: number
@@ -577,6 +582,9 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
     const path = require('node:path') as typeof import('node:path')
     const file = this.opts.path
     const dir = path.dirname(path.resolve(file))
+    if (this.opts.mustExist && !fs.existsSync(file)) {
+      throw new StoreError('unavailable', `database ${file} does not exist: no policyd-ts process has written it yet (it is made by the user Postfix runs policyd-ts as)`)
+    }
     let dirStat: import('node:fs').Stats
     try {
       dirStat = fs.statSync(dir)

@@ -82,3 +82,26 @@ t.test('store check and purge', async (t) => {
   t.equal(missing.status, 69, 'an unusable database: EX_UNAVAILABLE')
   t.match(missing.stdout, /^database \/proc\/none\/x\.sqlite: .*\nPROBLEM\n$/)
 })
+
+t.test('the ops commands never create the database (run as root it would be root\'s), refuse a bad configuration and entries that could never match', async (t) => {
+  const fs = await import('node:fs')
+  const path = await import('node:path')
+  const dir = t.testdir()
+  const db = path.join(dir, 'db', 'policyd-ts.sqlite')
+  for (const cmd of [['stats'], ['store', 'check'], ['greylist', 'list'], ['greylist', 'whitelist', 'sender', 'a@b.example']]) {
+    const r = ops(dir, cmd)
+    t.equal(r.status, 69, `${cmd.join(' ')}: unavailable`)
+    t.match(r.stderr + r.stdout, /does not exist: no policyd-ts process has written it yet/)
+  }
+  t.notOk(fs.existsSync(db), 'no database file made')
+  t.notOk(fs.existsSync(path.dirname(db)), 'no directory made')
+  await serve(dir, [rcptRequest({ instance: 'n1' })])
+  const wide = ops(dir, ['greylist', 'whitelist', 'client', '10.0.0.0/8'])
+  t.equal(wide.status, 64)
+  t.match(wide.stderr, /is a \/8 network, but greylisting keys IPv4 clients by \/24 \(greylist_ipv4_prefix\)/)
+  t.equal(ops(dir, ['greylist', 'whitelist', 'client', '2001:db8::/64']).status, 0, 'an IPv6 /64, as greylisting keys them')
+  t.equal(ops(dir, ['greylist', 'whitelist', 'sender', 'example.com']).status, 64, 'a domain is not an address')
+  t.equal(ops(dir, ['greylist', 'whitelist', 'sender', '<>']).status, 0, 'the null sender')
+  const badConfig = ops(dir, ['greylist', 'list'], ['--greylist_ipv4_prefix', '99'])
+  t.equal(badConfig.status, 78, 'a configuration error: no command on a store that may not be the one meant')
+})
