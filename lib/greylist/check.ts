@@ -129,7 +129,8 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
   const recipientEntry = ctx.whitelists.matchRecipient(req.recipient)
   if (recipientEntry) return pass('recipient-whitelist', { whitelist: recipientEntry })
 
-  const keys = greylistKeys(req, req.clientIp, config, authenticatedDomain)
+  const ip = req.clientIp
+  const keys = greylistKeys(req, ip, config, authenticatedDomain)
   const fields: Record<string, string | number> = { key: keys.subject }
   const recent = ctx.recentPasses
   if (recent) {
@@ -138,7 +139,7 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
     if (fresh(recent.get(keys.triplet))) return pass('triplet-known', fields)
   }
   const params = greylistParams(config)
-  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params), storeWhitelistKeys(req, req.clientIp, config))
+  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params), () => storeWhitelistKeys(req, ip, config))
   // Only a request that used the store can tell that it works again.
   ctx.logStateChange('store', 'ok', 0, 'database available again')
 

@@ -179,16 +179,21 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
    * it across the reply and an event-loop turn costs them more than the
    * early COMMIT costs this one: then COMMIT runs before the reply too.
    */
-  async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys: readonly string[] = []): Promise<T> {
+  async updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys: () => readonly string[] = () => []): Promise<T> {
     return this.withLockWaits(() => this.updateGreylistNow(tripletKey, clientKey, decide, whitelistKeys))
   }
 
-  private updateGreylistNow<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys: readonly string[]): T {
-    const wl = WHITELIST_KEYS_READ.map((i) => whitelistKeys[i] ?? '')
+  private updateGreylistNow<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys: () => readonly string[]): T {
+    // Made only while the whitelist table has entries: most requests need none.
+    let wl: string[] | undefined
     return this.run((_db, s) => {
       const read = (): GreylistView => {
         const view: GreylistView = { triplet: null, client: null, tripletCount: this.knownCount.triplet + this.pendingDelta.triplet }
-        const rows = this.whitelistInUse ? s.getRowsWhitelist.all(tripletKey, clientKey, ...wl) : s.getRows.all(tripletKey, clientKey)
+        if (this.whitelistInUse) {
+          const keys = whitelistKeys()
+          wl ??= WHITELIST_KEYS_READ.map((i) => keys[i] ?? '')
+        }
+        const rows = this.whitelistInUse ? s.getRowsWhitelist.all(tripletKey, clientKey, ...wl!) : s.getRows.all(tripletKey, clientKey)
         for (const r of rows as Array<[number, number, number, number, number, string | null]>) {
           if (r[0] === 0) view.triplet = { first: r[1], last: r[2], passed: r[3], count: r[4] }
           else if (r[0] === 1) view.client = { count: r[4], last: r[2], lastCounted: r[1] }

@@ -65,7 +65,7 @@ export interface GreylistStore {
    * `decide` is pure and may be called twice: a store may first try it on
    * rows read without a lock, and take the lock only when it wants to write.
    */
-  updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys?: readonly string[]): Promise<T>
+  updateGreylist<T>(tripletKey: string, clientKey: string, decide: (view: GreylistView) => GreylistUpdate<T>, whitelistKeys?: () => readonly string[]): Promise<T>
   /** Delete at most `limit` rows whose expiry time is before `now`; returns how many went. */
   purgeExpired(now: number, limit: number): Promise<number>
   counts(): Promise<{ triplets: number; clients: number }>
