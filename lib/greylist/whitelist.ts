@@ -89,7 +89,9 @@ export class ClientWhitelist {
   merge(other: ClientWhitelist): void {
     for (const [k, v] of other.names) if (!this.names.has(k)) this.names.set(k, v)
     for (const [family, byLen] of other.networks) {
-      for (const [prefix, nets] of byLen) for (const [net, e] of nets) this.addNetwork(family, prefix, net, e)
+      for (const [prefix, nets] of byLen) {
+        for (const [net, e] of nets) if (!this.networks.get(family)?.get(prefix)?.has(net)) this.addNetwork(family, prefix, net, e)
+      }
     }
     this.regexes.push(...other.regexes)
   }
