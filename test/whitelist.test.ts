@@ -202,7 +202,7 @@ t.test('merged files: the first file naming an entry is the one reported', async
 })
 
 t.test('recipient lines: what each is read as, and how a recipient matches', async (t) => {
-  const { list, errors } = parseRecipientWhitelist(['Sales@', '@', '@example.com', 'a/', '/b', '/', 'Example.NET.', '/^Info@/', 'x.example/path'].join('\n'), 'f')
+  const { list, errors } = parseRecipientWhitelist(['Sales@', '@', '@example.com', 'a/', '/b', '/', 'Example.NET.', '/^Info@/', 'x.example/path', '+Vip@'].join('\n'), 'f')
   t.same(errors, [
     'f:2: not a domain, user@, user@domain or /regex/: @',
     'f:3: not a domain, user@, user@domain or /regex/: @example.com',
@@ -211,8 +211,9 @@ t.test('recipient lines: what each is read as, and how a recipient matches', asy
     'f:6: not a domain, user@, user@domain or /regex/: /',
     'f:9: not a domain, user@, user@domain or /regex/: x.example/path',
   ])
-  t.equal(list.size, 3)
+  t.equal(list.size, 4)
   const cases: Array<[string, string | null]> = [
+    ['+vip@example.org', 'f:10 +Vip@'],
     ['sales@anywhere.example', 'f:1 Sales@'],
     ['sales', 'f:1 Sales@', ],
     ['+sales@example.org', null],
