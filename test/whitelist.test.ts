@@ -149,6 +149,7 @@ t.test('client lines: what each is read as (regex, network, name or bad), and ho
       '/', 'a/', '/b',
       '192.0.2', '192.0.22.1/24', 'mx1.2.3.4', '1.2.3.4/24x',
       '2001:db8::/32', '2001:db8:1::/48',
+      '//', '198.51.100',
     ].join('\n'),
     'f',
   )
@@ -157,8 +158,9 @@ t.test('client lines: what each is read as (regex, network, name or bad), and ho
     'f:4: not a host name, address, network or /regex/: a/',
     'f:5: not a host name, address, network or /regex/: /b',
     'f:9: not a host name, address, network or /regex/: 1.2.3.4/24x',
+    'f:12: not a host name, address, network or /regex/: //',
   ])
-  t.equal(list.size, 7, 'one regex, two names, four networks')
+  t.equal(list.size, 8, 'one regex, two names, five networks')
   const cases: Array<[string, string | null, string | null]> = [
     ['RELAY7.example', null, 'f:1 /^Relay[0-9]\\.example$/'],
     ['relay7.example.evil', null, null],
@@ -169,6 +171,8 @@ t.test('client lines: what each is read as (regex, network, name or bad), and ho
     ['unknown', '192.0.22.77', 'f:7 192.0.22.1/24'],
     ['unknown', '2001:db8:2::1', 'f:10 2001:db8::/32'],
     ['unknown', '2001:db8:1::1', 'f:10 2001:db8::/32'],
+    ['unknown', '198.51.100.7', 'f:13 198.51.100'],
+    ['anything.example', '203.0.113.1', null],
   ]
   for (const [name, addr, want] of cases) t.equal(list.match(name, addr === null ? null : parseIp(addr)), want, `${name} ${addr}`)
 })
@@ -202,7 +206,7 @@ t.test('merged files: the first file naming an entry is the one reported', async
 })
 
 t.test('recipient lines: what each is read as, and how a recipient matches', async (t) => {
-  const { list, errors } = parseRecipientWhitelist(['Sales@', '@', '@example.com', 'a/', '/b', '/', 'Example.NET.', '/^Info@/', 'x.example/path', '+Vip@'].join('\n'), 'f')
+  const { list, errors } = parseRecipientWhitelist(['Sales@', '@', '@example.com', 'a/', '/b', '/', 'Example.NET.', '/^Info@/', 'x.example/path', '+Vip@', '//'].join('\n'), 'f')
   t.same(errors, [
     'f:2: not a domain, user@, user@domain or /regex/: @',
     'f:3: not a domain, user@, user@domain or /regex/: @example.com',
@@ -210,6 +214,7 @@ t.test('recipient lines: what each is read as, and how a recipient matches', asy
     'f:5: not a domain, user@, user@domain or /regex/: /b',
     'f:6: not a domain, user@, user@domain or /regex/: /',
     'f:9: not a domain, user@, user@domain or /regex/: x.example/path',
+    'f:11: not a domain, user@, user@domain or /regex/: //',
   ])
   t.equal(list.size, 4)
   const cases: Array<[string, string | null]> = [

@@ -25,6 +25,14 @@ function lines(text: string): Array<{ entry: string; line: number }> {
   return out
 }
 
+/**
+ * `/pattern/` with a pattern of at least one character, as postgrey reads it:
+ * `//` would match every name and address, so it is a bad line, not a regex.
+ */
+function isRegexEntry(entry: string): boolean {
+  return entry.length > 2 && entry.startsWith('/') && entry.endsWith('/')
+}
+
 function parseRegex(entry: string): RegExp | string {
   try {
     return new RegExp(entry.slice(1, -1), 'i')
@@ -103,7 +111,7 @@ export function parseClientWhitelist(text: string, source: string): { list: Clie
   for (const { entry, line } of lines(text)) {
     const desc = `${source}:${line} ${entry}`
     const bad = (why: string): void => void errors.push(`${source}:${line}: ${why}: ${entry}`)
-    if (entry.length >= 2 && entry.startsWith('/') && entry.endsWith('/')) {
+    if (isRegexEntry(entry)) {
       const re = parseRegex(entry)
       if (typeof re === 'string') bad(`bad regular expression (${re})`)
       else list.regexes.push({ re, desc })
@@ -172,7 +180,7 @@ export class RecipientWhitelist {
 
 /** Add one entry of a recipient whitelist to `list`; returns why it is not an entry, or null. */
 function addRecipientEntry(list: RecipientWhitelist, entry: string, desc: string): string | null {
-  if (entry.length >= 2 && entry.startsWith('/') && entry.endsWith('/')) {
+  if (isRegexEntry(entry)) {
     const re = parseRegex(entry)
     if (typeof re === 'string') return `bad regular expression (${re})`
     list.regexes.push({ re, desc })
