@@ -159,11 +159,6 @@ export function stripAngles(address: string): string {
   return s.startsWith('<') && s.endsWith('>') ? s.slice(1, -1).trim() : s
 }
 
-export function localPartOf(address: string): string {
-  const at = address.lastIndexOf('@')
-  return at === -1 ? address : address.slice(0, at)
-}
-
 export function domainOf(address: string): string {
   const at = stripAngles(address).lastIndexOf('@')
   if (at === -1) return ''

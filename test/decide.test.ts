@@ -1,5 +1,7 @@
 // Whole greylisting lives through decide(), with an injected clock: no sleeping.
 import t from 'tap'
+import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { loadConfig, type Config } from '../lib/config'
 import { decide, type DecideContext } from '../lib/decide'
@@ -9,6 +11,8 @@ import { toPolicyRequest } from '../lib/request'
 import { SqliteStore } from '../lib/store/sqlite'
 import { StoreError, type GreylistStore } from '../lib/store/types'
 import { createGreylistWhitelists } from '../lib/greylist/lists'
+import { greylistKeys, rfc5322Date } from '../lib/greylist/check'
+import { parseIp } from '../lib/normalize'
 
 function config(over: Record<string, string> = {}): Config {
   const l = loadConfig({ cli: { greylist_whitelist_clients: '', greylist_whitelist_recipients: '', ...over }, configPath: '/dev/null', env: {}, readFile: () => '', parseDotenv: () => () => ({}) })
@@ -21,9 +25,11 @@ function context(t: Tap.Test, cfg: Config, store?: GreylistStore) {
   const s = store ?? new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
   t.teardown(() => s.close())
   const states = new Map<string, string>()
+  // As the logger does it: a change of state is logged, except a healthy start.
   const logStateChange = (topic: string, state: string, _l: number, msg: string): void => {
-    if (states.get(topic) !== state) logs.push(msg)
+    const previous = states.get(topic)
     states.set(topic, state)
+    if (previous !== state && !(previous === undefined && state === 'ok')) logs.push(msg)
   }
   const ctx: DecideContext = {
     config: cfg,
@@ -174,6 +180,8 @@ t.test('a triplet this process saw pass is answered from memory for TOUCH_INTERV
   const again = await decide(req({ instance: 'r3' }), ctx, T0 + 400)
   t.equal(again.winner?.reason, 'triplet-known')
   t.equal(calls, 2, 'answered from memory')
+  t.equal((await decide(req({ instance: 'r3b' }), ctx, T0 + 300)).winner?.reason, 'triplet-known')
+  t.equal(calls, 2, 'in the very second it passed, too')
   t.equal((await decide(req({ instance: 'r4' }), ctx, T0 + 300 + 600)).winner?.reason, 'triplet-known')
   t.equal(calls, 3, 'after TOUCH_INTERVAL the store is asked (and writes the sighting back)')
   await decide(req({ instance: 'r5' }), ctx, T0 - 10)
@@ -189,4 +197,95 @@ t.test('a check that cannot run leaves a field saying it was skipped, for the de
   t.equal(d.winner?.check, 'greylist', 'greylisting still ran')
   t.same(d.verdicts.find((v) => v.check === 'spf')?.fields, { spf: 'skipped-internal-error' })
   t.match(logs.join('\n'), /SPF check failed, answering fail_action DUNNO for it: Error: no resolver/)
+})
+
+t.test('the X-Greylist date: RFC 5322, UTC, every day and month name', async (t) => {
+  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
+  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec']
+  // 2023-01-01 was a Sunday.
+  const jan1 = Date.UTC(2023, 0, 1) / 1000
+  for (let i = 0; i < 7; i++) t.equal(rfc5322Date(jan1 + i * 86400 + 3723), `${days[i]}, 0${i + 1} Jan 2023 01:02:03 +0000`)
+  for (let m = 0; m < 12; m++) t.match(rfc5322Date(Date.UTC(2023, m, 15, 23, 59, 9) / 1000), new RegExp(`^\\w{3}, 15 ${months[m]} 2023 23:59:09 \\+0000$`))
+})
+
+t.test('the stored keys keep their format (a database written by an earlier version stays valid)', async (t) => {
+  const plain = config()
+  const ip = parseIp('192.0.2.10')!
+  t.same(greylistKeys(req({ sender: '' }), ip, plain), { triplet: '192.0.2.0/24/<>/bob@example.org', client: '192.0.2.0/24', subject: '192.0.2.0/24' })
+  t.same(greylistKeys(req({ sender: 'Bounce-42@Lists.Example' }), ip, plain, 'lists.example'), {
+    triplet: 'spf:lists.example/bounce-#@lists.example/bob@example.org', client: 'spf:lists.example', subject: 'spf:lists.example',
+  })
+  const hashed = greylistKeys(req({ sender: '' }), ip, config({ greylist_privacy: 'yes' }))
+  const { createHash } = await import('node:crypto')
+  t.equal(hashed.triplet, createHash('sha256').update('192.0.2.0/24/<>/bob@example.org').digest('hex'))
+  t.equal(hashed.client, createHash('sha256').update('192.0.2.0/24').digest('hex'))
+})
+
+t.test('greylist_text: %% is a percent sign, an unknown %x stays as written', async (t) => {
+  const { ctx } = context(t, config({ greylist_text: 'wait %s s (100%%, %x, %%s)' }))
+  t.equal((await decide(req(), ctx, T0)).action, 'DEFER_IF_PERMIT wait 300 s (100%, %x, %s)')
+})
+
+t.test('whitelisted clients and recipients pass, and the decision names the entry and the key', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'policyd-ts-wl-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  fs.writeFileSync(path.join(dir, 'clients'), 'mail.example.net\n')
+  fs.writeFileSync(path.join(dir, 'recipients'), 'vip@example.org\n')
+  const { ctx } = context(t, config({ greylist_whitelist_clients: path.join(dir, 'clients'), greylist_whitelist_recipients: path.join(dir, 'recipients') }))
+  const byClient = await decide(req(), ctx, T0)
+  t.equal(byClient.action, 'DUNNO')
+  t.same(byClient.winner && { check: byClient.winner.check, reason: byClient.winner.reason, severity: byClient.winner.severity, fields: byClient.winner.fields },
+    { check: 'greylist', reason: 'client-whitelist', severity: 'dunno', fields: { whitelist: `${path.join(dir, 'clients')}:1 mail.example.net` } })
+  const byRecipient = await decide(req({ client_name: 'unknown', recipient: 'VIP@example.org' }), ctx, T0)
+  t.same(byRecipient.winner?.fields, { whitelist: `${path.join(dir, 'recipients')}:1 vip@example.org` })
+  t.equal(byRecipient.winner?.reason, 'recipient-whitelist')
+  const greylisted = await decide(req({ client_name: 'unknown' }), ctx, T0)
+  t.same(greylisted.winner?.fields, { key: '192.0.2.0/24', left: 300 })
+})
+
+t.test('auto-whitelisting: logged once, when the client gets there; its passes in the decision; answered from memory after', async (t) => {
+  const real = new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  let calls = 0
+  const counting: GreylistStore = {
+    updateGreylist: (a, b, f) => (calls++, real.updateGreylist(a, b, f)),
+    purgeExpired: (n, l) => real.purgeExpired(n, l),
+    counts: () => real.counts(),
+    close: () => real.close(),
+  }
+  const { ctx, logs } = context(t, config({ greylist_auto_whitelist: '2' }), counting)
+  ctx.greylist!.recentPasses = new BoundedMap(16)
+  let now = T0
+  for (let i = 0; i < 2; i++) {
+    await decide(req({ sender: `s${i}@x.example`, instance: `a${i}` }), ctx, now)
+    await decide(req({ sender: `s${i}@x.example`, instance: `b${i}` }), ctx, now + 300)
+    now += 3600
+  }
+  t.same(logs.filter((l) => /auto-whitelisted/.test(l)), ['client 192.0.2.0/24 auto-whitelisted after 2 greylisting passes'])
+  const d = await decide(req({ sender: 'new@y.example', instance: 'c' }), ctx, now)
+  t.same(d.winner && [d.winner.reason, d.winner.fields], ['client-awl', { key: '192.0.2.0/24', passes: 2 }])
+  const before = calls
+  const again = await decide(req({ sender: 'other@z.example', instance: 'd' }), ctx, now + 10)
+  t.equal(again.winner?.reason, 'client-awl')
+  t.equal(calls, before, 'the whitelisted client is answered from memory')
+})
+
+t.test('a full triplet table lets new triplets pass unrecorded, logged once', async (t) => {
+  const { ctx, logs } = context(t, config({ greylist_max_entries: '100' }))
+  for (let i = 0; i < 100; i++) await decide(req({ sender: `s${i}@x.example` }), ctx, T0)
+  const full = await decide(req({ sender: 'one-more@x.example' }), ctx, T0)
+  t.equal(full.action, 'DUNNO')
+  t.same(full.winner && [full.winner.reason, full.winner.fields], ['table-full', { key: '192.0.2.0/24' }])
+  await decide(req({ sender: 'and-another@x.example' }), ctx, T0)
+  t.same(logs, ['greylist table full (100 triplets, greylist_max_entries 100): new triplets pass unrecorded until old ones expire'], 'and a store that works from the start is not news')
+})
+
+t.test('the header memory holds messages only: a request without an instance takes no place in it', async (t) => {
+  const { ctx } = context(t, config())
+  ctx.greylist!.headerSent = new BoundedMap(2)
+  for (const rcpt of ['a', 'b', 'c', 'd']) await decide(req({ recipient: `${rcpt}@example.org` }), ctx, T0)
+  t.match((await decide(req({ recipient: 'a@example.org', instance: 'x' }), ctx, T0 + 300)).action, /^PREPEND/)
+  t.match((await decide(req({ recipient: 'b@example.org', instance: '' }), ctx, T0 + 300)).action, /^PREPEND/, 'no instance: a header')
+  t.match((await decide(req({ recipient: 'c@example.org', instance: 'y' }), ctx, T0 + 300)).action, /^PREPEND/)
+  const d = await decide(req({ recipient: 'd@example.org', instance: 'x' }), ctx, T0 + 300)
+  t.same([d.action, d.winner?.reason], ['DUNNO', 'first-pass'], 'message x is still remembered: no second header')
 })

@@ -149,3 +149,32 @@ t.test('an admin whitelist entry from the store: passes and records nothing whil
   const full: GreylistView = { triplet: null, client: null, tripletCount: p.maxEntries, whitelisted: entry }
   t.equal(evaluateTriplet(full, 10, p).result.kind, 'store-whitelisted', 'before the table-full check')
 })
+
+t.test("a known triplet seen again refreshes its client network's row (once per TOUCH_INTERVAL), so the auto-whitelist count does not expire while the client sends", async (t) => {
+  const passed: TripletRow = { first: 0, last: 300, passed: 300, count: 2 }
+  const client: ClientRow = { count: 2, last: 1000, lastCounted: 300 }
+  const at = (now: number) => evaluateTriplet({ triplet: passed, client, tripletCount: 1 }, now, p)
+  t.equal(at(1000 + TOUCH_INTERVAL - 1).client, undefined, 'within TOUCH_INTERVAL: not written')
+  const u = at(1000 + TOUCH_INTERVAL)
+  t.same(u.result, { kind: 'known' })
+  t.same(u.client, { row: { count: 2, last: 1000 + TOUCH_INTERVAL, lastCounted: 300 }, expires: 1000 + TOUCH_INTERVAL + p.maxAge })
+})
+
+t.test('an auto-whitelisted client is written back once per TOUCH_INTERVAL, its expiry sliding', async (t) => {
+  const client: ClientRow = { count: 5, last: 1000, lastCounted: 900 }
+  const at = (now: number) => evaluateTriplet({ triplet: null, client, tripletCount: 0 }, now, p)
+  const early = at(1000 + TOUCH_INTERVAL - 1)
+  t.same(early.result, { kind: 'auto-whitelisted', passes: 5 })
+  t.equal(early.client, undefined)
+  t.same(at(1000 + TOUCH_INTERVAL).client, { row: { count: 5, last: 1000 + TOUCH_INTERVAL, lastCounted: 900 }, expires: 1000 + TOUCH_INTERVAL + p.maxAge })
+})
+
+t.test('auto-whitelist 0: a client row left from before does not whitelist, and no pass claims to', async (t) => {
+  const off = { ...p, autoWhitelist: 0 }
+  const client: ClientRow = { count: 9, last: 1000, lastCounted: 1000 }
+  t.same(evaluateTriplet({ triplet: null, client, tripletCount: 0 }, 1100, off).result, { kind: 'new', secondsLeft: 300 })
+  const waiting: TripletRow = { first: 1000, last: 1000, passed: 0, count: 1 }
+  const u = evaluateTriplet({ triplet: waiting, client: null, tripletCount: 1 }, 1300, off)
+  t.same(u.result, { kind: 'first-pass', delayed: 300, clientWhitelisted: false })
+  t.equal(u.client, undefined)
+})

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { clientNetwork, domainOf, ipInNetwork, maskIp, normalizeRecipient, normalizeSender, parseCidr, parseIp } from '../lib/normalize'
+import { addressToALabels, clientNetwork, domainOf, ipInNetwork, maskIp, normalizeRecipient, normalizeSender, parseCidr, parseIp } from '../lib/normalize'
 
 t.test('parseIp: got/want', async (t) => {
   const cases: Array<[string, string | null, 4 | 6 | null]> = [
@@ -111,4 +111,66 @@ t.test('recipient and domain helpers', async (t) => {
   t.equal(domainOf('bob@Example.ORG.'), 'example.org')
   t.equal(domainOf('a@b@c.example'), 'c.example')
   t.equal(domainOf('nodomain'), '')
+})
+
+t.test('parseIp: IPv6 forms that must be refused or kept apart (issue 13)', async (t) => {
+  const cases: Array<[string, string | null, 4 | 6 | null]> = [
+    // Only ::ffff:0:0/96 is IPv4-mapped.
+    ['::ff00:c000:207', '::ff00:c000:207', 6],
+    ['::ff:c000:207', '::ff:c000:207', 6],
+    ['1::ffff:c000:207', '1::ffff:c000:207', 6],
+    ['0:0:0:0:0:ffff:192.0.2.7', '192.0.2.7', 4],
+    ['0:0:0:0:1:ffff:192.0.2.7', '::1:ffff:c000:207', 6],
+    // '::' stands for one group or more, never for none, and comes once.
+    ['2001:db8:1:2:3:4::5', '2001:db8:1:2:3:4:0:5', 6],
+    ['1:2:3:4:5:6:7::8', null, null],
+    ['1:2:3:4:5:6:7:8::', null, null],
+    ['1:2:3:4:5:6:7:8::1::2', null, null],
+    // A group has 1 to 4 hex digits; a dotted quad only at the very end.
+    ['2001:db8::12345', null, null],
+    ['2001:db8::1:2:12345', null, null],
+    ['1.2.3.4:5:6:7:8:9:a', null, null],
+    ['::1.2.3.4:5', null, null],
+  ]
+  for (const [got, want, family] of cases) {
+    const ip = parseIp(got)
+    t.equal(ip?.text ?? null, want, JSON.stringify(got))
+    t.equal(ip?.family ?? null, family, `${JSON.stringify(got)} family`)
+  }
+})
+
+t.test('parseCidr: the length is 1 to 3 digits, the whole of it; a mapped network with its IPv6 length', async (t) => {
+  t.equal(parseCidr(' 192.0.2.77/24 ')?.net.text, '192.0.2.0', 'surrounding white space')
+  for (const bad of ['192.0.2.0/24x', '192.0.2.0/x24', '192.0.2.0/0024', '::ffff:192.0.2.0/95', '::ffff:192.0.2.0/129']) t.equal(parseCidr(bad), null, bad)
+  t.same(parseCidr('::ffff:192.0.2.0/96') && { net: parseCidr('::ffff:192.0.2.0/96')!.net.text, prefix: parseCidr('::ffff:192.0.2.0/96')!.prefix }, { net: '0.0.0.0', prefix: 0 })
+})
+
+t.test('angle brackets come off only in pairs, with the white space inside them', async (t) => {
+  t.equal(normalizeRecipient('< Bob@Example.ORG >'), 'bob@example.org')
+  t.equal(normalizeRecipient('  <bob@example.org>  '), 'bob@example.org')
+  t.equal(normalizeRecipient('<bob@example.org'), '<bob@example.org')
+  t.equal(normalizeRecipient('bob@example.org>'), 'bob@example.org>')
+  t.equal(normalizeSender(' <Alice@Example.COM> '), 'alice@example.com')
+})
+
+t.test('normalizeSender: BATV and SRS only at the start of the local part; SRS undone at most 3 levels deep', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['list-btv1==5a1==alice@example.com', 'list-btv1==5a1==alice@example.com'],
+    ['xsrs0=hhh=tt=orig.example=alice@fw.example', 'xsrs0=hhh=tt=orig.example=alice@fw.example'],
+    ['xsrs1=hhh=fw1.example==hhh=tt=orig.example=alice@fw2.example', 'xsrs1=hhh=fw1.example==hhh=tt=orig.example=alice@fw2.example'],
+    // A local part without a domain is left as it is (lower case, numbers folded).
+    ['prvs=1234abcdef=Alice', 'prvs=1234abcdef=alice'],
+    ['+tag@example.com', '+tag@example.com'],
+    [
+      'SRS0=a=b=d1.example=SRS0=a=b=d2.example=SRS0=a=b=d3.example=SRS0=a=b=d4.example=alice@fw.example',
+      'srs0=a=b=d4.example=alice@d3.example',
+    ],
+  ]
+  for (const [got, want] of cases) t.equal(normalizeSender(got), want, JSON.stringify(got))
+})
+
+t.test('addressToALabels: the domain after the last @ only', async (t) => {
+  t.equal(addressToALabels('Jörg@Bücher.example'), 'Jörg@xn--bcher-kva.example')
+  t.equal(addressToALabels('bücher'), 'bücher', 'no @: no domain to convert')
+  t.equal(addressToALabels('a@b@bücher.example'), 'a@b@xn--bcher-kva.example')
 })

@@ -129,3 +129,80 @@ t.test('CR LF line ends, split anywhere between chunks', async (t) => {
     t.same(out.map(attrs), [{ a: '1' }, { b: '2' }], `chunk size ${size}`)
   }
 })
+
+t.test('a request of exactly max_request_bytes is accepted, one byte more is discarded', async (t) => {
+  const l = { maxLineLength: 100, maxAttributes: 100, maxRequestBytes: 50 }
+  const exact = `a=${'x'.repeat(20)}\nb=${'y'.repeat(23)}\n\n`
+  t.equal(Buffer.byteLength(exact), 50, 'the request with its empty line')
+  for (const size of [0, 1, 7]) {
+    t.same(frames(exact, size, l).map((f) => f.kind), ['request'], `50 bytes, chunk size ${size}`)
+    const over = frames(`a=${'x'.repeat(21)}\nb=${'y'.repeat(23)}\n\n`, size, l)
+    t.same(over.map((f) => f.kind), ['discarded'], `51 bytes, chunk size ${size}`)
+  }
+})
+
+t.test('the reason of a discarded request names the first bound it crossed', async (t) => {
+  const l = { maxLineLength: 20, maxAttributes: 2, maxRequestBytes: 100 }
+  const reason = (input: string, chunkSize = 0) => {
+    const [f] = frames(input, chunkSize, l)
+    return f.kind === 'discarded' ? f.reason : 'not discarded'
+  }
+  const long = `a=${'x'.repeat(30)}\n`
+  t.match(reason(`a=1\nb=2\nc=3\n${long}\n`), /max_attributes 2/, 'too many lines, then a long one')
+  t.match(reason(`${long}a=1\nb=2\nc=3\n\n`), /max_line_length 20/, 'a long line, then too many')
+  // A line over both bounds at once, whole or still without its LF in this chunk, is an overlong line.
+  const both = { maxLineLength: 40, maxRequestBytes: 40, maxAttributes: 100 }
+  for (const size of [0, 41, 45]) {
+    const [f] = frames(`a=${'x'.repeat(39)}\n\n`, size, both)
+    t.match(f.kind === 'discarded' ? f.reason : '', /max_line_length 40/, `chunk size ${size}`)
+  }
+})
+
+t.test('a one-byte line is an attribute line (garbage), not the end of the request', async (t) => {
+  for (const size of [0, 1, 3]) {
+    const out = frames('a=1\nx\nb=2\n\n', size)
+    t.equal(out.length, 1, `chunk size ${size}`)
+    const [f] = out
+    if (f.kind !== 'request') throw new Error('not a request')
+    t.same(Object.fromEntries(f.attrs), { a: '1', b: '2' })
+    t.same(f.garbage, ['x'])
+  }
+})
+
+t.test('a request is pending from its first byte until its empty line', async (t) => {
+  const framer = new RequestFramer(limits)
+  const out: Frame[] = []
+  t.notOk(framer.pending, 'nothing read')
+  framer.push(Buffer.from('a='), out)
+  t.ok(framer.pending, 'half a line')
+  framer.push(Buffer.from('1\n'), out)
+  t.ok(framer.pending, 'a whole attribute line, no empty line yet')
+  framer.push(Buffer.from('\n'), out)
+  t.notOk(framer.pending, 'answered')
+  t.equal(out.length, 1)
+})
+
+t.test('garbage and duplicate names are kept for the log: at most 4 each, long lines cut at 80 characters', async (t) => {
+  const l = { maxLineLength: 200, maxAttributes: 20, maxRequestBytes: 500 }
+  const [f] = frames(`${['g1', 'g2', 'g3', 'g4', 'g5'].join('\n')}\na=1\n${'a=2\n'.repeat(5)}\n`, 0, l)
+  if (f.kind !== 'request') throw new Error('not a request')
+  t.same(f.garbage, ['g1', 'g2', 'g3', 'g4'])
+  t.same(f.duplicates, ['a', 'a', 'a', 'a'])
+  t.equal(f.attrs.get('a'), '1')
+  const [g] = frames(`${'y'.repeat(80)}\n${'z'.repeat(81)}\n\n`, 0, l)
+  if (g.kind !== 'request') throw new Error('not a request')
+  t.same(g.garbage, ['y'.repeat(80), `${'z'.repeat(80)}...`])
+})
+
+t.test('encodeReply cuts overlong text on a character boundary', async (t) => {
+  const head = 'x'.repeat(MAX_ACTION_LENGTH - 1)
+  // A pair cut in half loses its high surrogate, whichever pair it is.
+  for (const pair of ['\ud800\udc00', '\udbff\udfff', '😀']) {
+    t.equal(encodeReply(`${head}${pair}tail`), `action=${head}\n\n`, JSON.stringify(pair))
+  }
+  // A whole pair, or a character above the surrogates, at the cut is kept.
+  t.equal(encodeReply(`${'x'.repeat(MAX_ACTION_LENGTH - 2)}😀tail`), `action=${'x'.repeat(MAX_ACTION_LENGTH - 2)}😀\n\n`)
+  t.equal(encodeReply(`${head}\uff71tail`), `action=${head}\uff71\n\n`)
+  // Exactly the bound is sent as it is.
+  t.equal(encodeReply(`${head}y`), `action=${head}y\n\n`)
+})

@@ -25,6 +25,14 @@ function lines(text: string): Array<{ entry: string; line: number }> {
   return out
 }
 
+/**
+ * `/pattern/` with a pattern of at least one character, as postgrey reads it:
+ * `//` would match every name and address, so it is a bad line, not a regex.
+ */
+function isRegexEntry(entry: string): boolean {
+  return entry.length > 2 && entry.startsWith('/') && entry.endsWith('/')
+}
+
 function parseRegex(entry: string): RegExp | string {
   try {
     return new RegExp(entry.slice(1, -1), 'i')
@@ -89,7 +97,9 @@ export class ClientWhitelist {
   merge(other: ClientWhitelist): void {
     for (const [k, v] of other.names) if (!this.names.has(k)) this.names.set(k, v)
     for (const [family, byLen] of other.networks) {
-      for (const [prefix, nets] of byLen) for (const [net, e] of nets) this.addNetwork(family, prefix, net, e)
+      for (const [prefix, nets] of byLen) {
+        for (const [net, e] of nets) if (!this.networks.get(family)?.get(prefix)?.has(net)) this.addNetwork(family, prefix, net, e)
+      }
     }
     this.regexes.push(...other.regexes)
   }
@@ -101,7 +111,7 @@ export function parseClientWhitelist(text: string, source: string): { list: Clie
   for (const { entry, line } of lines(text)) {
     const desc = `${source}:${line} ${entry}`
     const bad = (why: string): void => void errors.push(`${source}:${line}: ${why}: ${entry}`)
-    if (entry.length >= 2 && entry.startsWith('/') && entry.endsWith('/')) {
+    if (isRegexEntry(entry)) {
       const re = parseRegex(entry)
       if (typeof re === 'string') bad(`bad regular expression (${re})`)
       else list.regexes.push({ re, desc })
@@ -170,7 +180,7 @@ export class RecipientWhitelist {
 
 /** Add one entry of a recipient whitelist to `list`; returns why it is not an entry, or null. */
 function addRecipientEntry(list: RecipientWhitelist, entry: string, desc: string): string | null {
-  if (entry.length >= 2 && entry.startsWith('/') && entry.endsWith('/')) {
+  if (isRegexEntry(entry)) {
     const re = parseRegex(entry)
     if (typeof re === 'string') return `bad regular expression (${re})`
     list.regexes.push({ re, desc })
