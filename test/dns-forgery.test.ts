@@ -93,8 +93,10 @@ t.test(`the source port changes every ${QUERIES_PER_SOCKET} queries, and a used 
   const second = ports.slice(QUERIES_PER_SOCKET, 2 * QUERIES_PER_SOCKET)
   t.same(new Set(first).size, 1, `the first ${QUERIES_PER_SOCKET} from one port`)
   t.same(new Set(second).size, 1, `the next ${QUERIES_PER_SOCKET} from one port`)
-  t.not(second[0], first[0], 'another port after the rotation')
-  t.not(ports[2 * QUERIES_PER_SOCKET], second[0], 'and again')
+  // The kernel picks each new socket's port at random and may hand out the
+  // one just freed (seen once in a few dozen runs): two reuses in a row would
+  // be a resolver that keeps its socket.
+  t.ok(new Set([first[0], second[0], ports[2 * QUERIES_PER_SOCKET]]).size >= 2, 'another port after the rotations')
 })
 
 t.test('queries in flight across a rotation: each answer only on its own socket', async (t) => {
