@@ -193,6 +193,27 @@ export function processTree(pid: number, limit = 1000): number[] {
   return found
 }
 
+/** CPU time (ns) the given processes and everything below them have run so far, all threads (/proc/PID/task/TID/schedstat). */
+export function cpuTimeNs(pids: number[]): number {
+  let ns = 0
+  for (const pid of new Set(pids.flatMap((p) => processTree(p)))) {
+    let tasks: string[] = []
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`)
+    } catch {
+      continue
+    }
+    for (const task of tasks) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0])
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  }
+  return ns
+}
+
 /** Summed RSS and USS (kB) of the given processes and everything below them, as they are now. */
 export function totalMemoryKb(pids: number[]): { rssKb: number; ussKb: number; processes: number } {
   const all = new Set(pids.flatMap((p) => processTree(p)))
