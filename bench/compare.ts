@@ -6,11 +6,22 @@
 //                over pipes like policyd-ts), both resolving through the
 //                same loopback DNS server (test/helpers/dns-server.ts)
 //
+//   greylisting at scale: policyd-ts as one daemon (--listen unix:) vs spawn
+//                mode (one process per connection, as Postfix's spawn(8)
+//                would run it) vs postgrey, at 1, 8, 32 and 100 connections:
+//                decisions/s, p50/p99 and the summed RSS and USS of every
+//                server process
+//
 //   node dist/bench/bench.js --compare [--requests N] [--spf-requests N]
 //       [--cold-requests N] [--cold-runs N] [--daemon-starts N] [--rounds N] [--warmup N]
-//   Warm figures are taken after --warmup requests on every connection
-//   (default 2000): a policy process serves thousands of requests in its
-//   life, and fewer leave V8 compiling during the timed part.
+//       [--warmup-many N] [--paced-interval-ms N] [--paced-requests N] [--greylist-only] [--daemon-cpu-prof DIR]
+//   Warm figures are taken after --warmup requests to every server process
+//   (default 2000; a daemon's spread over its connections; --warmup-many,
+//   default 500, each when more than 8 processes are spawned): a policy
+//   process serves thousands of requests in its life, and fewer leave V8
+//   compiling during the timed part. --greylist-only skips SPF and the cold
+//   starts. --paced-*: the second timed part at 100 connections, each
+//   sending one request every N ms (see reportScale).
 //
 // Needs root: postgrey drops to its own user, and policyd-spf (pyspf reads
 // /etc/resolv.conf, port 53) runs in a private mount namespace where a
@@ -25,7 +36,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { startDnsServer, type DnsServer, type Zone } from '../test/helpers/dns-server'
-import { Connection, latencyStats, median, msSince, peakRssKb, policyRequest, row } from './driver'
+import { Connection, cpuTimeNs, latencyStats, median, msSince, peakRssKb, policyRequest, row, totalMemoryKb } from './driver'
 
 const ROOT = path.resolve(__dirname, '..', '..')
 const BIN = path.join(ROOT, 'bin', 'policyd-ts')
@@ -44,6 +55,13 @@ function arg(name: string, fallback: number): number {
   if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} needs a positive whole number`)
   return n
 }
+function stringArg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`)
+  if (i === -1) return undefined
+  const v = process.argv[i + 1]
+  if (v === undefined || v.startsWith('--')) throw new Error(`--${name} needs a value`)
+  return v
+}
 const GL_REQUESTS = Math.ceil(arg('requests', 16000) / 80) * 80 // whole blocks of 10 on each of 8 connections
 const SPF_REQUESTS = Math.ceil(arg('spf-requests', 8000) / 8) * 8
 const COLD_REQUESTS = arg('cold-requests', 500)
@@ -51,8 +69,22 @@ const COLD_RUNS = arg('cold-runs', 21)
 const DAEMON_STARTS = arg('daemon-starts', 7)
 const ROUNDS = arg('rounds', 2)
 const CONNS = 8
+/** Greylisting at each of these numbers of connections: the daemon, spawn mode (a process per connection) and postgrey. */
+const LEVELS = [1, CONNS, 32, 100]
+const MOST = LEVELS[LEVELS.length - 1]
+/** At MOST connections, a second timed part paced like smtpd processes with sessions in between. */
+const PACED_INTERVAL_MS = arg('paced-interval-ms', 50)
+const PACED_PER_CONN = Math.ceil(arg('paced-requests', 8000) / MOST)
 const WARMUP = arg('warmup', 2000)
-const GL_DELAY = 3 // seconds, both servers (postgrey's minimum is 1: `$opt{delay} || 300`)
+/** Warm-up requests per spawned process when there are more than CONNS of them (100 x 2,000 would take minutes). */
+const WARMUP_MANY = arg('warmup-many', 500)
+/** Greylisting only (no SPF, no cold starts): to iterate on the daemon quickly. */
+const GREYLIST_ONLY = process.argv.includes('--greylist-only')
+/** A directory for a CPU profile of the daemon (node --cpu-prof), written when it stops. */
+const DAEMON_CPU_PROF = stringArg('daemon-cpu-prof')
+// Seconds, both servers (postgrey's minimum is 1: `$opt{delay} || 300`). The early retry
+// must stay early when 100 connections share 2 cores (2 requests took over 3 s there).
+const GL_DELAY = 30
 const KNOWN = 200 // triplets that passed greylisting before the timed runs
 
 // ---------------------------------------------------------------- resources
@@ -104,10 +136,10 @@ const res = new Resources()
 /** A server under test: how to open one smtpd's connection to it. */
 interface Subject {
   name: string
-  /** One process per connection (spawned) or one daemon for all (postgrey). */
+  /** One process per connection (spawned) or one daemon for all (postgrey, policyd-ts --listen). */
   perConnectionProcess: boolean
   open(): Promise<Connection>
-  /** Pid whose VmHWM is the daemon's peak RSS (daemons only). */
+  /** The daemon's pid (daemons only): its process tree is the server's memory. */
   daemonPid?: () => number | undefined
 }
 
@@ -147,9 +179,9 @@ function policydSpf(resolvConf: string, conf: string): Subject {
   return { name: 'policyd-spf', perConnectionProcess: true, open: async () => spawnServer('policyd-spf', file, args) }
 }
 
-function connectTcp(port: number): Promise<net.Socket> {
+function connectTo(where: net.NetConnectOpts): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port })
+    const sock = net.connect(where)
     sock.once('connect', () => {
       sock.removeAllListeners('error')
       resolve(sock)
@@ -171,63 +203,91 @@ function freePort(): Promise<number> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-interface Postgrey {
+/** A server that is one daemon for all connections: postgrey, or policyd-ts --listen. */
+interface Daemon {
+  name: string
   child: ChildProcess
-  port: number
+  /** Where it listens (for the report). */
+  where: string
+  connect(): Promise<net.Socket>
+  /** Its stdout and stderr. */
+  outFile: string
+  /** How long TERM may take before KILL. */
+  graceMs: number
   /** Set when we stop it: any other exit is reported. */
   stopping: boolean
 }
 
-function stopPostgrey(pg: Postgrey): Promise<void> {
-  pg.stopping = true
-  // Net::Server::Multiplex takes up to about 2 s to act on SIGTERM.
-  return stopChild(pg.child, 10000)
+function startDaemonProcess(d: Omit<Daemon, 'child' | 'stopping'>, file: string, args: string[]): Daemon {
+  const outFd = fs.openSync(d.outFile, 'a')
+  const child = res.track(spawn(file, args, { env: CHILD_ENV, stdio: ['ignore', outFd, outFd] }))
+  fs.closeSync(outFd)
+  const daemon: Daemon = { ...d, child, stopping: false }
+  child.once('exit', (code, signal) => {
+    if (daemon.stopping || res.stopping) return
+    let tail = ''
+    try {
+      tail = fs.readFileSync(d.outFile, 'utf8').trimEnd().split('\n').slice(-3).join('\n  ')
+    } catch {
+      // no output
+    }
+    process.stderr.write(`${d.name}[${child.pid}] exited unexpectedly (${code ?? signal}); end of its output:\n  ${tail}\n`)
+  })
+  return daemon
 }
 
-function startPostgrey(dir: string, port: number): Postgrey {
-  const log = fs.openSync(path.join(dir, 'postgrey.log'), 'a')
+function stopDaemon(d: Daemon): Promise<void> {
+  d.stopping = true
+  return stopChild(d.child, d.graceMs)
+}
+
+function startPostgrey(dir: string, port: number): Daemon {
   const args = [
     `--inet=127.0.0.1:${port}`, `--dbdir=${path.join(dir, 'postgrey-db')}`, `--delay=${GL_DELAY}`,
     // The empty lists policyd-ts runs with (postgrey's defaults are its /etc/postgrey files).
     `--whitelist-clients=${path.join(dir, 'empty')}`, `--whitelist-recipients=${path.join(dir, 'empty')}`,
   ]
   // Not daemonized (no -d): it stays our child, logs to stderr (here a file) instead of syslog.
-  const child = res.track(spawn(POSTGREY, args, { env: CHILD_ENV, stdio: ['ignore', log, log] }))
-  fs.closeSync(log)
-  const pg: Postgrey = { child, port, stopping: false }
-  child.once('exit', (code, signal) => {
-    if (pg.stopping || res.stopping) return
-    let tail = ''
-    try {
-      tail = fs.readFileSync(path.join(dir, 'postgrey.log'), 'utf8').trimEnd().split('\n').slice(-3).join('\n  ')
-    } catch {
-      // no log
-    }
-    process.stderr.write(`postgrey[${child.pid}] exited unexpectedly (${code ?? signal}); end of its log:\n  ${tail}\n`)
-  })
-  return pg
+  // Net::Server::Multiplex takes up to about 2 s to act on SIGTERM.
+  return startDaemonProcess({
+    name: 'postgrey', where: `127.0.0.1:${port}`, connect: () => connectTo({ host: '127.0.0.1', port }),
+    outFile: path.join(dir, 'postgrey.log'), graceMs: 10000,
+  }, POSTGREY, args)
+}
+
+/**
+ * policyd-ts as one daemon for all connections, on a unix socket in
+ * `sockDir` (a short path: a socket address has at most 107 bytes), with
+ * master.cf.example's node flags and `extraNodeFlags` (e.g. --cpu-prof).
+ */
+function startPolicydDaemon(dir: string, sockDir: string, args: string[], extraNodeFlags: string[]): Daemon {
+  const socketPath = path.join(sockDir, 'policy.sock')
+  return startDaemonProcess({
+    name: 'policyd-ts daemon', where: `unix:${socketPath}`, connect: () => connectTo({ path: socketPath }),
+    outFile: path.join(dir, 'daemon.out'), graceMs: 15000,
+  }, process.execPath, [...NODE_FLAGS, ...extraNodeFlags, BIN, '--listen', `unix:${socketPath}`, '--listen_group', '', ...args])
 }
 
 /** Connects as soon as the daemon listens; rejects if it exits or takes over `limitMs`. */
-async function connectWhenUp(pg: Postgrey, limitMs: number): Promise<net.Socket> {
+async function connectWhenUp(d: Daemon, limitMs: number): Promise<net.Socket> {
   const t0 = Date.now()
   for (;;) {
-    if (pg.child.exitCode !== null || pg.child.signalCode !== null) throw new Error(`postgrey exited (${pg.child.exitCode ?? pg.child.signalCode}); see its log`)
+    if (d.child.exitCode !== null || d.child.signalCode !== null) throw new Error(`${d.name} exited (${d.child.exitCode ?? d.child.signalCode}); see ${d.outFile}`)
     try {
-      return await connectTcp(pg.port)
+      return await d.connect()
     } catch {
-      if (Date.now() - t0 > limitMs) throw new Error(`postgrey did not listen on 127.0.0.1:${pg.port} within ${limitMs} ms`)
+      if (Date.now() - t0 > limitMs) throw new Error(`${d.name} did not listen on ${d.where} within ${limitMs} ms`)
       await sleep(2)
     }
   }
 }
 
-function postgreySubject(pg: Postgrey): Subject {
+function daemonSubject(d: Daemon): Subject {
   return {
-    name: 'postgrey',
+    name: d.name,
     perConnectionProcess: false,
-    open: async () => Connection.socket(await connectTcp(pg.port), 'postgrey'),
-    daemonPid: () => pg.child.pid,
+    open: async () => Connection.socket(await d.connect(), d.name),
+    daemonPid: () => d.child.pid,
   }
 }
 
@@ -471,6 +531,8 @@ interface Result {
   p99: number
   /** Peak RSS (kB) of each serving process. */
   rssKb: number[]
+  /** Every server process at the end of the timed part (connections still open): summed RSS and USS, kB. */
+  server: { rssKb: number; ussKb: number; processes: number }
   requests: number
   mismatches: number
   firstMismatch: string
@@ -478,63 +540,113 @@ interface Result {
   dnsPerRequest?: number
   /** CPU time of this (the bench) process per timed request, µs: the client side, plus the DNS server and relay. */
   benchCpuUs: number
+  /** CPU time of every server process per timed request, µs (all threads). */
+  serverCpuUs: number
 }
 
 function better(a: Result | undefined, b: Result): Result {
   if (!a) return b
   return {
     rate: Math.max(a.rate, b.rate), p50: Math.min(a.p50, b.p50), p99: Math.min(a.p99, b.p99),
-    rssKb: a.rssKb.map((v, i) => Math.max(v, b.rssKb[i] ?? 0)), requests: a.requests + b.requests,
+    rssKb: a.rssKb.map((v, i) => Math.max(v, b.rssKb[i] ?? 0)),
+    // Memory: the larger of the rounds (what has to be provisioned).
+    server: { rssKb: Math.max(a.server.rssKb, b.server.rssKb), ussKb: Math.max(a.server.ussKb, b.server.ussKb), processes: Math.max(a.server.processes, b.server.processes) },
+    requests: a.requests + b.requests,
     mismatches: a.mismatches + b.mismatches, firstMismatch: a.firstMismatch || b.firstMismatch, sample: b.sample,
     dnsPerRequest: a.dnsPerRequest === undefined || b.dnsPerRequest === undefined ? undefined : Math.min(a.dnsPerRequest, b.dnsPerRequest),
     benchCpuUs: Math.min(a.benchCpuUs, b.benchCpuUs),
+    serverCpuUs: Math.min(a.serverCpuUs, b.serverCpuUs),
   }
+}
+
+interface MeasureOptions {
+  dns?: DnsServer
+  /** Called before each timed request is made. */
+  before?: (n: number, i: number) => void
+  /**
+   * Paced instead of back to back: each connection sends one request every
+   * `intervalMs` (connections staggered evenly), as smtpd processes with
+   * SMTP sessions in between do; when a reply comes late the next request
+   * goes at once. Latency is from the actual send.
+   */
+  intervalMs?: number
+}
+
+/** One timed part of a measurement: `perConn` requests of its own stream on each connection. */
+interface Phase extends MeasureOptions {
+  perConn: number
+  stream: (n: number) => Stream
 }
 
 /**
  * `conns` connections each send `perConn` requests of their own stream one
- * at a time, after `warmup` requests of a warm-up stream each; the rate is
- * all timed requests over the wall time of the timed part.
+ * at a time, after a warm-up stream; the rate is all timed requests over the
+ * wall time of the timed part. Every server process gets `warmup` requests
+ * first (WARMUP_MANY when more than CONNS are spawned): each connection of a
+ * spawned process that many, the connections of a daemon their share.
  */
 async function measure(
   subject: Subject, conns: number, perConn: number, stream: (n: number) => Stream, warmup: number, warmStream: (n: number) => Stream,
-  dns?: DnsServer, before?: (n: number, i: number) => void,
+  opts: MeasureOptions = {},
 ): Promise<Result> {
+  return (await measurePhases(subject, conns, warmup, warmStream, [{ perConn, stream, ...opts }]))[0]
+}
+
+/** As measure(), with several timed parts one after the other on the same warmed-up connections. */
+async function measurePhases(subject: Subject, conns: number, warmup: number, warmStream: (n: number) => Stream, phases: Phase[]): Promise<Result[]> {
   const cs = await Promise.all(Array.from({ length: conns }, () => subject.open()))
-  const check: Check = { mismatches: 0, firstMismatch: '', sample: '' }
+  const warmupPerConn = !subject.perConnectionProcess ? Math.ceil(warmup / conns) : conns > CONNS ? Math.min(warmup, WARMUP_MANY) : warmup
   try {
     // Warm-up (JIT, caches): its replies are not looked at; every timed one is checked.
     await Promise.all(cs.map(async (c, n) => {
       const s = warmStream(n)
-      for (let i = 0; i < warmup; i++) await c.ask(s(i).text)
+      for (let i = 0; i < warmupPerConn; i++) await c.ask(s(i).text)
     }))
-    const lat: number[] = []
-    const q0 = dns?.queries ?? 0
-    const cpu0 = process.cpuUsage()
-    const t0 = process.hrtime.bigint()
-    await Promise.all(cs.map(async (c, n) => {
-      const s = stream(n)
-      for (let i = 0; i < perConn; i++) {
-        before?.(n, i)
-        const item = s(i)
-        const t = process.hrtime.bigint()
-        const reply = await c.ask(item.text)
-        lat.push(msSince(t))
-        verify(check, item, reply)
-      }
-    }))
-    const seconds = msSince(t0) / 1000
-    const cpu = process.cpuUsage(cpu0)
-    const queries = (dns?.queries ?? 0) - q0
-    const rssKb = subject.perConnectionProcess ? cs.map((c) => c.peakRssKb()) : []
-    const { p50, p99 } = latencyStats(lat)
-    return {
-      rate: lat.length / seconds, p50, p99, rssKb, requests: lat.length, ...check,
-      dnsPerRequest: dns ? queries / lat.length : undefined,
-      benchCpuUs: (cpu.user + cpu.system) / lat.length,
-    }
+    const results: Result[] = []
+    for (const phase of phases) results.push(await timed(subject, cs, phase))
+    return results
   } finally {
     await Promise.all(cs.map((c) => c.close()))
+  }
+}
+
+async function timed(subject: Subject, cs: Connection[], phase: Phase): Promise<Result> {
+  const { perConn, stream, dns, before, intervalMs } = phase
+  const check: Check = { mismatches: 0, firstMismatch: '', sample: '' }
+  const lat: number[] = []
+  const pids = (subject.perConnectionProcess ? cs.map((c) => c.pid) : [subject.daemonPid?.()]).filter((p): p is number => p !== undefined)
+  const serverNs0 = cpuTimeNs(pids)
+  const q0 = dns?.queries ?? 0
+  const cpu0 = process.cpuUsage()
+  const t0 = process.hrtime.bigint()
+  const start = performance.now()
+  await Promise.all(cs.map(async (c, n) => {
+    const s = stream(n)
+    for (let i = 0; i < perConn; i++) {
+      if (intervalMs !== undefined) {
+        const wait = start + (n / cs.length + i) * intervalMs - performance.now()
+        if (wait > 0) await sleep(wait)
+      }
+      before?.(n, i)
+      const item = s(i)
+      const t = process.hrtime.bigint()
+      const reply = await c.ask(item.text)
+      lat.push(msSince(t))
+      verify(check, item, reply)
+    }
+  }))
+  const seconds = msSince(t0) / 1000
+  const cpu = process.cpuUsage(cpu0)
+  const serverNs = cpuTimeNs(pids) - serverNs0
+  const queries = (dns?.queries ?? 0) - q0
+  const rssKb = subject.perConnectionProcess ? cs.map((c) => c.peakRssKb()) : []
+  const server = totalMemoryKb(pids)
+  const { p50, p99 } = latencyStats(lat)
+  return {
+    rate: lat.length / seconds, p50, p99, rssKb, server, requests: lat.length, ...check,
+    dnsPerRequest: dns ? queries / lat.length : undefined,
+    benchCpuUs: (cpu.user + cpu.system) / lat.length,
+    serverCpuUs: serverNs / 1000 / lat.length,
   }
 }
 
@@ -565,7 +677,7 @@ async function postgreyStart(dir: string, item: Item, check: Check): Promise<num
     await conn.close()
     return ms
   } finally {
-    await stopPostgrey(pg)
+    await stopDaemon(pg)
   }
 }
 
@@ -584,6 +696,56 @@ async function seedKnown(subject: Subject, phase: 'new' | 'pass', tag: string): 
 }
 
 // ---------------------------------------------------------------- output
+
+type GreyKey = 'ts' | 'daemon' | 'pg'
+const GREY_NAMES: Record<GreyKey, string> = { daemon: 'policyd-ts daemon', ts: 'policyd-ts spawn mode', pg: 'postgrey' }
+
+/** The greylisting figures at every number of connections, and the daemon's targets. */
+function reportScale(
+  res: Record<GreyKey, Map<number, Result>>, paced: Partial<Record<GreyKey, Result>>, daemonPeakKb: number,
+  daemonChecks: Check[], daemonNewSample: string, target: (ok: boolean, what: string) => string,
+): void {
+  const W = [6, 22, 12, 18, 11, 6, 10, 10]
+  const keys: GreyKey[] = ['daemon', 'ts', 'pg']
+  const line = (conns: string, key: GreyKey, r: Result): string =>
+    row([conns, GREY_NAMES[key], fmtRate(r), `${r.p50.toFixed(3)} / ${r.p99.toFixed(3)}`, r.serverCpuUs.toFixed(1), r.server.processes, mb(r.server.rssKb), mb(r.server.ussKb)], W)
+  out('== Greylisting at scale: policyd-ts as one daemon vs spawn mode vs postgrey')
+  out(`stream: as above, each connection its own; ${GL_REQUESTS} timed requests per number of connections and round, split over the connections, after ${WARMUP} warm-up requests to every server process (a daemon's spread over its connections; ${Math.min(WARMUP, WARMUP_MANY)} each when more than ${CONNS} are spawned); best of ${ROUNDS} rounds`)
+  out('CPU us/req: CPU time of every server process (all threads) over the timed part, per request (the least of the rounds)')
+  out('memory: every server process at the end of the timed part with its connections open (the largest of the rounds): RSS and USS (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup), summed')
+  out(row(['conns', 'server', 'decisions/s', 'p50 / p99 ms', 'CPU us/req', 'procs', 'RSS MB', 'USS MB'], W))
+  for (const conns of LEVELS) {
+    for (const key of keys) out(line(keys.indexOf(key) === 0 ? String(conns) : '', key, res[key].get(conns)!))
+  }
+  out(`paced: ${MOST} connections, each sending one request every ${PACED_INTERVAL_MS} ms (${((MOST * 1000) / PACED_INTERVAL_MS).toFixed(0)}/s offered; smtpd processes with SMTP sessions in between), ${PACED_PER_CONN} requests per connection and round:`)
+  for (const key of keys) out(line(keys.indexOf(key) === 0 ? String(MOST) : '', key, paced[key]!))
+
+  const d8 = res.daemon.get(CONNS)!
+  const p8 = res.pg.get(CONNS)!
+  const dMost = res.daemon.get(MOST)!
+  const sMost = res.ts.get(MOST)!
+  const dPaced = paced.daemon!
+  const TW = [58, 44, 6]
+  out(row(['target', 'measured', 'result'], TW))
+  out(row([`daemon at ${CONNS} connections >= 10 x postgrey's decisions/s`, `${fmtRate(d8)} / ${fmtRate(p8)} = ${(d8.rate / p8.rate).toFixed(2)} x`, target(d8.rate >= 10 * p8.rate, `daemon ${CONNS} connections >= 10 x postgrey`)], TW))
+  // Checked on the daemon's peak over the whole run: its heaviest part was at MOST connections.
+  const dRssKb = Math.max(daemonPeakKb, dMost.server.rssKb, dPaced.server.rssKb)
+  out(row([`daemon at ${MOST} connections: total RSS <= 100 MB`, `${mb(dRssKb)} MB peak (USS ${mb(Math.max(dMost.server.ussKb, dPaced.server.ussKb))} MB)`, target(dRssKb <= 100 * 1024, `daemon RSS at ${MOST} connections`)], TW))
+  out(row([`  spawn mode at ${MOST} connections (${sMost.server.processes} processes)`, `${mb(sMost.server.rssKb)} MB (USS ${mb(sMost.server.ussKb)} MB)`, '(reported)'], TW))
+  out(row([`daemon at ${MOST} connections, paced: p99 <= 5 ms`, `${dPaced.p99.toFixed(3)} ms at ${fmtRate(dPaced)}/s`, target(dPaced.p99 <= 5, `daemon p99 at ${MOST} paced connections`)], TW))
+  // Back to back, N connections always have N requests waiting: the mean latency is N / rate
+  // for any server (Little's law), so p99 <= 5 ms there would need over 20,000 decisions/s.
+  out(row([`  back to back (N/rate: ${((MOST / dMost.rate) * 1000).toFixed(1)} ms)`, `${dMost.p99.toFixed(3)} ms at ${fmtRate(dMost)}/s`, '(reported)'], TW))
+  out(`daemon peak RSS: VmHWM over the whole run; bench-side CPU us/request at ${MOST} connections: daemon ${dMost.benchCpuUs.toFixed(0)}, spawn mode ${sMost.benchCpuUs.toFixed(0)}, postgrey ${res.pg.get(MOST)!.benchCpuUs.toFixed(0)} (the bench shares the ${os.cpus().length} cores with the servers)`)
+  const checks: Array<[string, Check]> = [['daemon seeding', daemonChecks[0]], ['daemon first pass', daemonChecks[1]]]
+  for (const k of keys) {
+    for (const [conns, r] of res[k]) checks.push([`${GREY_NAMES[k]} ${conns}`, r])
+    checks.push([`${GREY_NAMES[k]} ${MOST} paced`, paced[k]!])
+  }
+  const unexpected = checks.reduce((n, [, c]) => n + c.mismatches, 0)
+  out(`replies: ${unexpected === 0 ? 'all as expected' : 'NOT all as expected: figures unverified'} (daemon: new triplet ${JSON.stringify(daemonNewSample)}, first pass ${JSON.stringify(daemonChecks[1].sample)})`)
+  for (const [who, c] of checks) if (c.mismatches > 0) out(`  ${who}: ${c.mismatches} unexpected, first: ${c.firstMismatch}`)
+}
 
 const out = (s = ''): void => {
   process.stdout.write(`${s}\n`)
@@ -689,14 +851,22 @@ async function run(): Promise<void> {
   const tsGrey = policydTs('policyd-ts', [...common('greylist'), '--spf_enabled', 'no', '--greylist_delay', `${GL_DELAY}s`])
   const tsSpf = policydTs('policyd-ts', [...common('spf'), '--greylist_enabled', 'no', '--spf_enabled', 'yes', '--dns_servers', relay.address])
   const spf = policydSpf(resolvConf, spfConf)
+  // The same greylisting options as spawn mode, one process for all connections (socket path: < 108 bytes).
+  const sockDir = fs.mkdtempSync('/tmp/pts-bench-')
+  res.dirs.push(sockDir)
+  const tsd = startPolicydDaemon(dir, sockDir, [...common('daemon'), '--spf_enabled', 'no', '--greylist_delay', `${GL_DELAY}s`],
+    DAEMON_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(DAEMON_CPU_PROF)] : [])
+  ;(await connectWhenUp(tsd, 15000)).destroy()
+  const tsDaemon = daemonSubject(tsd)
 
   const pg = startPostgrey(dir, await freePort())
   ;(await connectWhenUp(pg, 15000)).destroy()
-  const grey = postgreySubject(pg)
+  const grey = daemonSubject(pg)
 
   out(`policyd-ts bench --compare: node ${process.version}, ${os.cpus().length} cores, load average ${os.loadavg()[0].toFixed(2)} at start; ${ROUNDS} interleaved rounds (best figure of each kept), same request streams for both sides`)
   out(`policyd-ts: node ${NODE_FLAGS.join(' ')} bin/policyd-ts --config /dev/null, temp db_path, no syslog (log_file, debugLevel 1), empty whitelists`)
-  out(`postgrey ${tryVersion('postgrey')}: ${POSTGREY} --inet=127.0.0.1:${pg.port} --dbdir=<temp> --delay=${GL_DELAY} --whitelist-clients=<empty> --whitelist-recipients=<empty>, foreground, log on stderr (file)`)
+  out(`policyd-ts daemon: the same, with --listen ${tsd.where} --listen_group '' (one process for all connections)${DAEMON_CPU_PROF ? `, --cpu-prof into ${path.resolve(DAEMON_CPU_PROF)}` : ''}`)
+  out(`postgrey ${tryVersion('postgrey')}: ${POSTGREY} --inet=${pg.where} --dbdir=<temp> --delay=${GL_DELAY} --whitelist-clients=<empty> --whitelist-recipients=<empty>, foreground, log on stderr (file)`)
   out(`policyd-spf ${tryVersion('postfix-policyd-spf-python')} (pyspf ${tryVersion('python3-spf')}, pydns ${tryVersion('python3-dns')}): unshare --mount + bind-mounted resolv.conf, then ${POLICYD_SPF} <Debian default conf>, over pipes`)
   out(`DNS: test/helpers/dns-server.ts on ${dns.address}:${dns.port}, relayed on ${relay.address}:53 for both SPF servers`)
   out()
@@ -704,7 +874,7 @@ async function run(): Promise<void> {
   // ---- First check the replies: no number counts before these hold.
   const samples: Record<string, string> = {}
   const greyProbe: Item = { text: newTriplet('probe', 0, 'probe.0'), expect: 'greylist' }
-  for (const s of [tsGrey, grey]) {
+  for (const s of [tsGrey, tsDaemon, grey]) {
     const c = await s.open()
     const reply = await c.ask(greyProbe.text)
     await c.close()
@@ -712,17 +882,17 @@ async function run(): Promise<void> {
     if (!EXPECT.greylist.test(reply)) throw new Error(`${s.name} did not greylist a new triplet: ${JSON.stringify(reply)}`)
   }
   const spfProbe: Item = { text: spfRequest(WARM_DOMAINS[0], 0, 'probe.0'), expect: 'spf-pass' }
-  for (const s of [tsSpf, spf]) {
+  for (const s of GREYLIST_ONLY ? [] : [tsSpf, spf]) {
     const c = await s.open()
     samples[`spf ${s.name}`] = await c.ask(spfProbe.text)
     await c.close()
   }
-  if (!EXPECT['spf-pass'].test(samples['spf policyd-spf'])) throw new Error(`policyd-spf did not answer Pass: ${JSON.stringify(samples['spf policyd-spf'])} (DNS through the relay not working?)`)
+  if (!GREYLIST_ONLY && !EXPECT['spf-pass'].test(samples['spf policyd-spf'])) throw new Error(`policyd-spf did not answer Pass: ${JSON.stringify(samples['spf policyd-spf'])} (DNS through the relay not working?)`)
   const spfLive = /Received-SPF:/i.test(samples['spf policyd-ts'])
   const spfOk = EXPECT['spf-pass'].test(samples['spf policyd-ts'])
 
   // ---- Greylisting, part 1: the known triplets are seen once now, so that they pass after GL_DELAY.
-  const seed1 = await Promise.all([seedKnown(tsGrey, 'new', 'seed1'), seedKnown(grey, 'new', 'seed1')])
+  const seed1 = await Promise.all([seedKnown(tsGrey, 'new', 'seed1'), seedKnown(grey, 'new', 'seed1'), seedKnown(tsDaemon, 'new', 'seed1')])
   const seededAt = Date.now()
 
   // ---- SPF (also fills the greylisting wait).
@@ -732,16 +902,16 @@ async function run(): Promise<void> {
   const coldZoneNames = Object.keys(probeZone).length
   const coldNameUs = await dnsRttUs(dns.address, dns.port, coldDomain('probe', COLD_CHUNK - 1), 100)
   dns.setZone(baseZone())
-  for (let r = 0; r < ROUNDS; r++) {
+  for (let r = 0; r < (GREYLIST_ONLY ? 0 : ROUNDS); r++) {
     for (const [key, s] of [['ts', tsSpf], ['spf', spf]] as const) {
       const x = spfRes[key]
-      x.w1 = better(x.w1, await measure(s, 1, SPF_REQUESTS, () => spfWarmStream(`s${r}w1`), WARMUP, () => spfWarmStream(`s${r}u1`), dns))
-      x.w8 = better(x.w8, await measure(s, CONNS, SPF_REQUESTS / CONNS, (n) => spfWarmStream(`s${r}w8c${n}`), WARMUP, (n) => spfWarmStream(`s${r}u8c${n}`), dns))
+      x.w1 = better(x.w1, await measure(s, 1, SPF_REQUESTS, () => spfWarmStream(`s${r}w1`), WARMUP, () => spfWarmStream(`s${r}u1`), { dns }))
+      x.w8 = better(x.w8, await measure(s, CONNS, SPF_REQUESTS / CONNS, (n) => spfWarmStream(`s${r}w8c${n}`), WARMUP, (n) => spfWarmStream(`s${r}u8c${n}`), { dns }))
       // Cold cache: a warmed-up process (JIT), then only domains it has never seen.
       const tag = `r${r}`
-      x.c1 = better(x.c1, await measure(s, 1, COLD_REQUESTS, () => spfColdStream(tag), WARMUP, () => spfWarmStream(`s${r}uc`), dns, (_n, i) => {
+      x.c1 = better(x.c1, await measure(s, 1, COLD_REQUESTS, () => spfColdStream(tag), WARMUP, () => spfWarmStream(`s${r}uc`), { dns, before: (_n, i) => {
         if (i % COLD_CHUNK === 0) dns.setZone(coldZone(tag, i))
-      }))
+      } }))
       dns.setZone(baseZone())
     }
   }
@@ -753,7 +923,7 @@ async function run(): Promise<void> {
   const cat: Subject = { name: 'cat', perConnectionProcess: true, open: async () => spawnServer('cat', '/bin/cat', []) }
   const wrappedCat: Subject = { name: 'cat (namespace)', perConnectionProcess: true, open: async () => spawnServer('cat', wrapFile, wrapArgs) }
   const echoItem = (i: number): Item => ({ text: spfRequest(WARM_DOMAINS[i % 8], i, `e.${i}`), expect: 'spf-pass' })
-  for (let i = 0; i < COLD_RUNS; i++) {
+  for (let i = 0; i < (GREYLIST_ONLY ? 0 : COLD_RUNS); i++) {
     coldMs.tsSpf.push(await coldStart(tsSpf, { text: spfRequest(WARM_DOMAINS[i % 8], i, `cs.${i}`), expect: 'spf-pass' }, coldCheck.ts))
     coldMs.spf.push(await coldStart(spf, { text: spfRequest(WARM_DOMAINS[i % 8], i, `cs.${i}`), expect: 'spf-pass' }, coldCheck.spf))
     coldMs.cat.push(await coldStart(cat, echoItem(i), coldCheck.none))
@@ -763,20 +933,30 @@ async function run(): Promise<void> {
   // ---- Greylisting, part 2: the known triplets' first pass, then the timed runs.
   const wait = seededAt + (GL_DELAY + 1.2) * 1000 - Date.now()
   if (wait > 0) await sleep(wait)
-  const seed2 = await Promise.all([seedKnown(tsGrey, 'pass', 'seed2'), seedKnown(grey, 'pass', 'seed2')])
-  const greyRes: Record<string, { w1?: Result; w8?: Result }> = { ts: {}, pg: {} }
+  const seed2 = await Promise.all([seedKnown(tsGrey, 'pass', 'seed2'), seedKnown(grey, 'pass', 'seed2'), seedKnown(tsDaemon, 'pass', 'seed2')])
+  // Every server at every number of connections; within a round the servers take turns at each level.
+  const greySubjects = [['ts', tsGrey], ['daemon', tsDaemon], ['pg', grey]] as const
+  const greyRes: Record<GreyKey, Map<number, Result>> = { ts: new Map(), daemon: new Map(), pg: new Map() }
+  const pacedRes: Partial<Record<GreyKey, Result>> = {}
   for (let r = 0; r < ROUNDS; r++) {
-    for (const [key, s] of [['ts', tsGrey], ['pg', grey]] as const) {
-      const x = greyRes[key]
-      x.w1 = better(x.w1, await measure(s, 1, GL_REQUESTS, () => greylistStream(`g${r}a`), WARMUP, () => greylistStream(`g${r}u`), undefined))
-      x.w8 = better(x.w8, await measure(s, CONNS, GL_REQUESTS / CONNS, (n) => greylistStream(`g${r}b${n}`, n), WARMUP, (n) => greylistStream(`g${r}v${n}`, n), undefined))
+    for (const conns of LEVELS) {
+      for (const [key, s] of greySubjects) {
+        const phases: Phase[] = [{ perConn: Math.ceil(GL_REQUESTS / conns / 10) * 10, stream: (n) => greylistStream(`g${r}c${conns}n${n}`, n) }]
+        if (conns === MOST) phases.push({ perConn: PACED_PER_CONN, stream: (n) => greylistStream(`g${r}p${conns}n${n}`, n), intervalMs: PACED_INTERVAL_MS })
+        const [all, paced] = await measurePhases(s, conns, WARMUP, (n) => greylistStream(`g${r}w${conns}n${n}`, n), phases)
+        greyRes[key].set(conns, better(greyRes[key].get(conns), all))
+        if (paced) pacedRes[key] = better(pacedRes[key], paced)
+      }
     }
   }
-  for (let i = 0; i < COLD_RUNS; i++) coldMs.tsGrey.push(await coldStart(tsGrey, { text: newTriplet('cold', i, `cold.${i}`), expect: 'greylist' }, coldCheck.grey))
+  const daemonPeakKb = peakRssKb(tsd.child.pid ?? 0)
+  await stopDaemon(tsd)
+  if (tsd.child.exitCode !== 0) throw new Error(`the policyd-ts daemon did not exit 0 on TERM (${tsd.child.exitCode ?? tsd.child.signalCode}); see ${tsd.outFile}`)
+  for (let i = 0; i < (GREYLIST_ONLY ? 0 : COLD_RUNS); i++) coldMs.tsGrey.push(await coldStart(tsGrey, { text: newTriplet('cold', i, `cold.${i}`), expect: 'greylist' }, coldCheck.grey))
   const pgRssKb = peakRssKb(pg.child.pid ?? 0)
-  await stopPostgrey(pg)
+  await stopDaemon(pg)
   const pgStarts: number[] = []
-  for (let i = 0; i < DAEMON_STARTS; i++) pgStarts.push(await postgreyStart(dir, { text: newTriplet('pgcold', i, `pgcold.${i}`), expect: 'greylist' }, coldCheck.grey))
+  for (let i = 0; i < (GREYLIST_ONLY ? 0 : DAEMON_STARTS); i++) pgStarts.push(await postgreyStart(dir, { text: newTriplet('pgcold', i, `pgcold.${i}`), expect: 'greylist' }, coldCheck.grey))
 
   // ---- Report.
   const W = [40, 20, 20, 9, 16, 6]
@@ -787,25 +967,23 @@ async function run(): Promise<void> {
     return verdict(ok)
   }
 
-  const gt = greyRes.ts
-  const gp = greyRes.pg
-  const g1 = gt.w1!
-  const g8 = gt.w8!
-  const p1 = gp.w1!
-  const p8 = gp.w8!
+  const g1 = greyRes.ts.get(1)!
+  const g8 = greyRes.ts.get(CONNS)!
+  const p1 = greyRes.pg.get(1)!
+  const p8 = greyRes.pg.get(CONNS)!
   const greyVerified = g1.mismatches + g8.mismatches + p1.mismatches + p8.mismatches + seed1[0].mismatches + seed1[1].mismatches + seed2[0].mismatches + seed2[1].mismatches === 0
   out('== Greylisting: policyd-ts vs postgrey')
-  out(`stream: ${GREYLIST_MIX}; delay ${GL_DELAY}s on both; ${g1.requests} timed requests at 1 connection, ${g8.requests} at ${CONNS} (over ${ROUNDS} rounds), ${WARMUP} warm-up requests first on every connection`)
+  out(`stream: ${GREYLIST_MIX}; delay ${GL_DELAY}s on both; ${g1.requests} timed requests at 1 connection, ${g8.requests} at ${CONNS} (over ${ROUNDS} rounds), ${WARMUP} warm-up requests first to every server process (a daemon's spread over its connections)`)
   out(hdr('policyd-ts', 'postgrey'))
   out(row([`warm decisions/s, 1 connection`, fmtRate(g1), fmtRate(p1), (g1.rate / p1.rate).toFixed(2), '>= 3.00 x', target(g1.rate >= 3 * p1.rate, 'greylisting 1 connection')], W))
   out(row([`warm decisions/s, ${CONNS} connections`, `${fmtRate(g8)} (8 procs)`, `${fmtRate(p8)} (1 daemon)`, (g8.rate / p8.rate).toFixed(2), '>= 3.00 x', target(g8.rate >= 3 * p8.rate, `greylisting ${CONNS} connections`)], W))
   out(row(['latency p50 / p99 ms, 1 connection', `${g1.p50.toFixed(3)} / ${g1.p99.toFixed(3)}`, `${p1.p50.toFixed(3)} / ${p1.p99.toFixed(3)}`, (g1.p50 / p1.p50).toFixed(2), '(reported)', ''], W))
   out(row([`latency p50 / p99 ms, ${CONNS} connections`, `${g8.p50.toFixed(3)} / ${g8.p99.toFixed(3)}`, `${p8.p50.toFixed(3)} / ${p8.p99.toFixed(3)}`, (g8.p50 / p8.p50).toFixed(2), '(reported)', ''], W))
-  out(row([`cold start to first reply ms, median`, `${median(coldMs.tsGrey).toFixed(1)} (spawn, n=${COLD_RUNS})`, `${median(pgStarts).toFixed(1)} (daemon, n=${DAEMON_STARTS})`, '-', '(not alike)', ''], W))
+  if (!GREYLIST_ONLY) out(row([`cold start to first reply ms, median`, `${median(coldMs.tsGrey).toFixed(1)} (spawn, n=${COLD_RUNS})`, `${median(pgStarts).toFixed(1)} (daemon, n=${DAEMON_STARTS})`, '-', '(not alike)', ''], W))
   out(row(['bench-side CPU us/request, 1 / 8 conns', `${g1.benchCpuUs.toFixed(0)} / ${g8.benchCpuUs.toFixed(0)}`, `${p1.benchCpuUs.toFixed(0)} / ${p8.benchCpuUs.toFixed(0)}`, '-', '(reported)', ''], W))
   out(row(['peak RSS MB, 1 connection', rssCell(g1), '-', '-', '(reported)', ''], W))
   out(row([`peak RSS MB, ${CONNS} conns: max / sum`, rssCell(g8), `${mb(pgRssKb)} (daemon)`, (g8.rssKb.reduce((a, b) => a + b, 0) / pgRssKb).toFixed(2), '(reported)', ''], W))
-  out(`postgrey's cold start is daemon start -> first reply (Perl, BerkeleyDB environment with recovery), paid once per daemon start, not per smtpd; policyd-ts's is spawn -> first reply, paid per smtpd process.`)
+  if (!GREYLIST_ONLY) out(`postgrey's cold start is daemon start -> first reply (Perl, BerkeleyDB environment with recovery), paid once per daemon start, not per smtpd; policyd-ts's is spawn -> first reply, paid per smtpd process.`)
   out(`replies: ${greyVerified ? 'all as expected' : 'NOT all as expected: figures unverified'} (policyd-ts ${g1.mismatches + g8.mismatches} / postgrey ${p1.mismatches + p8.mismatches} unexpected timed replies; seeding ${seed1.map((c) => c.mismatches).join('/')} + ${seed2.map((c) => c.mismatches).join('/')}; cold starts ${coldCheck.grey.mismatches})`)
   for (const [who, r] of [['policyd-ts', g1], ['policyd-ts 8', g8], ['postgrey', p1], ['postgrey 8', p8], ['policyd-ts seeding', seed1[0]], ['postgrey seeding', seed1[1]], ['policyd-ts first pass', seed2[0]], ['postgrey first pass', seed2[1]]] as const) {
     if (r.mismatches > 0) out(`  ${who}: ${r.mismatches} unexpected, first: ${r.firstMismatch}`)
@@ -815,57 +993,61 @@ async function run(): Promise<void> {
   out(`  first pass:   policyd-ts ${JSON.stringify(seed2[0].sample)}`)
   out(`                postgrey   ${JSON.stringify(seed2[1].sample)}`)
   out()
-
-  const st = spfRes.ts
-  const ss = spfRes.spf
-  const t1 = st.w1!
-  const t8 = st.w8!
-  const tc = st.c1!
-  const s1 = ss.w1!
-  const s8 = ss.w8!
-  const sc = ss.c1!
-  const wrapperMs = median(coldMs.wrappedCat) - median(coldMs.cat)
-  const spfColdMs = median(coldMs.spf)
-  const spfColdAdj = spfColdMs - Math.max(0, wrapperMs)
-  const tsColdMs = median(coldMs.tsSpf)
-  const ratio = (a: number, b: number): string => (spfOk ? (a / b).toFixed(2) : 'n/a')
-  const spfTarget = (ok: boolean, what: string): string => (spfOk ? target(ok, what) : (misses.push(`${what} (not measurable)`), 'n/a'))
-  out('== SPF: policyd-ts vs policyd-spf')
-  out(`stream: ${SPF_MIX}; warm = ${WARM_DOMAINS.length} sender domains repeated (${SPF_REQUESTS} timed requests per round at 1 connection and at ${CONNS}), cold = a domain never seen before in every request (${COLD_REQUESTS} per round, after ${WARMUP} warm-up requests); ${WARMUP} warm-up requests on every connection first`)
-  if (!spfLive) {
-    out(`!! policyd-ts's SPF path is NOT live yet: with --spf_enabled yes it answered ${JSON.stringify(samples['spf policyd-ts'])} (no Received-SPF).`)
-    out('!! Its figures below are for a process that does no SPF work: no ratio, no PASS/MISS for SPF.')
-  } else if (!spfOk) {
-    out(`!! policyd-ts's SPF reply is not a Pass header: ${JSON.stringify(samples['spf policyd-ts'])}: no ratio, no PASS/MISS for SPF.`)
-  }
-  out(hdr('policyd-ts', 'policyd-spf'))
-  out(row(['warm decisions/s, 1 connection', fmtRate(t1), fmtRate(s1), ratio(t1.rate, s1.rate), '>= 5.00 x', spfTarget(t1.rate >= 5 * s1.rate, 'SPF warm 1 connection')], W))
-  // The issue sets SPF's target per connection (one smtpd's policy process); with 8 processes on
-  // 2 cores a warm policyd-ts is CPU-bound while policyd-spf mostly waits for DNS, which overlaps.
-  out(row([`warm decisions/s, ${CONNS} processes`, fmtRate(t8), fmtRate(s8), ratio(t8.rate, s8.rate), '(reported)', ''], W))
-  out(row(['cold-cache decisions/s, 1 connection', fmtRate(tc), fmtRate(sc), ratio(tc.rate, sc.rate), '(reported)', ''], W))
-  out(row(['latency p50 / p99 ms, warm, 1 conn', `${t1.p50.toFixed(3)} / ${t1.p99.toFixed(3)}`, `${s1.p50.toFixed(3)} / ${s1.p99.toFixed(3)}`, ratio(t1.p50, s1.p50), '(reported)', ''], W))
-  out(row([`latency p50 / p99 ms, warm, ${CONNS} procs`, `${t8.p50.toFixed(3)} / ${t8.p99.toFixed(3)}`, `${s8.p50.toFixed(3)} / ${s8.p99.toFixed(3)}`, ratio(t8.p50, s8.p50), '(reported)', ''], W))
-  out(row(['latency p50 / p99 ms, cold cache', `${tc.p50.toFixed(3)} / ${tc.p99.toFixed(3)}`, `${sc.p50.toFixed(3)} / ${sc.p99.toFixed(3)}`, ratio(tc.p50, sc.p50), '(reported)', ''], W))
-  out(row(['DNS queries per request, warm / cold', `${t1.dnsPerRequest!.toFixed(2)} / ${tc.dnsPerRequest!.toFixed(2)}`, `${s1.dnsPerRequest!.toFixed(2)} / ${sc.dnsPerRequest!.toFixed(2)}`, '-', '(reported)', ''], W))
-  out(row(['bench-side CPU us/request, 1 / 8 / cold', `${t1.benchCpuUs.toFixed(0)} / ${t8.benchCpuUs.toFixed(0)} / ${tc.benchCpuUs.toFixed(0)}`, `${s1.benchCpuUs.toFixed(0)} / ${s8.benchCpuUs.toFixed(0)} / ${sc.benchCpuUs.toFixed(0)}`, '-', '(reported)', ''], W))
-  out(row([`cold start to first reply ms, median`, `${tsColdMs.toFixed(1)}`, `${spfColdAdj.toFixed(1)} (raw ${spfColdMs.toFixed(1)})`, ratio(tsColdMs, spfColdAdj), '<= 1.00 x', spfTarget(tsColdMs <= spfColdAdj, 'SPF cold start')], W))
-  out(row(['peak RSS MB, 1 connection', rssCell(t1), rssCell(s1), ratio(t1.rssKb[0], s1.rssKb[0]), '(reported)', ''], W))
-  out(row([`peak RSS MB, ${CONNS} procs: max / sum`, rssCell(t8), rssCell(s8), ratio(t8.rssKb.reduce((a, b) => a + b, 0), s8.rssKb.reduce((a, b) => a + b, 0)), '(reported)', ''], W))
-  out(`cold start: spawn -> first reply (first request needs DNS), median of ${COLD_RUNS} interleaved; policyd-spf's figure has the namespace wrapper (unshare + sh + mount: ${wrapperMs.toFixed(1)} ms, measured with cat) taken off.`)
-  const direct = await dnsRttUs(dns.address, dns.port, HELO)
-  const relayed = await dnsRttUs(relay.address, 53, HELO)
-  out('bench-side CPU: this process (the smtpd side, and for SPF the DNS server and relay too) shares the 2 cores with the servers under test.')
-  out(`DNS round trip from the bench process: ${direct.toFixed(0)} us direct, ${relayed.toFixed(0)} us through the relay (both SPF servers pay the hop on every query); the last name of a cold-stream zone (${coldZoneNames} names, scanned linearly by the test server; the zone follows the cold stream ${COLD_CHUNK} domains at a time): ${coldNameUs.toFixed(0)} us direct.`)
-  const spfMis = t1.mismatches + t8.mismatches + tc.mismatches + coldCheck.ts.mismatches
-  const anchorMis = s1.mismatches + s8.mismatches + sc.mismatches + coldCheck.spf.mismatches
-  out(`replies: policyd-ts ${spfMis} / policyd-spf ${anchorMis} not "PREPEND Received-SPF: Pass" (timed runs and cold starts)${anchorMis > 0 || (spfOk && spfMis > 0) ? ': figures unverified' : ''}`)
-  for (const [who, r] of [['policyd-ts warm', t1], ['policyd-ts warm 8', t8], ['policyd-ts cold cache', tc], ['policyd-ts cold start', coldCheck.ts], ['policyd-spf warm', s1], ['policyd-spf warm 8', s8], ['policyd-spf cold cache', sc], ['policyd-spf cold start', coldCheck.spf]] as const) {
-    if (r.mismatches > 0) out(`  ${who}: ${r.mismatches} unexpected, first: ${r.firstMismatch}`)
-  }
-  out(`  policyd-ts  ${JSON.stringify(samples['spf policyd-ts'])}`)
-  out(`  policyd-spf ${JSON.stringify(samples['spf policyd-spf'])}`)
+  reportScale(greyRes, pacedRes, daemonPeakKb, [seed1[2], seed2[2]], samples['grey policyd-ts daemon'], target)
   out()
+
+  if (!GREYLIST_ONLY) {
+    const st = spfRes.ts
+    const ss = spfRes.spf
+    const t1 = st.w1!
+    const t8 = st.w8!
+    const tc = st.c1!
+    const s1 = ss.w1!
+    const s8 = ss.w8!
+    const sc = ss.c1!
+    const wrapperMs = median(coldMs.wrappedCat) - median(coldMs.cat)
+    const spfColdMs = median(coldMs.spf)
+    const spfColdAdj = spfColdMs - Math.max(0, wrapperMs)
+    const tsColdMs = median(coldMs.tsSpf)
+    const ratio = (a: number, b: number): string => (spfOk ? (a / b).toFixed(2) : 'n/a')
+    const spfTarget = (ok: boolean, what: string): string => (spfOk ? target(ok, what) : (misses.push(`${what} (not measurable)`), 'n/a'))
+    out('== SPF: policyd-ts vs policyd-spf')
+    out(`stream: ${SPF_MIX}; warm = ${WARM_DOMAINS.length} sender domains repeated (${SPF_REQUESTS} timed requests per round at 1 connection and at ${CONNS}), cold = a domain never seen before in every request (${COLD_REQUESTS} per round, after ${WARMUP} warm-up requests); ${WARMUP} warm-up requests on every connection first`)
+    if (!spfLive) {
+      out(`!! policyd-ts's SPF path is NOT live yet: with --spf_enabled yes it answered ${JSON.stringify(samples['spf policyd-ts'])} (no Received-SPF).`)
+      out('!! Its figures below are for a process that does no SPF work: no ratio, no PASS/MISS for SPF.')
+    } else if (!spfOk) {
+      out(`!! policyd-ts's SPF reply is not a Pass header: ${JSON.stringify(samples['spf policyd-ts'])}: no ratio, no PASS/MISS for SPF.`)
+    }
+    out(hdr('policyd-ts', 'policyd-spf'))
+    out(row(['warm decisions/s, 1 connection', fmtRate(t1), fmtRate(s1), ratio(t1.rate, s1.rate), '>= 5.00 x', spfTarget(t1.rate >= 5 * s1.rate, 'SPF warm 1 connection')], W))
+    // The issue sets SPF's target per connection (one smtpd's policy process); with 8 processes on
+    // 2 cores a warm policyd-ts is CPU-bound while policyd-spf mostly waits for DNS, which overlaps.
+    out(row([`warm decisions/s, ${CONNS} processes`, fmtRate(t8), fmtRate(s8), ratio(t8.rate, s8.rate), '(reported)', ''], W))
+    out(row(['cold-cache decisions/s, 1 connection', fmtRate(tc), fmtRate(sc), ratio(tc.rate, sc.rate), '(reported)', ''], W))
+    out(row(['latency p50 / p99 ms, warm, 1 conn', `${t1.p50.toFixed(3)} / ${t1.p99.toFixed(3)}`, `${s1.p50.toFixed(3)} / ${s1.p99.toFixed(3)}`, ratio(t1.p50, s1.p50), '(reported)', ''], W))
+    out(row([`latency p50 / p99 ms, warm, ${CONNS} procs`, `${t8.p50.toFixed(3)} / ${t8.p99.toFixed(3)}`, `${s8.p50.toFixed(3)} / ${s8.p99.toFixed(3)}`, ratio(t8.p50, s8.p50), '(reported)', ''], W))
+    out(row(['latency p50 / p99 ms, cold cache', `${tc.p50.toFixed(3)} / ${tc.p99.toFixed(3)}`, `${sc.p50.toFixed(3)} / ${sc.p99.toFixed(3)}`, ratio(tc.p50, sc.p50), '(reported)', ''], W))
+    out(row(['DNS queries per request, warm / cold', `${t1.dnsPerRequest!.toFixed(2)} / ${tc.dnsPerRequest!.toFixed(2)}`, `${s1.dnsPerRequest!.toFixed(2)} / ${sc.dnsPerRequest!.toFixed(2)}`, '-', '(reported)', ''], W))
+    out(row(['bench-side CPU us/request, 1 / 8 / cold', `${t1.benchCpuUs.toFixed(0)} / ${t8.benchCpuUs.toFixed(0)} / ${tc.benchCpuUs.toFixed(0)}`, `${s1.benchCpuUs.toFixed(0)} / ${s8.benchCpuUs.toFixed(0)} / ${sc.benchCpuUs.toFixed(0)}`, '-', '(reported)', ''], W))
+    out(row([`cold start to first reply ms, median`, `${tsColdMs.toFixed(1)}`, `${spfColdAdj.toFixed(1)} (raw ${spfColdMs.toFixed(1)})`, ratio(tsColdMs, spfColdAdj), '<= 1.00 x', spfTarget(tsColdMs <= spfColdAdj, 'SPF cold start')], W))
+    out(row(['peak RSS MB, 1 connection', rssCell(t1), rssCell(s1), ratio(t1.rssKb[0], s1.rssKb[0]), '(reported)', ''], W))
+    out(row([`peak RSS MB, ${CONNS} procs: max / sum`, rssCell(t8), rssCell(s8), ratio(t8.rssKb.reduce((a, b) => a + b, 0), s8.rssKb.reduce((a, b) => a + b, 0)), '(reported)', ''], W))
+    out(`cold start: spawn -> first reply (first request needs DNS), median of ${COLD_RUNS} interleaved; policyd-spf's figure has the namespace wrapper (unshare + sh + mount: ${wrapperMs.toFixed(1)} ms, measured with cat) taken off.`)
+    const direct = await dnsRttUs(dns.address, dns.port, HELO)
+    const relayed = await dnsRttUs(relay.address, 53, HELO)
+    out('bench-side CPU: this process (the smtpd side, and for SPF the DNS server and relay too) shares the 2 cores with the servers under test.')
+    out(`DNS round trip from the bench process: ${direct.toFixed(0)} us direct, ${relayed.toFixed(0)} us through the relay (both SPF servers pay the hop on every query); the last name of a cold-stream zone (${coldZoneNames} names, scanned linearly by the test server; the zone follows the cold stream ${COLD_CHUNK} domains at a time): ${coldNameUs.toFixed(0)} us direct.`)
+    const spfMis = t1.mismatches + t8.mismatches + tc.mismatches + coldCheck.ts.mismatches
+    const anchorMis = s1.mismatches + s8.mismatches + sc.mismatches + coldCheck.spf.mismatches
+    out(`replies: policyd-ts ${spfMis} / policyd-spf ${anchorMis} not "PREPEND Received-SPF: Pass" (timed runs and cold starts)${anchorMis > 0 || (spfOk && spfMis > 0) ? ': figures unverified' : ''}`)
+    for (const [who, r] of [['policyd-ts warm', t1], ['policyd-ts warm 8', t8], ['policyd-ts cold cache', tc], ['policyd-ts cold start', coldCheck.ts], ['policyd-spf warm', s1], ['policyd-spf warm 8', s8], ['policyd-spf cold cache', sc], ['policyd-spf cold start', coldCheck.spf]] as const) {
+      if (r.mismatches > 0) out(`  ${who}: ${r.mismatches} unexpected, first: ${r.firstMismatch}`)
+    }
+    out(`  policyd-ts  ${JSON.stringify(samples['spf policyd-ts'])}`)
+    out(`  policyd-spf ${JSON.stringify(samples['spf policyd-spf'])}`)
+    out()
+  }
   out(`targets: ${misses.length === 0 ? 'all met' : `NOT all met: ${misses.join('; ')}`}`)
   out(`(compare run: ${((Date.now() - started) / 1000).toFixed(0)} s; load average ${os.loadavg()[0].toFixed(2)} at the end)`)
 }

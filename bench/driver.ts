@@ -102,7 +102,7 @@ export class Connection {
     }, `${label}[${child.pid}]`)
   }
 
-  /** A TCP connection to a daemon (postgrey). */
+  /** A connection to a daemon (postgrey over TCP, policyd-ts --listen over a unix socket). */
   static socket(sock: net.Socket, label = 'socket'): Connection {
     sock.on('error', () => undefined)
     sock.setNoDelay(true)
@@ -157,6 +157,74 @@ export function peakRssKb(pid: number): number {
   } catch {
     return 0
   }
+}
+
+/** Resident and unique (private) memory of a process in kB, from /proc/PID/smaps_rollup; zeros when it is gone. */
+export function memoryKb(pid: number): { rssKb: number; ussKb: number } {
+  try {
+    const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
+    const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(rollup)?.[1] ?? 0)
+    return { rssKb: field('Rss'), ussKb: field('Private_Clean') + field('Private_Dirty') }
+  } catch {
+    return { rssKb: 0, ussKb: 0 }
+  }
+}
+
+/** `pid` and every process below it (children of all its threads, recursively); bounded by `limit`. */
+export function processTree(pid: number, limit = 1000): number[] {
+  const found = [pid]
+  for (let i = 0; i < found.length && found.length < limit; i++) {
+    let tasks: string[] = []
+    try {
+      tasks = fs.readdirSync(`/proc/${found[i]}/task`)
+    } catch {
+      continue
+    }
+    for (const task of tasks) {
+      try {
+        for (const child of fs.readFileSync(`/proc/${found[i]}/task/${task}/children`, 'utf8').trim().split(/\s+/)) {
+          if (child !== '' && !found.includes(Number(child))) found.push(Number(child))
+        }
+      } catch {
+        // the task ended meanwhile
+      }
+    }
+  }
+  return found
+}
+
+/** CPU time (ns) the given processes and everything below them have run so far, all threads (/proc/PID/task/TID/schedstat). */
+export function cpuTimeNs(pids: number[]): number {
+  let ns = 0
+  for (const pid of new Set(pids.flatMap((p) => processTree(p)))) {
+    let tasks: string[] = []
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`)
+    } catch {
+      continue
+    }
+    for (const task of tasks) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0])
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  }
+  return ns
+}
+
+/** Summed RSS and USS (kB) of the given processes and everything below them, as they are now. */
+export function totalMemoryKb(pids: number[]): { rssKb: number; ussKb: number; processes: number } {
+  const all = new Set(pids.flatMap((p) => processTree(p)))
+  let rssKb = 0
+  let ussKb = 0
+  for (const pid of all) {
+    const m = memoryKb(pid)
+    rssKb += m.rssKb
+    ussKb += m.ussKb
+  }
+  return { rssKb, ussKb, processes: all.size }
 }
 
 export function percentile(sorted: number[], p: number): number {
