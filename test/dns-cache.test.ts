@@ -140,3 +140,9 @@ t.test('cacheMaxEntries: the oldest entry goes first, the others stay', async (t
   t.ok(h.resolver.cached('three.example', 'A'), 'the newest kept')
   t.equal(h.resolver.cached('one.example', 'A'), undefined, 'the oldest dropped')
 })
+
+t.test('an MX answer is kept for its TTL, not the negative TTL', async (t) => {
+  const h = await harness(t, { 'mx.example': (q) => ({ answers: [{ type: 'MX', name: q.question.name, ttl: 300, class: 'IN', data: { preference: 10, exchange: 'mail.example' } }] }) })
+  const answer = await expiresAfter(t, h, 'mx.example', 'MX', 300_000)
+  t.same(answer.mx, [{ preference: 10, exchange: 'mail.example' }])
+})

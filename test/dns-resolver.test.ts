@@ -119,3 +119,42 @@ t.test('names the wire format cannot carry are not sent', async (t) => {
   t.equal((await r.query(`${'x'.repeat(64)}.example`, 'A')).rcode, 'ERROR')
   t.equal(r.stats().queries, 0)
 })
+
+t.test('server lists: resolv.conf when none is given, its bad lines skipped, 127.0.0.1:53 when nothing is usable', async (t) => {
+  t.same(readResolvConf('nameserver   192.0.2.1\nnameserver\t\t192.0.2.2\n'), ['192.0.2.1', '192.0.2.2'], 'any run of blanks after the keyword')
+  const server = await startDnsServer({ 'a.example': [{ A: '192.0.2.7' }] })
+  t.teardown(() => server.close())
+  const dir = t.testdir({ 'resolv.conf': `nameserver dns.example\nnameserver 127.0.0.1:${server.port}\n` })
+  const fromFile = createResolver({ servers: [], resolvConf: `${dir}/resolv.conf`, timeoutMs: 1000, tries: 1 })
+  t.teardown(() => fromFile.close())
+  t.same((await fromFile.query('a.example', 'A')).records, ['192.0.2.7'], 'the usable line of resolv.conf is used')
+  const none = createResolver({ servers: ['dns.example'], timeoutMs: 50, tries: 1 })
+  t.teardown(() => none.close())
+  await none.query('nothing.example', 'A')
+  t.equal(none.stats().queries, 1, 'asked 127.0.0.1:53 rather than nobody')
+})
+
+t.test('cached(): the same key as query(), and each hit counted', async (t) => {
+  const server = await startDnsServer({ 'a.example': [{ A: '192.0.2.7' }] })
+  t.teardown(() => server.close())
+  const r = createResolver({ servers: [`127.0.0.1:${server.port}`], timeoutMs: 1000 })
+  t.teardown(() => r.close())
+  t.equal(r.cached('a.example', 'A'), undefined)
+  await r.query('a.example', 'A')
+  t.same(r.cached('A.Example.', 'A')?.records, ['192.0.2.7'])
+  t.same(r.cached('a.example', 'A')?.records, ['192.0.2.7'])
+  t.equal(r.stats().cacheHits, 2)
+})
+
+t.test('a name that is not sent, and any name after close(), come back with no record', async (t) => {
+  const r = createResolver({ servers: ['127.0.0.1:9'], timeoutMs: 50, tries: 1 })
+  t.same(await r.query(`${'x'.repeat(64)}.example`, 'TXT'), { rcode: 'ERROR', records: [], mx: [] })
+  r.close()
+  t.same(await r.query('after.example', 'TXT'), { rcode: 'TIMEOUT', records: [], mx: [] })
+  t.equal(r.stats().queries, 0)
+})
+
+t.test('server addresses: each IPv4 octet 0-255, four of them, nothing else', async (t) => {
+  for (const bad of ['..1.2.3', '1.2.3.260', '1.2.3.1.5', '1.2.3.10.', '1.2.3.4.']) t.equal(parseServer(bad), null, bad)
+  for (const good of ['0.0.0.0', '10.199.249.255', '1.22.100.9']) t.same(parseServer(good), { host: good, port: 53, family: 4 }, good)
+})
