@@ -8,6 +8,7 @@ import { parseServerAddress } from './dns/server-address'
 import { parseHostPort, parseListen } from './listen-address'
 import { recipientEntryProblem } from './greylist/whitelist'
 import { parseCidr, parseIp } from './normalize'
+import { parseLimitSet } from './ratelimit/limits'
 
 export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
 
@@ -57,7 +58,25 @@ export interface Config {
   greylist_whitelist_recipients: string[]
   greylist_whitelist_recipient_entries: string[]
   greylist_spf_key: boolean
+  ratelimit_enabled: boolean
+  ratelimit_sasl_limits: string
+  ratelimit_sender_limits: string
+  ratelimit_client_limits: string
+  ratelimit_global_limits: string
+  ratelimit_networks: string[]
+  ratelimit_ipv4_prefix: number
+  ratelimit_ipv6_prefix: number
+  ratelimit_overrides: string
+  ratelimit_exempt_recipients: string[]
+  ratelimit_action: string
+  ratelimit_text: string
+  ratelimit_learn_only: boolean
+  ratelimit_commit_at: string
+  ratelimit_hold_time: number
+  ratelimit_slots: number
+  ratelimit_max_holds: number
   spf_enabled: boolean
+  spf_check_authenticated: boolean
   dns_servers: string[]
   TestOnly: number
   HELO_reject: string
@@ -247,9 +266,81 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
     type: 'bool', default: 'yes',
     doc: 'When the MAIL FROM domain passes SPF (by a record narrower than the whole Internet), key the triplet by that domain instead of the client network, so a sender pool retrying from another address is not greylisted again.',
   },
+  ratelimit_enabled: {
+    type: 'bool', default: 'no',
+    doc: 'Rate-limit mail by SASL user, sender, client and for the whole installation, with the limits below; the check must run before permit_sasl_authenticated and permit_mynetworks in smtpd_recipient_restrictions and last in smtpd_end_of_data_restrictions (see RATE LIMITING in policyd-ts(8)).',
+  },
+  ratelimit_sasl_limits: {
+    type: 'string', default: '',
+    doc: 'Limits of each SASL-authenticated user (sasl_username, lowercased), such as 30msg/1m, 1000rcpt/1d, 1GB/1d: COUNT[rcpt|msg|B|KB|MB|GB]/PERIOD, every one must pass; empty means none.',
+  },
+  ratelimit_sender_limits: {
+    type: 'string', default: '',
+    doc: 'Limits of each envelope sender (normalised as greylisting does; the null sender is counted per client address), for clients without SASL inside ratelimit_networks only.',
+  },
+  ratelimit_client_limits: {
+    type: 'string', default: '',
+    doc: 'Limits of each client address (or network, see ratelimit_ipv4_prefix and ratelimit_ipv6_prefix), for clients without SASL inside ratelimit_networks only.',
+  },
+  ratelimit_global_limits: {
+    type: 'string', default: '',
+    doc: 'Limits of all mail the rate-limit check sees together (one counter for the installation).',
+  },
+  ratelimit_networks: {
+    type: 'list', default: '',
+    doc: 'Client networks (CIDR) whose mail without SASL is limited by sender and client (policyd-rate-limit\'s limited_networks); empty means none, so that a forged sender from outside cannot use up a real user\'s limit.',
+  },
+  ratelimit_ipv4_prefix: {
+    type: 'int', default: '32', min: 0, max: 32,
+    doc: 'IPv4 clients are counted by this network prefix length; 32 counts each address.',
+  },
+  ratelimit_ipv6_prefix: {
+    type: 'int', default: '64', min: 0, max: 128,
+    doc: 'IPv6 clients are counted by this network prefix length (a /64 is one host\'s usual share).',
+  },
+  ratelimit_overrides: {
+    type: 'string', default: '',
+    doc: 'File of per-key limits, one "CLASS:KEY LIMITS" line each (sasl:alice@example.org 5000rcpt/1d, sender:@example.com 100msg/1h, client:192.0.2.0/24 unlimited); the most specific entry wins, entries set with policyd-ts ratelimit set win over the file; reread when it changes.',
+  },
+  ratelimit_exempt_recipients: {
+    type: 'list', default: 'postmaster@, abuse@',
+    doc: 'Recipients that are never held or counted, as entries of a recipient whitelist file (user@ at any domain, user@domain, domain).',
+  },
+  ratelimit_action: {
+    type: 'enum', default: 'DEFER_IF_PERMIT', values: ['DEFER_IF_PERMIT', 'DEFER', '450', '451'],
+    doc: 'Action that refuses mail over a limit.',
+  },
+  ratelimit_text: {
+    type: 'string', default: '4.7.1 Rate limit %l exceeded for %k, retry after %t',
+    doc: 'Reply text of mail over a limit: %l the limit (30msg/1m), %k the key (its class only with greylist_privacy), %t the time from which it fits again (UTC), %s the seconds until then.',
+  },
+  ratelimit_learn_only: {
+    type: 'bool', default: 'no',
+    doc: 'Count and log, but never refuse (for trying limits on a live server).',
+  },
+  ratelimit_commit_at: {
+    type: 'enum', default: 'end-of-message', values: ['end-of-message', 'data'],
+    doc: 'When held mail is counted: at END-OF-MESSAGE, with the real recipient count and size (mail refused before then never counts); data counts at DATA as policyd-rate-limit\'s count_mode 1 does, for a Postfix without the check in smtpd_end_of_data_restrictions.',
+  },
+  ratelimit_hold_time: {
+    type: 'duration', default: '1h', min: 60, max: 86400,
+    doc: 'How long a message\'s hold (taken at RCPT, counted at END-OF-MESSAGE) counts against the limits when neither comes to an end (a dropped connection).',
+  },
+  ratelimit_slots: {
+    type: 'int', default: '60', min: 1, max: 1440,
+    doc: 'Each limit\'s period is counted in this many slots: what is counted leaves the window between period - period/slots and period after it.',
+  },
+  ratelimit_max_holds: {
+    type: 'int', default: '1000', min: 1, max: 100000,
+    doc: 'Most messages held at once on one key; one more counts as over the limit (bounds what a client opening many transactions can hold).',
+  },
   spf_enabled: {
     type: 'bool', default: 'yes',
     doc: 'Check SPF (RFC 7208) of the HELO name and the MAIL FROM domain, with the options below (spelled as in policyd-spf.conf).',
+  },
+  spf_check_authenticated: {
+    type: 'bool', default: 'no',
+    doc: 'Check SPF also for SASL-authenticated clients (sasl_username set); by default their mail is never SPF-checked or greylisted, only rate-limited.',
   },
   dns_servers: {
     type: 'list', default: '',
@@ -553,11 +644,24 @@ const ITEM_RULES: Partial<Record<ConfigKey, (item: string) => string | null>> = 
   HELO_Whitelist: notDomain,
   Domain_Whitelist_PTR: notDomain,
   Reject_Not_Pass_Domains: notDomain,
+  ratelimit_networks: notNetwork,
+  ratelimit_exempt_recipients: (item) => {
+    const problem = recipientEntryProblem(item)
+    return problem === null ? null : `is ${problem.startsWith('not ') ? '' : 'not an entry: '}${problem}`
+  },
   dns_servers: (item) => (parseServerAddress(item) ? null : 'is not ip, ip:port or [ipv6]:port'),
   greylist_whitelist_recipient_entries: (item) => {
     const problem = recipientEntryProblem(item)
     return problem === null ? null : `is ${problem.startsWith('not ') ? '' : 'not an entry: '}${problem}`
   },
+}
+
+function limitsProblem(key: ConfigKey): (value: string) => string | null {
+  return (v) => {
+    if (v === '') return null
+    const parsed = parseLimitSet(v)
+    return 'error' in parsed ? `${key}: ${parsed.error}` : null
+  }
 }
 
 /** Rules on whole values that the value forms alone cannot state. */
@@ -570,6 +674,14 @@ const VALUE_RULES: Partial<Record<ConfigKey, (value: string) => string | null>> 
   Reason_Message: (v) => {
     const unknown = [...v.matchAll(/\{([^}]*)\}/g)].map((m) => m[1]).filter((f) => !REASON_FIELDS.has(f))
     return unknown.length === 0 ? null : `Reason_Message: unknown field {${unknown[0]}} (known: {rejectdefer}, {spf}, {url})`
+  },
+  ratelimit_sasl_limits: limitsProblem('ratelimit_sasl_limits'),
+  ratelimit_sender_limits: limitsProblem('ratelimit_sender_limits'),
+  ratelimit_client_limits: limitsProblem('ratelimit_client_limits'),
+  ratelimit_global_limits: limitsProblem('ratelimit_global_limits'),
+  ratelimit_text: (v) => {
+    const unknown = [...v.matchAll(/%(.)/g)].map((m) => m[1]).filter((c) => !'lkts%'.includes(c))
+    return unknown.length === 0 ? null : `ratelimit_text: unknown field %${unknown[0]} (known: %l, %k, %t, %s)`
   },
   HELO_pass_restriction: (v) => (/[^\x20-\x7e]/.test(v) ? 'HELO_pass_restriction: only printable ASCII is allowed in a Postfix action' : null),
   Mail_From_pass_restriction: (v) => (/[^\x20-\x7e]/.test(v) ? 'Mail_From_pass_restriction: only printable ASCII is allowed in a Postfix action' : null),
