@@ -13,7 +13,9 @@
 //   r.rcpt[0].reply.code  // 450
 //
 // The client must claim an address outside mynetworks with XCLIENT:
-// 127.0.0.0/8 is permitted by permit_mynetworks before the policy is asked.
+// 127.0.0.0/8 is permitted by permit_mynetworks before the policy is asked
+// (unless recipientPolicy: 'first' puts the policy before it, as rate
+// limiting needs).
 
 import { spawn, spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -81,6 +83,20 @@ export interface PostfixOptions {
   isolate?: boolean
   /** Also consult the policy at DATA (smtpd_data_restrictions). Default true. */
   dataRestrictions?: boolean
+  /**
+   * Where check_policy_service goes in smtpd_recipient_restrictions. 'last' (default): after permit_mynetworks and
+   * reject_unauth_destination, as for greylisting. 'first': before permit_mynetworks, as rate limiting needs it
+   * (policyd-ts(8), RATE LIMITING: a check after permit_mynetworks never runs for those clients).
+   */
+  recipientPolicy?: 'first' | 'last'
+  /** Also consult the policy at END-OF-MESSAGE (smtpd_end_of_data_restrictions), where rate limiting counts. Default false. */
+  endOfDataRestrictions?: boolean
+  /**
+   * Envelope senders that another restriction refuses at DATA: `check_sender_access` after the policy check in
+   * smtpd_data_restrictions answers REJECT (554 5.7.1 ... Sender address rejected: Access denied), so that the policy
+   * has seen RCPT and DATA of such a message but never its END-OF-MESSAGE.
+   */
+  rejectAtData?: string[]
   /** main.cf parameters added or overriding the generated ones. */
   extraMain?: Record<string, string>
   /** Files written into the temp dir (relative paths), readable by the spawn user; see handle.file(). */
@@ -179,6 +195,12 @@ export interface PostfixInstance {
   /** Absolute path of a file given in opts.files. */
   file(name: string): string
   swaks(opts: SwaksOptions): Promise<SwaksResult>
+  /**
+   * Runs `bin/policyd-ts ARGS` with this instance's policy arguments after them (its database, log and keys; not the
+   * daemon's --listen options) as the spawn user, with MAIL_CONFIG naming the instance's configuration (postconf in
+   * --test-mode reads its main.cf): as an admin runs the ops commands next to the policy service.
+   */
+  policyCommand(args: string[], timeoutMs?: number): { code: number | null; out: string; err: string }
   /** A raw SMTP session (banner already read); each read is bounded by timeoutMs (default 30 s). */
   smtp(opts?: { timeoutMs?: number }): Promise<SmtpSession>
   /** Messages in the mbox; waits (bounded) until at least `atLeast` are there, then returns what there is. */
@@ -338,9 +360,13 @@ function preflightMachine(): void {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'lib', 'cli.js'))) throw new Error(`${ROOT}/dist/lib/cli.js missing: build first (npx tsc -p tsconfig.json)`)
 }
 
-/** Runs `sh -c script` as the spawn user. */
-function asSpawnUser(argv: string[], timeoutMs = 30000): { code: number | null; out: string; err: string } {
-  return run('setpriv', [`--reuid=${SPAWN_USER}`, `--regid=${SPAWN_GROUP}`, '--clear-groups', '--', ...argv], { timeoutMs })
+/**
+ * Runs `argv` as the spawn user (with MAIL_CONFIG when `etcDir` is given, as spawn(8) sets it). env -i: tap adds
+ * its NODE_OPTIONS to every child's environment, which would load tap's code into a node run as nobody.
+ */
+function asSpawnUser(argv: string[], timeoutMs = 30000, etcDir?: string): { code: number | null; out: string; err: string } {
+  const environment = [`PATH=${SYSTEM_PATH}`, 'LANG=C', ...(etcDir === undefined ? [] : [`MAIL_CONFIG=${etcDir}`])]
+  return run('/usr/bin/env', ['-i', ...environment, 'setpriv', `--reuid=${SPAWN_USER}`, `--regid=${SPAWN_GROUP}`, '--clear-groups', '--', ...argv], { timeoutMs })
 }
 
 /** The first component of `p` the spawn user cannot traverse or use as wanted ('r' read, 'x' execute, 'w' write). */
@@ -1003,11 +1029,20 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
       smtpd_authorized_xclient_hosts: '127.0.0.0/8',
       // As master.cf.example advises: the policy after reject_unauth_destination. For an XCLIENT address outside
       // mynetworks the end of the list is an implicit permit, which makes DEFER_IF_PERMIT a 450.
-      smtpd_recipient_restrictions: `permit_mynetworks, reject_unauth_destination, check_policy_service ${policyService}`,
+      smtpd_recipient_restrictions: opts.recipientPolicy === 'first'
+        ? `check_policy_service ${policyService}, permit_mynetworks, reject_unauth_destination`
+        : `permit_mynetworks, reject_unauth_destination, check_policy_service ${policyService}`,
       smtpd_policy_service_timeout: '10s',
       // smtpd_policy_service_default_action stays at its default (451 4.3.5) so that any policy failure shows.
     }
-    if (opts.dataRestrictions !== false) main.smtpd_data_restrictions = `check_policy_service ${policyService}`
+    const dataChecks = opts.dataRestrictions !== false ? [`check_policy_service ${policyService}`] : []
+    if ((opts.rejectAtData ?? []).length > 0) {
+      const senders = opts.rejectAtData!
+      if (senders.some((x) => !/^[^\s,{}=]+$/.test(x))) throw new Error(`rejectAtData: ${JSON.stringify(senders)}: plain addresses only`)
+      dataChecks.push(`check_sender_access inline:{ ${senders.map((x) => `${x}=REJECT`).join(', ')} }`)
+    }
+    if (dataChecks.length > 0) main.smtpd_data_restrictions = dataChecks.join(', ')
+    if (opts.endOfDataRestrictions) main.smtpd_end_of_data_restrictions = `check_policy_service ${policyService}`
     // The time limit of a spawn service is <service name>_time_limit: `policy` for the unix entry; the inet entry
     // carries -o command_time_limit instead (policy_time_limit would be an unused parameter there).
     if (policyMode === 'spawn' && transport === 'unix') main.policy_time_limit = '3600s'
@@ -1113,6 +1148,9 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
           })
         })
         return { exitCode: code, transcript: out, id, ms: Date.now() - started, ...parseSwaksTranscript(out) }
+      },
+      policyCommand(args: string[], timeoutMs = 30000): { code: number | null; out: string; err: string } {
+        return asSpawnUser([node, bin, ...args, ...policyArgs], timeoutMs, etcDir)
       },
       async smtp(o: { timeoutMs?: number } = {}): Promise<SmtpSession> {
         const { session, banner } = await SmtpSession.connect(port, o.timeoutMs ?? 30000)
