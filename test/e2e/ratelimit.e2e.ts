@@ -148,14 +148,19 @@ for (const policyMode of MODES) {
     await waitFor(async () => (await pf.delivered(0, 0)).length >= 4, 10000)
     t.same(copies.map((m) => m.header('Delivered-To')[0]), ['frank@example.test'], 'next message: delivered to the fourth recipient only')
 
-    // The counter is the client's, whatever the sender; exempt recipients (postmaster@, abuse@) pass.
+    // The counter is the client's, whatever the sender.
     const other = await pf.swaks({ from: 'heidi@sender.example', to: 'ivan@example.test', xclient: client })
     refused(t, other, rateLimited('ivan@example.test', '4rcpt/1h', 'client:192.0.2.20'), 'another sender of that client')
-    await accepted(t, pf, await pf.swaks({ from: 'heidi@sender.example', to: 'postmaster@example.test', xclient: client }), 'to postmaster@, exempt')
-
     await pf.waitPolicyLog(new RegExp(`reason=counted .*queue_id=${two.queueId}`))
-    t.equal(decisions(pf, /check=ratelimit reason=counted /, /state=END-OF-MESSAGE /).length, 2, 'log: two messages counted (the exempt one is not held)')
+    t.equal(decisions(pf, /check=ratelimit reason=counted /, /state=END-OF-MESSAGE /).length, 2, 'log: two messages counted')
     t.equal(decisions(pf, /check=ratelimit reason=held /, /state=RCPT /).length, 4, 'log: four recipients held at RCPT')
+
+    await t.test('a message to an exempt recipient (postmaster@) passes although the client is over its limit, and is not counted', async (t) => {
+      const exempt = await pf.swaks({ from: 'heidi@sender.example', to: 'postmaster@example.test', xclient: client })
+      await accepted(t, pf, exempt, 'to postmaster@')
+      await pf.waitPolicyLog(new RegExp(`state=END-OF-MESSAGE .*queue_id=${exempt.queueId}`))
+      t.same(decisions(pf, new RegExp(`queue_id=${exempt.queueId}`)).map((l) => / reason=(\S+)/.exec(l)?.[1]), ['exempt-recipient', 'exempt-recipient'], 'log: exempt at DATA and END-OF-MESSAGE too')
+    })
     clean(t, pf)
   })
 
