@@ -79,6 +79,20 @@ function clean(t: tap.Test, pf: PostfixInstance): void {
   }
 }
 
+/** [used, held] of each limit of `key`, as `policyd-ts ratelimit show KEY --json` reports them to an admin. */
+function usage(t: tap.Test, pf: PostfixInstance, key: string): Record<string, [number, number]> {
+  const r = pf.policyCommand(['ratelimit', 'show', key, '--json'])
+  t.equal(r.code, 0, `policyd-ts ratelimit show ${key} --json exits 0 ${r.err.trim()}`)
+  const out: Record<string, [number, number]> = {}
+  try {
+    const shown = JSON.parse(r.out) as { identities: Array<{ usage: Array<{ limit: string; used: number; held: number }> }> }
+    for (const u of shown.identities.flatMap((i) => i.usage)) out[u.limit] = [u.used, u.held]
+  } catch (err) {
+    t.fail(`ratelimit show ${key} --json: ${(err as Error).message}: ${r.out}`)
+  }
+  return out
+}
+
 /** Decision lines of the policy log that match every one of `parts`. */
 function decisions(pf: PostfixInstance, ...parts: RegExp[]): string[] {
   return pf.policyLog().split('\n').filter((l) => / decision /.test(l) && parts.every((p) => p.test(l)))
@@ -102,6 +116,7 @@ for (const policyMode of MODES) {
     const before = Math.floor(Date.now() / 1000)
     for (let i = 1; i <= 3; i++) await accepted(t, pf, await pf.swaks(alice), `message ${i} of 3`)
     const after = Math.ceil(Date.now() / 1000)
+    t.same(usage(t, pf, 'sender:alice@sender.example'), { '3msg/1h': [3, 0] }, 'ratelimit show: 3 of 3 used, nothing held')
 
     const over = await pf.swaks(alice)
     const m = refused(t, over, rateLimited('bob@example.test', '3msg/1h', 'sender:alice@sender.example'), 'message 4')
@@ -120,7 +135,9 @@ for (const policyMode of MODES) {
 
     const reset = pf.policyCommand(['ratelimit', 'reset', 'sender:alice@sender.example'])
     t.equal(reset.code, 0, `policyd-ts ratelimit reset sender:alice@sender.example exits 0 (${reset.out.trim()} ${reset.err.trim()})`)
+    t.same(usage(t, pf, 'sender:alice@sender.example'), { '3msg/1h': [0, 0] }, 'ratelimit show after the reset: nothing used')
     await accepted(t, pf, await pf.swaks(alice), 'after the reset')
+    t.same(usage(t, pf, 'sender:alice@sender.example'), { '3msg/1h': [1, 0] }, 'ratelimit show: counting goes on from there')
 
     const countedAlice = (): string[] => decisions(pf, /check=ratelimit reason=counted /, /state=END-OF-MESSAGE /, /sender=alice@sender\.example /)
     await waitFor(() => countedAlice().length >= 4, 5000)
@@ -138,6 +155,7 @@ for (const policyMode of MODES) {
     const client = { addr: '192.0.2.20' }
     const three = await pf.swaks({ from: 'dave@sender.example', to: ['bob@example.test', 'carol@example.test', 'erin@example.test'], xclient: client })
     await accepted(t, pf, three, 'three recipients')
+    t.same(usage(t, pf, 'client:192.0.2.20'), { '4rcpt/1h': [3, 0] }, 'ratelimit show: 3 recipients counted, nothing held')
 
     // 3 counted + 1 fits in 4rcpt/1h; a second recipient would be the fifth.
     const two = await pf.swaks({ from: 'dave@sender.example', to: ['frank@example.test', 'grace@example.test'], xclient: client })
@@ -147,6 +165,7 @@ for (const policyMode of MODES) {
     const copies = await waitFor(async () => (await pf.delivered(0, 0)).filter((m) => m.e2eId === two.id), 10000)
     await waitFor(async () => (await pf.delivered(0, 0)).length >= 4, 10000)
     t.same(copies.map((m) => m.header('Delivered-To')[0]), ['frank@example.test'], 'next message: delivered to the fourth recipient only')
+    t.same(usage(t, pf, 'client:192.0.2.20'), { '4rcpt/1h': [4, 0] }, 'ratelimit show: the refused recipient neither counted nor held')
 
     // The counter is the client's, whatever the sender.
     const other = await pf.swaks({ from: 'heidi@sender.example', to: 'ivan@example.test', xclient: client })
@@ -160,6 +179,7 @@ for (const policyMode of MODES) {
       await accepted(t, pf, exempt, 'to postmaster@')
       await pf.waitPolicyLog(new RegExp(`state=END-OF-MESSAGE .*queue_id=${exempt.queueId}`))
       t.same(decisions(pf, new RegExp(`queue_id=${exempt.queueId}`)).map((l) => / reason=(\S+)/.exec(l)?.[1]), ['exempt-recipient', 'exempt-recipient'], 'log: exempt at DATA and END-OF-MESSAGE too')
+      t.same(usage(t, pf, 'client:192.0.2.20'), { '4rcpt/1h': [4, 0] }, 'ratelimit show: still 4')
     })
     clean(t, pf)
   })
@@ -189,6 +209,7 @@ for (const policyMode of MODES) {
     reply(t, await s.rcpt('bob@example.test'), 450, rateLimited('bob@example.test', '2msg/1h', 'client:192.0.2.30'), 'third message: RCPT over 2msg/1h')
     await s.quit()
 
+    t.same(usage(t, pf, 'client:192.0.2.30'), { '2msg/1h': [2, 0] }, 'ratelimit show: two messages counted, nothing left held')
     const mbox = await pf.delivered(2)
     t.equal(mbox.length, 2, 'two messages delivered')
     t.ok(mbox.some((m) => m.e2eId === id), 'the second message of the session among them')
