@@ -59,12 +59,10 @@ export function used(c: SlotCounter, cur: number, slots: number): number {
  */
 export function add(c: SlotCounter, cur: number, slots: number, amount: number): SlotCounter {
   if (amount === 0) return c
-  if (c.counts.length === 0) return { first: cur, counts: [amount] }
-  const at = Math.max(cur, lastIndex(c))
-  const kept = prune(c, at, slots)
-  if (kept.counts.length === 0) return { first: at, counts: [amount] }
+  const kept = prune(c, cur, slots)
+  if (kept.counts.length === 0) return { first: cur, counts: [amount] }
   const counts = kept.counts.slice()
-  while (kept.first + counts.length - 1 < at) counts.push(0)
+  while (kept.first + counts.length - 1 < cur) counts.push(0)
   counts[counts.length - 1] += amount
   return { first: kept.first, counts }
 }
