@@ -3,8 +3,8 @@
 import t from 'tap'
 import { add, expiresAt, formatCounter, parseCounter, prune, slotIndex, slotStart, timeToFree, used, type SlotCounter } from '../lib/ratelimit/window'
 import { decideStep, HIT_KEEP, usageKey, type HitRow, type HoldRow, type IdentityView, type StepWrites } from '../lib/ratelimit/step'
-import { parseLimit } from '../lib/ratelimit/limits'
-import { NO_AMOUNTS, type Amounts, type Limit, type RateLimitStep, type RateUnit, type StepIdentity, type StepOp, type StepResult } from '../lib/ratelimit/types'
+import { NO_AMOUNTS, type RateLimitStep, type RateUnit, type StepIdentity, type StepResult } from '../lib/ratelimit/types'
+import { amounts, HOLD_TIME, ident, limit as L, mk, RCPT_FIRST, RCPT_MORE, SLOTS } from './helpers/ratelimit'
 
 const EMPTY: SlotCounter = { first: 0, counts: [] }
 
@@ -149,25 +149,6 @@ class Memory {
     const c = this.usage.get(id)?.get(usageKey(unit, window))
     return c ? usedAt(c, now, window, slots) : 0
   }
-}
-
-const SLOTS = 6
-const HOLD_TIME = 3600
-const L = (text: string): Limit => {
-  const parsed = parseLimit(text)
-  if ('error' in parsed) throw new Error(parsed.error)
-  return parsed.limit
-}
-const amounts = (rcpt: number, msg: number, bytes = 0): Amounts => ({ rcpt, msg, bytes })
-const RCPT_FIRST = (size = 0): Amounts => amounts(1, 1, size)
-const RCPT_MORE = amounts(1, 0)
-
-function ident(id: string, limits: string[], first: Amounts, more: Amounts = NO_AMOUNTS): StepIdentity {
-  return { id, limits: limits.map(L), first, more }
-}
-
-function mk(op: StepOp, instance: string, now: number, identities: StepIdentity[], extra: Partial<RateLimitStep> = {}): RateLimitStep {
-  return { op, instance, now, identities, slots: SLOTS, holdTime: HOLD_TIME, maxHolds: 100, force: false, ...extra }
 }
 
 /** A message through RCPT (one hold request per recipient) and END-OF-MESSAGE, as the caller drives it. */
@@ -415,7 +396,7 @@ t.test('step: hits count refusals; the first in a window is flagged for the log'
   t.equal(long.hits.get('c:x 1msg/30d')?.n, 2, 'forced steps over the limit count as hits')
 })
 
-t.test('step: amounts that are not counts count as 0; a view of the wrong size is refused', async (t) => {
+t.test('step: amounts that are not counts count as 0; a view of the wrong size, or an identity twice, is refused', async (t) => {
   const m = new Memory()
   const r = m.step(mk('hold', 'a', 100, [ident('c:x', ['1KB/1h'], { rcpt: -3, msg: NaN, bytes: 10.7 }, RCPT_MORE)]))
   t.same(r.added, [{ rcpt: 0, msg: 0, bytes: 10 }])
@@ -423,6 +404,7 @@ t.test('step: amounts that are not counts count as 0; a view of the wrong size i
   t.equal(m.usedAt('c:x', 'rcpt', 3600, 100), 0)
   t.same(m.lastWrites!.identities[0], { usage: [], hold: null }, 'nothing counted, no counter written; the hold dropped')
   t.throws(() => decideStep(mk('hold', 'a', 1, [ident('c:x', ['1msg/1h'], RCPT_FIRST())]), { identities: [], hit: () => null }), /view of 0 identities for a step of 1/)
+  t.throws(() => m.step(mk('hold', 'a', 1, [ident('c:x', ['1msg/1h'], RCPT_FIRST()), ident('c:x', ['2msg/1h'], RCPT_FIRST())])), /an identity named twice/)
 })
 
 t.test('step: counters of every limit, at the step\'s own slots', async (t) => {

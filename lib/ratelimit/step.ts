@@ -94,6 +94,8 @@ export function decideStep(step: RateLimitStep, view: StepView): { result: StepR
   const { now } = step
   const n = step.identities.length
   if (view.identities.length !== n) throw new Error(`rate-limit view of ${view.identities.length} identities for a step of ${n}`)
+  // Each identity's rows are read once and written once: one named twice would count twice.
+  if (new Set(step.identities.map((i) => i.id)).size !== n) throw new Error('an identity named twice in one rate-limit step')
   const result: StepResult = {
     ok: true,
     added: step.identities.map(() => ({ ...NO_AMOUNTS })),

@@ -114,6 +114,7 @@ export interface StepResult {
 export interface UsageListing {
   id: string
   unit: RateUnit
+  /** Seconds; 0 for the live holds of an identity that has no counter yet (nothing committed in any window). */
   window: number
   /** Counted in the window at the time asked. */
   used: number
