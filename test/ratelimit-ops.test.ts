@@ -370,6 +370,19 @@ t.test('a store without rate-limit state is refused before any command runs', as
   t.equal(rateOpsStoreOf(fake), fake)
 })
 
+t.test('holds are per unit: every limit of the unit counts them, also before any count (a listing of window 0)', async (t) => {
+  const limits = { limits: [{ count: 10, unit: 'msg' as const, window: 60, text: '10msg/1m' }, { count: 100, unit: 'msg' as const, window: 3600, text: '100msg/1h' }], source: 's' }
+  const counted = identityView('sasl:a@example.org', [use('sasl:a@example.org', 'msg', 60, 4, 5)], limits)
+  t.same(counted.usage.map((r) => [r.limit, r.used, r.held]), [['10msg/1m', 4, 5], ['100msg/1h', 0, 5]], 'the hour has no counter yet, but the holds count against it')
+  const holdsOnly = identityView('sasl:a@example.org', [use('sasl:a@example.org', 'msg', 0, 0, 10), use('sasl:a@example.org', 'rcpt', 0, 0, 30)], limits)
+  t.same(holdsOnly.usage.map((r) => [r.limit, r.unit, r.used, r.held, r.full]), [['10msg/1m', 'msg', 0, 10, 1], ['100msg/1h', 'msg', 0, 10, 0.1], [null, 'rcpt', 0, 30, null]])
+  const store = new FakeRateLimitAdmin()
+  store.usage = [use('sasl:a@example.org', 'msg', 0, 0, 30), use('sasl:a@example.org', 'bytes', 0, 0, 4096)]
+  const over = await json(store, config(), { action: 'list', over: true })
+  t.same(over.map((v: any) => v.id), ['sasl:a@example.org'], '30 messages held fill 30msg/1m before any is counted')
+  t.match((await run(store, config(), { action: 'show', key: 'sasl:a@example.org' })).out, /^bytes held \(no limit now\) +0B +4KB +-$/m)
+})
+
 t.test('identityView and formatAmount', async (t) => {
   const view = identityView('global:*', [use('global:*', 'bytes', 86400, 1536)], { limits: [{ count: 0, unit: 'msg', window: 60, text: '0msg/1m' }, { count: 1024 ** 3, unit: 'bytes', window: 86400, text: '1GB/1d' }], source: 's' })
   t.same(view.usage.map((r) => [r.limit, r.used, r.full]), [['0msg/1m', 0, 1], ['1GB/1d', 1536, 1536 / 1024 ** 3]], 'a zero limit is full from the start')

@@ -154,18 +154,23 @@ export interface IdentityView {
   usage: UsageRow[]
 }
 
-/** One identity's limits in effect beside its counters: a row per limit, then counters no limit matches now. */
+/**
+ * One identity's limits in effect beside its counters: a row per limit,
+ * then counters no limit matches now. Holds are per unit, not per period
+ * (every listing of a unit carries the same held amount), and an identity
+ * holding mail before any count has a listing of window 0 for them.
+ */
 export function identityView(id: string, usage: readonly UsageListing[], resolved: { limits: LimitSet; source: string }): IdentityView {
   const limits = resolved.limits === 'unlimited' ? [] : resolved.limits
   const rows: UsageRow[] = limits.map((l) => {
-    const u = usage.find((x) => x.unit === l.unit && x.window === l.window)
-    const used = u?.used ?? 0
-    const held = u?.held ?? 0
+    const used = usage.find((x) => x.unit === l.unit && x.window === l.window)?.used ?? 0
+    const held = usage.find((x) => x.unit === l.unit)?.held ?? 0
     // A zero limit lets nothing through: it is full from the start.
     return { limit: l.text, unit: l.unit, window: l.window, count: l.count, used, held, full: l.count === 0 ? 1 : (used + held) / l.count }
   })
   for (const u of usage) {
-    if (!limits.some((l) => l.unit === u.unit && l.window === u.window)) rows.push({ limit: null, unit: u.unit, window: u.window, count: null, used: u.used, held: u.held, full: null })
+    const limited = u.window === 0 ? limits.some((l) => l.unit === u.unit) : limits.some((l) => l.unit === u.unit && l.window === u.window)
+    if (!limited) rows.push({ limit: null, unit: u.unit, window: u.window, count: null, used: u.used, held: u.held, full: null })
   }
   return { id, limits: resolved.limits === 'unlimited' ? 'unlimited' : limits.map((l) => l.text), source: resolved.source, usage: rows }
 }
@@ -194,7 +199,7 @@ function percent(full: number | null): string {
 }
 
 function rowLimit(r: UsageRow): string {
-  return r.limit ?? `${r.unit}/${formatDuration(r.window)} (no limit now)`
+  return r.limit ?? `${r.window === 0 ? `${r.unit} held` : `${r.unit}/${formatDuration(r.window)}`} (no limit now)`
 }
 
 function usageCells(r: UsageRow): string[] {
