@@ -38,6 +38,9 @@ export interface RateLimitContext {
 export interface RateLimitConnection {
   instance: string
   ids: string[]
+  /** Exempt recipients accepted so far of the message `exemptInstance`: never held, so never counted either. */
+  exemptInstance?: string
+  exempt?: number
 }
 
 /**
@@ -89,15 +92,22 @@ export async function checkRateLimit(req: PolicyRequest, ctx: RateLimitContext, 
   const state = req.protocolState
   if (state !== 'RCPT' && state !== 'DATA' && state !== 'END-OF-MESSAGE') return pass('not-counted-stage')
   if (req.instance === '') return pass('no-instance')
-  if (state === 'RCPT' && ctx.exempt.match(req.recipient) !== null) return pass('exempt-recipient')
-  await ctx.prepare()
   const conn = ctx.connection
+  if (state === 'RCPT' && ctx.exempt.match(req.recipient) !== null) {
+    conn.exempt = conn.exemptInstance === req.instance ? (conn.exempt ?? 0) + 1 : 1
+    conn.exemptInstance = req.instance
+    return pass('exempt-recipient')
+  }
+  // recipient_count includes the exempt recipients Postfix accepted; they are not counted.
+  const exempt = state !== 'RCPT' && conn.exemptInstance === req.instance ? (conn.exempt ?? 0) : 0
+  const recipients = Math.max(0, numberAttr(req, 'recipient_count') - exempt)
+  if (exempt > 0 && recipients === 0) return pass('exempt-recipient')
+  await ctx.prepare()
   if (state === 'RCPT' && conn.instance !== '' && conn.instance !== req.instance) await releaseAbandoned(ctx, now)
 
   const limited = limitedIdentities(req, ctx)
   if (limited.length === 0) return pass('unlimited')
   const size = numberAttr(req, 'size')
-  const recipients = numberAttr(req, 'recipient_count')
   let op: StepOp
   let first: Amounts
   let more: Amounts = NO_AMOUNTS
