@@ -214,6 +214,13 @@ function timedStore(store: GreylistStore, metrics: Metrics): GreylistStore {
 }
 
 function openStore(config: Config, log: Logger, lockWaits: 'block' | 'yield'): GreylistStore {
+  if (config.store === 'redis') {
+    // store = redis (task HC): required by a computed path, so that the start-up bundle leaves out the store and
+    // its client library (a spawned process on SQLite never pays for them); it connects on first use.
+    const path = require('node:path') as typeof import('node:path')
+    const { RedisStore, redisStoreOptions } = require(path.join(__dirname, 'store', 'redis')) as typeof import('./store/redis')
+    return new RedisStore(redisStoreOptions(config, (level, msg) => log.log(level, msg)))
+  }
   const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')
   return new SqliteStore({
     path: config.db_path,

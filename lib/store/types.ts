@@ -44,6 +44,13 @@ export interface GreylistView {
   tripletCount: number
   /** A whitelist entry set by the admin (`policyd-ts greylist whitelist`) that names this request, expired or not. */
   whitelisted?: { key: string; expires: number }
+  /**
+   * The store's own clock (epoch seconds), when it has one: a shared store
+   * gives its server's time, so that hosts with skewed clocks cannot shorten
+   * a delay; decide() uses it instead of the caller's. Absent: the caller's
+   * clock rules (SQLite, or a store made with a test clock).
+   */
+  now?: number
 }
 
 export type StoreFailure = 'busy' | 'corrupt' | 'full' | 'readonly' | 'unavailable' | 'error'
