@@ -5,7 +5,7 @@
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { loadConfig, type Config } from '../lib/config'
 import { decide, type DecideContext } from '../lib/decide'
 import { BoundedMap } from '../lib/bounded-map'
@@ -257,6 +257,7 @@ t.test('down at start: unavailable at once; used as soon as the server is there'
   const s = store(t, server, { clock: () => 0, timeoutMs: 300 })
   const first = await failure(read(s))
   t.equal(first.failure, 'unavailable')
+  t.match(first.message, /ECONNREFUSED/, 'the connection\'s own reason')
   t.ok(first.ms < 600, `answered in ${first.ms.toFixed(0)} ms`)
   await server.restart()
   await eventually(() => put(s, 'k', 50))
@@ -341,6 +342,11 @@ t.test('the binary: store = redis greylists; store check reports the server; a k
   const replies = await p.replies(3)
   t.same(replies.slice(1), ['action=DUNNO', 'action=DUNNO'], 'fail_action')
   t.ok(Date.now() - started < 2000, 'within redis_timeout each')
+  const checkStarted = Date.now()
+  const down = spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'policyd-ts'), 'store', 'check', ...args], { encoding: 'utf8' })
+  t.equal(down.status, 69, 'EX_UNAVAILABLE')
+  t.match(down.stdout, /^redis redis:\/\/127\.0\.0\.1:\d+\/0: connect ECONNREFUSED [^\n]*\nPROBLEM\n$/)
+  t.ok(Date.now() - checkStarted < 1500, 'and leaves at once (no socket left to linger)')
   p.child.stdin.end()
   t.equal((await p.exited()).code, 0)
   t.equal(p.stderr(), '')

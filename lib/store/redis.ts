@@ -63,6 +63,9 @@ const SCAN_COUNT = 1000
 const DELETE_BATCH = 500
 /** SCAN always ends; this bounds it anyway (ten million steps of SCAN_COUNT). */
 const MAX_SCAN_STEPS = 10_000_000
+/** We are leaving: replies still on their way no longer matter. */
+const CLOSE_WAIT_MS = 100
+const NOT_YET = 'not connected yet'
 
 interface Scripts {
   glRead(...args: string[]): Promise<[string, Array<string | null>, Array<string | null>, string, Array<string | null>]>
@@ -93,7 +96,7 @@ export class RedisStore implements GreylistStore, StoreAdmin {
   private connecting: Promise<void> | null = null
   private closed = false
   /** Why the connection is down, for the error of a request that finds it down. */
-  private downReason = 'not connected yet'
+  private downReason = NOT_YET
   private wasReady = false
   /** Lost after having been ready, until ready again. */
   private down = false
@@ -259,7 +262,7 @@ export class RedisStore implements GreylistStore, StoreAdmin {
       })
     } catch (err) {
       ok = false
-      lines.push(`${this.where}: ${(err as Error).message}`)
+      lines.push((err as Error).message)
     }
     return { ok, lines }
   }
@@ -316,7 +319,8 @@ export class RedisStore implements GreylistStore, StoreAdmin {
         },
         (err: Error) => {
           this.connecting = null
-          this.downReason = err.message
+          // The 'error' event's reason (ECONNREFUSED …) says more than the rejection's "Connection is closed".
+          if (this.downReason === NOT_YET) this.downReason = err.message
         },
       )
     }
@@ -346,6 +350,8 @@ export class RedisStore implements GreylistStore, StoreAdmin {
       // RESP2 spares the HELLO round trip and keeps the script replies plain arrays.
       protocol: 2,
       disableClientInfo: true,
+      // How long close() lets a socket finish before destroying it (ioredis: 2 s, which a process leaving waited out).
+      disconnectTimeout: CLOSE_WAIT_MS,
       db: e.db,
       username: e.username,
       password: this.password(),
