@@ -12,12 +12,13 @@ import { BoundedMap } from '../lib/bounded-map'
 import { HeaderQueue } from '../lib/header-queue'
 import { toPolicyRequest } from '../lib/request'
 import { createGreylistWhitelists } from '../lib/greylist/lists'
-import { CAS_ATTEMPTS, RedisStore, classifyRedisError, type RedisStoreOptions } from '../lib/store/redis'
+import { CAS_RETRIES, RedisStore, classifyRedisError, type RedisStoreOptions } from '../lib/store/redis'
 import { BUCKET_SECONDS } from '../lib/store/redis-scripts'
 import { describeEndpoint, parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistView } from '../lib/store/types'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
 import { isolatedArgs, rcptRequest, startPolicy } from './helpers/policy-process'
+import { connect, socketDir, startDaemon } from './helpers/daemon-process'
 
 const REDIS_CLI = '/usr/bin/redis-cli'
 
@@ -184,7 +185,7 @@ t.test('the format record: a host with another greylist_privacy is refused and t
   t.equal((await read(other, 'h', 'c-h')).tripletCount, 1)
 })
 
-t.test('compare-and-set: a write by another host between read and write makes it read again; five in a row give up as busy', async (t) => {
+t.test('compare-and-set: a write by another host between read and write makes it read again; five retries in a row give up as busy', async (t) => {
   const server = await startRedisServer(t)
   if (!server) return
   if (!fs.existsSync(REDIS_CLI)) return t.skip(`${REDIS_CLI} is not installed`)
@@ -210,7 +211,7 @@ t.test('compare-and-set: a write by another host between read and write makes it
     return { triplet: { row: v.triplet!, expires: 500 }, result: null }
   }))
   t.equal(busy.failure, 'busy')
-  t.equal(calls, CAS_ATTEMPTS)
+  t.equal(calls, CAS_RETRIES + 1, 'the first attempt and five retries')
   let unchanged = 0
   await s.updateGreylist('k', 'c', () => {
     unchanged++
@@ -352,6 +353,23 @@ t.test('the binary: store = redis greylists; store check reports the server; a k
   t.equal(p.stderr(), '')
   const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
   t.equal(log.match(/database unavailable, answering fail_action DUNNO/g)?.length, 1, log)
+})
+
+t.test('two daemons ("hosts") on one Redis: attempts of one triplet from 6 connections at once all count, none lost', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const daemons = await Promise.all(['a', 'b'].map(async (host) => {
+    const dir = t.testdir()
+    const d = await startDaemon(socketDir(t), isolatedArgs(path.join(dir, host), ['--store', 'redis', '--redis_url', server.url, '--redis_prefix', 'two:', '--hostname', `mx-${host}`]))
+    t.teardown(() => d.child.kill('SIGKILL'))
+    return d
+  }))
+  const clients = await Promise.all(Array.from({ length: 6 }, (_, i) => connect(daemons[i % 2].socketPath)))
+  t.teardown(() => clients.forEach((c) => c.end()))
+  const replies = await Promise.all(clients.map((c, i) => c.ask(rcptRequest({ instance: `m${i}` }))))
+  t.equal(replies.filter((r) => /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in (299|300) seconds$/.test(r)).length, 6, replies.join('\n'))
+  t.equal(await server.command('HGET', 'two:{g}:t:192.0.2.0/24/alice@example.net/bob@example.org', 'n'), '6', 'each attempt counted once: no update lost between the hosts')
+  t.equal(await server.command('HGET', 'two:{g}:n', 't'), '1', 'one triplet counted')
 })
 
 /** A Sentinel (redis-server --sentinel) on a free port watching the master at `masterPort` as pts-test; killed in teardown. */

@@ -56,8 +56,13 @@ export interface RedisStoreOptions {
 
 /** The layout of the keys; a change is a new number, and hosts of different numbers refuse to share. */
 export const KEY_FORMAT = '1'
-/** Attempts of one read-decide-write before it gives up as busy (each retry means another host wrote the same rows). */
-export const CAS_ATTEMPTS = 5
+/**
+ * Retries of one read-decide-write before it gives up as busy. A retry
+ * means another request wrote the same rows meanwhile (and that one is
+ * done), so among N requests racing for one triplet each needs at most
+ * N attempts: six attempts carry six at once.
+ */
+export const CAS_RETRIES = 5
 /** Keys per SCAN step and per delete script of the ops commands. */
 const SCAN_COUNT = 1000
 const DELETE_BATCH = 500
@@ -138,7 +143,7 @@ export class RedisStore implements GreylistStore, StoreAdmin {
         if (update.triplet === undefined && update.client === undefined) return update.result
         const written = await c.glCas(...keys, ...this.metaArgs(), this.testClock(), t[4] ?? '', cl[3] ?? '', ...tripletArgs(update), ...clientArgs(update))
         if (written === 1) return update.result
-        if (attempt >= CAS_ATTEMPTS) throw new StoreError('busy', `${this.where}: triplet ${tripletKey} changed by other hosts ${CAS_ATTEMPTS} times while this one decided`)
+        if (attempt > CAS_RETRIES) throw new StoreError('busy', `${this.where}: triplet ${tripletKey} changed by other requests ${attempt} times while this one decided`)
       }
     })
   }
