@@ -234,7 +234,10 @@ export async function testMode(options: Record<string, string>, configPath: stri
   out.push(...loaded.notices.map((n) => `# ${n}`))
   const unreadSpfConf = (require('./policyd-spf-conf') as typeof import('./policyd-spf-conf')).unreadPolicydSpfConf(loaded)
   if (unreadSpfConf !== null) out.push(`# warning: ${unreadSpfConf}`)
-  const db = checkDatabase(loaded.config, runAs)
+  // store = redis (task HC): the server is checked instead of db_path.
+  const db = loaded.config.store === 'redis'
+    ? await (require('./store/redis') as typeof import('./store/redis')).checkRedisStore(loaded.config)
+    : checkDatabase(loaded.config, runAs)
   out.push(...db.notes.map((n) => `# database: ${n}`), ...db.problems.map((p) => `# database: PROBLEM: ${p}`))
   if (runAs.uid === 0) out.push(...asSpawnUserAdvice(options, configPath))
   const { startUp } = require('./start-up') as typeof import('./start-up')

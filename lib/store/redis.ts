@@ -239,7 +239,8 @@ export class RedisStore implements GreylistStore, StoreAdmin {
 
   async check(): Promise<StoreHealth> {
     const lines: string[] = []
-    let ok = true
+    /** What stops greylisting on this host: the last line. */
+    let problem: string | null = null
     try {
       await this.admin(async (c) => {
         const started = performance.now()
@@ -251,9 +252,10 @@ export class RedisStore implements GreylistStore, StoreAdmin {
         if (meta.format === undefined) lines.push(`keys under ${this.opts.prefix}{g}: none written yet (the first greylisting write records their format)`)
         else {
           const mine = this.metaArgs()
-          const same = meta.format === mine[0] && meta.privacy === mine[1]
-          ok &&= same
-          lines.push(`keys under ${this.opts.prefix}{g}: format ${meta.format}, greylist_privacy ${meta.privacy}${same ? '' : `: NOT this host's (format ${mine[0]}, greylist_privacy ${mine[1]}); greylisting answers fail_action until they agree`}`)
+          lines.push(`keys under ${this.opts.prefix}{g}: format ${meta.format}, greylist_privacy ${meta.privacy}`)
+          if (meta.format !== mine[0] || meta.privacy !== mine[1]) {
+            problem = `these are NOT this host's (format ${mine[0]}, greylist_privacy ${mine[1]}): greylisting answers fail_action until they agree (or delete ${this.k.meta} to start afresh)`
+          }
         }
         const [counted] = await c.glUpkeep(this.k.counters, this.testClock())
         const triplets = (await this.scan(c, this.k.triplet)).length
@@ -266,10 +268,10 @@ export class RedisStore implements GreylistStore, StoreAdmin {
         }
       })
     } catch (err) {
-      ok = false
-      lines.push((err as Error).message)
+      problem = (err as Error).message
     }
-    return { ok, lines }
+    if (problem !== null) lines.push(problem)
+    return { ok: problem === null, lines }
   }
 
   // ---- connection and errors
@@ -450,6 +452,21 @@ export function redisStoreOptions(config: Config, log: (level: number, msg: stri
     timeoutMs: config.redis_timeout * 1000,
     privacy: config.greylist_privacy,
     log,
+  }
+}
+
+/**
+ * For --test-mode: the store's health as the user this runs as (the
+ * password file is read, the server asked), as notes and problems.
+ */
+export async function checkRedisStore(config: Config): Promise<{ notes: string[]; problems: string[] }> {
+  const store = new RedisStore(redisStoreOptions(config, () => undefined))
+  try {
+    const health = await store.check()
+    // check() gives what is wrong as its last line.
+    return health.ok ? { notes: health.lines, problems: [] } : { notes: health.lines.slice(0, -1), problems: health.lines.slice(-1) }
+  } finally {
+    store.close()
   }
 }
 
