@@ -180,6 +180,11 @@ t.test('the format record: a host with another greylist_privacy is refused and t
   t.match(health.lines.join('\n'), /NOT this host's/)
   t.equal((await clear.check()).ok, true)
   t.same((await read(clear)).triplet, row(1), 'the first host goes on')
+  let privacy = false
+  const reloaded = store(t, server, { clock: () => 0, privacy: () => privacy })
+  t.same((await read(reloaded)).triplet, row(1))
+  privacy = true
+  t.equal((await failure(read(reloaded))).failure, 'error', 'a reload that turns greylist_privacy on is refused from its next request')
   const other = store(t, server, { clock: () => 0, privacy: true, prefix: 'other:' })
   await put(other, 'h', 50)
   t.equal((await read(other, 'h', 'c-h')).tripletCount, 1)

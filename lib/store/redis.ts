@@ -41,8 +41,8 @@ export interface RedisStoreOptions {
   sentinelName?: string
   prefix: string
   timeoutMs: number
-  /** greylist_privacy: part of the key format every host sharing the store must agree on. */
-  privacy: boolean
+  /** greylist_privacy: part of the key format every host sharing the store must agree on (a function: as a reload changes it). */
+  privacy: boolean | (() => boolean)
   log: (level: number, msg: string) => void
   /**
    * Tests only: epoch seconds instead of the server's TIME, so that one
@@ -406,7 +406,8 @@ export class RedisStore implements GreylistStore, StoreAdmin {
   }
 
   private metaArgs(): [string, string] {
-    return [KEY_FORMAT, this.opts.privacy ? 'yes' : 'no']
+    const privacy = typeof this.opts.privacy === 'function' ? this.opts.privacy() : this.opts.privacy
+    return [KEY_FORMAT, privacy ? 'yes' : 'no']
   }
 
   private testClock(): string {
