@@ -4,6 +4,7 @@
 // real private redis-server that is killed, restarted and stopped.
 import t from 'tap'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { loadConfig, type Config } from '../lib/config'
@@ -329,6 +330,37 @@ t.test('unix:// and Sentinel: the same store over a socket, and through a Sentin
   const viaSentinel = store(t, server, { sentinels: [{ host: '127.0.0.1', port: sentinel }], sentinelName: 'pts-test', clock: () => 0 })
   t.same((await eventually(() => read(viaSentinel))).triplet, row(1))
   t.match((await viaSentinel.check()).lines[0], /^redis sentinel pts-test \(127\.0\.0\.1:\d+\): Redis 7/)
+})
+
+t.test('rediss://: TLS to the server, its certificate verified (here by a private CA given as NODE_EXTRA_CA_CERTS)', async (t) => {
+  if (!fs.existsSync('/usr/bin/openssl')) return t.skip('/usr/bin/openssl is not installed: no certificates for a TLS server')
+  const pki = fs.mkdtempSync(path.join(os.tmpdir(), 'pts-pki-'))
+  t.teardown(() => fs.rmSync(pki, { recursive: true, force: true }))
+  const ssl = (...a: string[]): void => {
+    execFileSync('/usr/bin/openssl', a, { cwd: pki, stdio: 'ignore' })
+  }
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  ssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=policyd-ts test CA')
+  ssl('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1')
+  fs.writeFileSync(path.join(pki, 'san'), 'subjectAltName=IP:127.0.0.1\n')
+  ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san')
+  const server = await startRedisServer(t, { tls: { cert: path.join(pki, 'server.pem'), key: path.join(pki, 'server.key'), ca: path.join(pki, 'ca.pem') } })
+  if (!server) return
+  t.match(server.url, /^rediss:/)
+  const dir = t.testdir()
+  const args = isolatedArgs(dir, ['--store', 'redis', '--redis_url', server.url])
+  const bin = path.join(__dirname, '..', 'bin', 'policyd-ts')
+  const trusted = { PATH: process.env.PATH, NODE_EXTRA_CA_CERTS: path.join(pki, 'ca.pem') }
+  const p = startPolicy(args, trusted)
+  t.teardown(() => p.child.kill('SIGKILL'))
+  p.send(rcptRequest())
+  t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/)
+  const check = spawnSync(process.execPath, [bin, 'store', 'check', ...args], { encoding: 'utf8', env: trusted })
+  t.equal(check.status, 0, check.stdout + check.stderr)
+  t.match(check.stdout, /^redis rediss:\/\/127\.0\.0\.1:\d+\/0: Redis 7[^\n]*\n[\s\S]*triplets: 1 /)
+  const untrusted = spawnSync(process.execPath, [bin, 'store', 'check', ...args], { encoding: 'utf8', env: { PATH: process.env.PATH } })
+  t.equal(untrusted.status, 69, 'a certificate no CA vouches for is refused')
+  t.match(untrusted.stdout, /certificate/i)
 })
 
 t.test('the binary: store = redis greylists; store check reports the server; a killed server gets fail_action, logged once', async (t) => {

@@ -367,7 +367,7 @@ export class RedisStore implements GreylistStore, StoreAdmin {
       Object.assign(options, { sentinels: this.opts.sentinels.map((s) => ({ ...s })), name: this.opts.sentinelName, sentinelRetryStrategy: options.retryStrategy })
       if (e.tls) Object.assign(options, { tls: {}, enableTLSForSentinelMode: true })
     } else if (e.path !== undefined) options.path = e.path
-    else Object.assign(options, { host: e.host, port: e.port }, e.tls ? { tls: { servername: e.host } } : {})
+    else Object.assign(options, { host: e.host, port: e.port }, e.tls ? { tls: {} } : {})
     const c = new Redis(options) as Client
     c.defineCommand('glRead', { lua: GL_READ, numberOfKeys: 5 })
     c.defineCommand('glCas', { lua: GL_CAS, numberOfKeys: 4 })

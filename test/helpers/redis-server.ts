@@ -1,11 +1,12 @@
 // A private redis-server for a test: 127.0.0.1, a free port, its files in a
-// temp dir, killed in teardown. Returns null (and the test is skipped with
+// temp dir, killed (and the dir removed) in teardown. Returns null (and the test is skipped with
 // the reason) where redis-server is not installed; .ci/run installs it.
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import tls from 'node:tls'
 
 export const REDIS_SERVER = '/usr/bin/redis-server'
 
@@ -15,6 +16,8 @@ export interface RedisServerOptions {
   password?: string
   /** Also listen on a unix socket (`socket` of the result). */
   unixSocket?: boolean
+  /** Listen with TLS only (PEM files); the helper's own commands trust `ca`. */
+  tls?: { cert: string; key: string; ca: string }
 }
 
 export interface RedisServer {
@@ -40,15 +43,17 @@ export async function startRedisServer(t: Tap.Test, opts: RedisServerOptions = {
     t.skip(`${REDIS_SERVER} is not installed (apt-get install redis-server): the Redis store is not tested here`)
     return null
   }
-  const dir = t.testdir()
-  // A unix socket path has at most 107 bytes, less than a test dir's: the socket gets a short dir of its own.
-  const socketDir = opts.unixSocket ? fs.mkdtempSync(path.join(os.tmpdir(), 'pts-redis-')) : dir
-  if (opts.unixSocket) t.teardown(() => fs.rmSync(socketDir, { recursive: true, force: true }))
-  const socket = path.join(socketDir, 'redis.sock')
+  // A dir of its own, short (a unix socket path has at most 107 bytes, less than a tap test dir's), and out of
+  // the way of the test's t.testdir(), which each call empties.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pts-redis-'))
+  const socket = path.join(dir, 'redis.sock')
   let port = 0
   let child: ChildProcess | null = null
   const args = (): string[] => [
-    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--logfile', path.join(dir, 'redis.log'),
+    ...(opts.tls
+      ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-ca-cert-file', opts.tls.ca, '--tls-auth-clients', 'no']
+      : ['--port', String(port)]),
+    '--bind', '127.0.0.1', '--dir', dir, '--logfile', path.join(dir, 'redis.log'),
     '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--daemonize', 'no', '--protected-mode', 'yes',
     ...(opts.password ? ['--requirepass', opts.password] : []),
     ...(opts.unixSocket ? ['--unixsocket', socket, '--unixsocketperm', '700'] : []),
@@ -59,7 +64,7 @@ export async function startRedisServer(t: Tap.Test, opts: RedisServerOptions = {
     const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()))
     const started = Date.now()
     for (;;) {
-      if (await answersPing(port, opts.password)) return
+      if (await answersPing(port, opts)) return
       if (proc.exitCode !== null || Date.now() - started > START_WAIT_MS) {
         proc.kill('SIGKILL')
         await exited
@@ -86,17 +91,20 @@ export async function startRedisServer(t: Tap.Test, opts: RedisServerOptions = {
     proc.kill('SIGKILL')
     await exited
   }
-  t.teardown(kill)
+  t.teardown(async () => {
+    await kill()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
   return {
     port,
-    url: `redis://127.0.0.1:${port}/0`,
+    url: `${opts.tls ? 'rediss' : 'redis'}://127.0.0.1:${port}/0`,
     dir,
     socket,
     kill,
     restart: start,
     pause: () => child?.kill('SIGSTOP'),
     resume: () => child?.kill('SIGCONT'),
-    command: (...words) => rawCommand(port, opts.password, words),
+    command: (...words) => rawCommand(port, opts, words),
   }
 }
 
@@ -116,19 +124,22 @@ async function freePort(): Promise<number> {
   return port
 }
 
-async function answersPing(port: number, password?: string): Promise<boolean> {
+async function answersPing(port: number, opts: RedisServerOptions): Promise<boolean> {
   try {
-    return (await rawCommand(port, password, ['PING'], 500)) === 'PONG'
+    return (await rawCommand(port, opts, ['PING'], 500)) === 'PONG'
   } catch {
     return false
   }
 }
 
 /** RESP over a fresh socket: AUTH when needed, one command, its reply as text (an error reply rejects). */
-function rawCommand(port: number, password: string | undefined, words: string[], timeoutMs = 5000): Promise<string> {
+function rawCommand(port: number, opts: RedisServerOptions, words: string[], timeoutMs = 5000): Promise<string> {
   const encode = (w: string[]): string => `*${w.length}\r\n${w.map((x) => `$${Buffer.byteLength(x)}\r\n${x}\r\n`).join('')}`
+  const password = opts.password
   return new Promise((resolve, reject) => {
-    const sock = net.connect(port, '127.0.0.1')
+    const sock = opts.tls
+      ? tls.connect({ port, host: '127.0.0.1', ca: fs.readFileSync(opts.tls.ca) })
+      : net.connect(port, '127.0.0.1')
     let buf = ''
     let skip = password ? 1 : 0
     const timer = setTimeout(() => (sock.destroy(), reject(new Error('redis: no reply'))), timeoutMs)
@@ -139,7 +150,7 @@ function rawCommand(port: number, password: string | undefined, words: string[],
       else resolve(value!)
     }
     sock.on('error', (err) => done(err))
-    sock.on('connect', () => sock.write((password ? encode(['AUTH', password]) : '') + encode(words)))
+    sock.on(opts.tls ? 'secureConnect' : 'connect', () => sock.write((password ? encode(['AUTH', password]) : '') + encode(words)))
     sock.setEncoding('utf8')
     sock.on('data', (d: string) => {
       buf += d
