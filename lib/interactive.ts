@@ -234,6 +234,9 @@ export async function testMode(options: Record<string, string>, configPath: stri
   out.push(...loaded.notices.map((n) => `# ${n}`))
   const unreadSpfConf = (require('./policyd-spf-conf') as typeof import('./policyd-spf-conf')).unreadPolicydSpfConf(loaded)
   if (unreadSpfConf !== null) out.push(`# warning: ${unreadSpfConf}`)
+  const { rateLimitNotes, systemPostconf } = require('./ratelimit/test-mode') as typeof import('./ratelimit/test-mode')
+  const rl = rateLimitNotes(loaded.config, systemPostconf, (file) => (require('node:fs') as typeof import('node:fs')).readFileSync(file, 'utf8'))
+  out.push(...rl.notes.map((n) => `# rate limiting: ${n}`), ...rl.warnings.map((w) => `# rate limiting: warning: ${w}`))
   // store = redis (task HC): the server is checked instead of db_path.
   const db = loaded.config.store === 'redis'
     ? await (require('./store/redis') as typeof import('./store/redis')).checkRedisStore(loaded.config)
