@@ -84,6 +84,22 @@ t.test('redis_url: the three schemes, what they mean, and what the configuration
   t.match(problems({ store: 'memcached' }).join(), /store/)
 })
 
+t.test('a StoreError of another copy of lib/store/types (the start-up bundle\'s, a store loaded by path) is a StoreError all the same', async (t) => {
+  const file = require.resolve('../lib/store/types')
+  const kept = require.cache[file]
+  const first = require(file) as typeof import('../lib/store/types')
+  delete require.cache[file]
+  const second = require(file) as typeof import('../lib/store/types')
+  if (kept) require.cache[file] = kept
+  t.not(first.StoreError, second.StoreError, 'two copies of the class')
+  t.ok(new second.StoreError('unavailable', 'x') instanceof first.StoreError, 'so decide.ts answers fail_action for it')
+  t.notOk(new Error('x') instanceof first.StoreError)
+  t.notOk(null instanceof first.StoreError)
+  class Held extends first.StoreError {}
+  t.ok(new Held('busy', 'x') instanceof first.StoreError)
+  t.notOk(new first.StoreError('busy', 'x') instanceof Held, 'a subclass keeps the prototype test')
+})
+
 t.test('store = sqlite loads neither the Redis store nor its client; store = redis loads the client only when used', async (t) => {
   const loaded = (name: string): boolean => Object.keys(require.cache).some((f) => f.includes(name))
   t.notOk(loaded(`${path.sep}ioredis${path.sep}`), 'not loaded by this test file\'s imports either')

@@ -55,6 +55,13 @@ export interface GreylistView {
 
 export type StoreFailure = 'busy' | 'corrupt' | 'full' | 'readonly' | 'unavailable' | 'error'
 
+/**
+ * Marks a StoreError of any copy of this module: the start-up bundle holds
+ * one, and the Redis store, loaded by path from the modules (task HC),
+ * throws those of another; `instanceof StoreError` must hold for both.
+ */
+const STORE_ERROR = Symbol.for('policyd-ts.StoreError')
+
 /** Every store error reaching the caller is one of these, so the failure policy has one place to look. */
 export class StoreError extends Error {
   constructor(
@@ -62,6 +69,13 @@ export class StoreError extends Error {
     message: string,
   ) {
     super(message)
+    ;(this as unknown as Record<symbol, boolean>)[STORE_ERROR] = true
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    // A subclass (SQLite's LockHeld) keeps the plain prototype test.
+    if (this !== StoreError) return Function.prototype[Symbol.hasInstance].call(this, value)
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[STORE_ERROR] === true
   }
 }
 
