@@ -14,6 +14,9 @@ import { BoundedMap } from './bounded-map'
 import { Metrics } from './metrics'
 import { createGreylistWhitelists } from './greylist/lists'
 import { version } from './version'
+import type { RateLimitStore } from './ratelimit/types'
+import type { EndOfMessageWatch } from './ratelimit/check'
+import type { RateLimitRuntime } from './ratelimit/runtime'
 
 /** Seconds between two upkeep steps of one process, and rows looked at in each. */
 export const UPKEEP_EVERY = 10
@@ -47,12 +50,18 @@ export interface Runtime {
   /** Made on first use: SPF loads its modules and resolver only when a request needs them. */
   spf(): SpfContext
   readonly spfLoaded: boolean
+  /** The rate-limit check's shared state; null when ratelimit_enabled is off. */
+  readonly ratelimit: RateLimitRuntime | null
   close(): void
 }
 
 export class App {
   readonly log: Logger
   readonly store: GreylistStore
+  /** The same store's rate-limit side, timed; null for a store without one (a test's fake). */
+  readonly rateLimits: RateLimitStore | null
+  /** Made when rate limiting first needs it: whether END-OF-MESSAGE requests reach any process. */
+  private endOfMessageWatch: EndOfMessageWatch | null = null
   readonly now: () => number
   readonly metrics = new Metrics()
   private runtimeNow: Runtime
@@ -76,6 +85,7 @@ export class App {
     const store = opts.store ?? openStore(config, this.log, opts.lockWaits ?? 'block')
     this.statsStore = 'addStats' in store ? (store as GreylistStore & StoreAdmin) : null
     this.store = timedStore(store, this.metrics)
+    this.rateLimits = 'rateLimit' in store ? timedRateLimits(store as unknown as RateLimitStore, this.metrics) : null
     this.runtimeNow = this.makeRuntime(opts.loaded)
     // The resolver counts its own questions; a reload starts a new one, so
     // the totals of earlier ones are kept here.
@@ -122,15 +132,30 @@ export class App {
     setTimeout(() => old.close(), lookups + 1000).unref()
   }
 
+  get endOfMessage(): EndOfMessageWatch {
+    if (!this.endOfMessageWatch) {
+      const { EndOfMessageWatch } = require('./ratelimit/check') as typeof import('./ratelimit/check')
+      this.endOfMessageWatch = new EndOfMessageWatch(this.rateLimits!)
+    }
+    return this.endOfMessageWatch
+  }
+
+  /** Whether a check of this configuration keeps state in the store. */
+  private usesStore(): boolean {
+    return this.config.greylist_enabled || this.config.ratelimit_enabled
+  }
+
   /** Called after each decided request: a few rows of store upkeep every UPKEEP_EVERY seconds of activity. */
   afterDecision(now: number): void {
-    if (!this.config.greylist_enabled || now - this.lastUpkeep < UPKEEP_EVERY) return
+    if (!this.usesStore() || now - this.lastUpkeep < UPKEEP_EVERY) return
     this.lastUpkeep = now
     setImmediate(() => {
       this.store.purgeExpired(now, UPKEEP_ROWS).then(
-        (n) => n > 0 && this.log.log(2, `purged ${n} expired greylist rows`),
+        (n) => n > 0 && this.log.log(2, `purged ${n} expired rows`),
         (err: Error) => this.log.log(2, `purge skipped: ${err.message}`),
       )
+      const rl = this.runtimeNow.ratelimit
+      if (rl && this.rateLimits) rl.refreshStored(this.rateLimits, now).catch(() => undefined)
       void this.flushStats()
     })
   }
@@ -142,7 +167,7 @@ export class App {
    * failure keeps the deltas for the next call.
    */
   async flushStats(): Promise<void> {
-    if (!this.statsStore || !this.config.greylist_enabled) return
+    if (!this.statsStore || !this.usesStore()) return
     const deltas = new Map<string, number>()
     const values = this.metrics.counterValues()
     for (const [name, value] of values) {
@@ -170,8 +195,14 @@ export class App {
     const logLine = (level: number, msg: string): void => log.log(level, msg)
     const hostname = this.hostnameOverride ?? systemHostname(config)
     let spf: SpfContext | undefined
+    let ratelimit: RateLimitRuntime | null = null
+    if (config.ratelimit_enabled) {
+      const { RateLimitRuntime } = require('./ratelimit/runtime') as typeof import('./ratelimit/runtime')
+      ratelimit = new RateLimitRuntime(config, logLine)
+    }
     return {
       config,
+      ratelimit,
       generation: ++this.generation,
       hostname,
       whitelists: createGreylistWhitelists(config, logLine, () => Date.now()),
@@ -210,6 +241,22 @@ function timedStore(store: GreylistStore, metrics: Metrics): GreylistStore {
     purgeExpired: (now, limit) => timed('purge', () => store.purgeExpired(now, limit)),
     counts: () => store.counts(),
     close: () => store.close(),
+  }
+}
+
+/** The rate-limit side of the store, timed as timedStore times the rest. */
+function timedRateLimits(store: RateLimitStore, metrics: Metrics): RateLimitStore {
+  return {
+    rateLimit: async (step) => {
+      const started = performance.now()
+      try {
+        return await store.rateLimit(step)
+      } finally {
+        metrics.observe('storeSeconds', (performance.now() - started) / 1000, { op: `ratelimit-${step.op}` })
+      }
+    },
+    listOverrides: (now) => store.listOverrides(now),
+    lastCommit: () => store.lastCommit(),
   }
 }
 

@@ -288,7 +288,7 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   },
   ratelimit_networks: {
     type: 'list', default: '',
-    doc: 'Client networks (CIDR) whose mail without SASL is limited by sender and client (policyd-rate-limit\'s limited_networks); empty means none, so that a forged sender from outside cannot use up a real user\'s limit.',
+    doc: 'Your own client networks (CIDR, usually mynetworks): their mail without SASL is limited by sender and client (policyd-rate-limit\'s limited_networks) and, like SASL clients\' mail, never greylisted or SPF-checked; empty means none, and clients outside are never limited by sender, so that a forged sender cannot use up a real user\'s limit.',
   },
   ratelimit_ipv4_prefix: {
     type: 'int', default: '32', min: 0, max: 32,
@@ -340,7 +340,7 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
   },
   spf_check_authenticated: {
     type: 'bool', default: 'no',
-    doc: 'Check SPF also for SASL-authenticated clients (sasl_username set); by default their mail is never SPF-checked or greylisted, only rate-limited.',
+    doc: 'Check SPF also for SASL-authenticated clients (sasl_username set) and, with rate limiting, clients in ratelimit_networks; by default their mail is never SPF-checked or greylisted, only rate-limited.',
   },
   dns_servers: {
     type: 'list', default: '',

@@ -22,6 +22,8 @@ export class Connection {
   /** Instances (messages) that already got the X-Greylist header. */
   private readonly greylistHeaderSent = new BoundedMap<string, true>(GREYLIST_HEADER_MESSAGES)
   private readonly spfMessages = new BoundedMap<string, MessageSpf>(MESSAGES)
+  /** The last message this connection held against rate limits. */
+  private readonly rateLimitMessage = { instance: '', ids: [] as string[] }
   private built: { runtime: Runtime; context: DecideContext; handle: (frame: Frame) => Promise<string> } | null = null
 
   constructor(private readonly app: App) {
@@ -59,7 +61,29 @@ export class Connection {
     const logLine = (level: number, msg: string): void => log.log(level, msg)
     const logStateChange = log.logStateChange.bind(log)
     let spf: SpfContext | undefined
+    const app = this.app
+    const rl = runtime.ratelimit
+    const rateLimits = app.rateLimits
     return {
+      ratelimit: rl && rateLimits
+        ? {
+            config,
+            store: rateLimits,
+            defaults: rl.defaults,
+            exempt: rl.exempt,
+            overrides: () => rl.overrides(),
+            prepare: async () => {
+              if (!rl.storedReady) await rl.refreshStored(rateLimits, app.now())
+            },
+            connection: this.rateLimitMessage,
+            get endOfMessage() {
+              return app.endOfMessage
+            },
+            log: logLine,
+            logStateChange,
+            countExpired: (n) => app.metrics.add('holdsExpired', {}, n),
+          }
+        : undefined,
       config,
       logStateChange,
       log: logLine,

@@ -35,8 +35,8 @@ export function currentUser(): RunAs {
 /** Try the database of `config` as the current user, leaving it as it was. */
 export function checkDatabase(config: Config, user: RunAs = currentUser()): DatabaseCheck {
   const out: DatabaseCheck = { problems: [], notes: [] }
-  if (!config.greylist_enabled) {
-    out.notes.push('not used (greylist_enabled = no)')
+  if (!config.greylist_enabled && !config.ratelimit_enabled) {
+    out.notes.push('not used (greylist_enabled = no, ratelimit_enabled = no)')
     return out
   }
   const file = path.resolve(config.db_path)

@@ -1,9 +1,11 @@
 // Runs the enabled checks on one normalised request and combines their
 // verdicts into one action: SPF first (its authenticated domain keys the
-// greylist triplet), then greylisting while SPF lets the mail through; the
-// most severe verdict wins. This is also the one place where a failing
-// check (store down, locked, corrupt, full; an internal error) becomes the
-// configured fail_action, logged once per change of state.
+// greylist triplet), then rate limiting and greylisting while the checks
+// before let the mail through; the most severe verdict wins. Mail of a
+// SASL-authenticated client is only rate-limited (SPF on request). This is
+// also the one place where a failing check (store down, locked, corrupt,
+// full; an internal error) becomes the configured fail_action, logged once
+// per change of state.
 // Headers go out through a queue per message (./header-queue).
 //
 // Store writes follow the combined verdict: a check that counts or holds
@@ -16,6 +18,7 @@ import { BoundedMap } from './bounded-map'
 import type { Config } from './config'
 import { checkGreylist, type GreylistContext } from './greylist/check'
 import type { HeaderQueue } from './header-queue'
+import type { RateLimitContext } from './ratelimit/check'
 import type { PolicyRequest } from './request'
 import type { SpfContext } from './spf/check'
 import { StoreError } from './store/types'
@@ -27,6 +30,8 @@ export interface DecideContext {
   greylist?: GreylistContext
   /** Made on first use: SPF loads its modules and resolver only when a request needs them. */
   spf?: () => SpfContext
+  /** Absent where nothing rate-limits (spfquery, ratelimit_enabled = no). */
+  ratelimit?: RateLimitContext
   headers: HeaderQueue
   log: (level: number, msg: string) => void
   logStateChange: (topic: string, state: string, level: number, msg: string) => void
@@ -79,7 +84,12 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
   if (config.Mock) return { action: MOCK_ACTION, verdicts: [], winner: null }
   const verdicts: Verdict[] = []
   let authenticatedDomain: string | undefined
-  if (config.spf_enabled && ctx.spf) {
+  // Mail of a SASL-authenticated client, or (with rate limiting) of a
+  // client in ratelimit_networks, is the site's own: it is rate-limited,
+  // but never greylisted, nor SPF-checked unless asked. So the check can
+  // come before permit_sasl_authenticated and permit_mynetworks.
+  const authenticated = (req.attrs.get('sasl_username') ?? '').trim() !== '' || (config.ratelimit_enabled && ownNetwork(req, config))
+  if (config.spf_enabled && ctx.spf && (!authenticated || config.spf_check_authenticated)) {
     try {
       const { checkSpf } = require('./spf/check') as typeof import('./spf/check')
       const spf = await checkSpf(req, ctx.spf())
@@ -90,9 +100,19 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
       verdicts.push(failedVerdict('spf', config, 'internal-error'))
     }
   }
-  // Greylisting mail that SPF refuses would only record triplets that never come back.
-  const refused = verdicts.some((v) => v.severity === 'defer' || v.severity === 'reject')
-  if (config.greylist_enabled && ctx.greylist && !refused) {
+  // Counting mail that SPF refuses would use up limits with mail that never goes anywhere.
+  if (config.ratelimit_enabled && ctx.ratelimit && !refusedBy(verdicts)) {
+    try {
+      const { checkRateLimit } = require('./ratelimit/check') as typeof import('./ratelimit/check')
+      verdicts.push(await checkRateLimit(req, ctx.ratelimit, now))
+    } catch (err) {
+      if (!(err instanceof StoreError)) throw err
+      ctx.logStateChange('store', err.failure, 0, `database ${err.failure}, answering fail_action ${config.fail_action}: ${err.message}`)
+      verdicts.push(failedVerdict('ratelimit', config, `store-${err.failure}`))
+    }
+  }
+  // Greylisting mail that another check refuses would only record triplets that never come back.
+  if (config.greylist_enabled && ctx.greylist && !authenticated && !refusedBy(verdicts)) {
     try {
       verdicts.push(await checkGreylist(req, ctx.greylist, now, authenticatedDomain))
     } catch (err) {
@@ -115,6 +135,15 @@ export async function decide(req: PolicyRequest, ctx: DecideContext, now: number
     return { action: `PREPEND ${header}`, verdicts, winner: combined.winner, header: header.slice(0, header.indexOf(':')), headerCheck }
   }
   return { action: combined.action ?? 'DUNNO', verdicts, winner: combined.winner }
+}
+
+function ownNetwork(req: PolicyRequest, config: Config): boolean {
+  const { inLimitedNetworks } = require('./ratelimit/identity') as typeof import('./ratelimit/identity')
+  return inLimitedNetworks(req.clientIp, config)
+}
+
+function refusedBy(verdicts: readonly Verdict[]): boolean {
+  return verdicts.some((v) => v.severity === 'defer' || v.severity === 'reject')
 }
 
 /** Commit (mail goes on) or release (mail refused) what each check proposed; a failure is logged, the reply stands. */

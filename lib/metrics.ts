@@ -23,6 +23,7 @@ export const FAMILIES = {
   discarded: { name: 'policyd_requests_discarded_total', help: 'Requests discarded before a decision (oversized, too many attributes), answered with fail_action.', type: 'counter' },
   connections: { name: 'policyd_connections', help: 'Open policy connections.', type: 'gauge' },
   connectionsRefused: { name: 'policyd_connections_refused_total', help: 'Connections closed at once because max_connections were open.', type: 'counter' },
+  holdsExpired: { name: 'policyd_ratelimit_holds_expired_total', help: 'Rate-limit holds that expired (a message neither counted at END-OF-MESSAGE nor released).', type: 'counter' },
   dns: { name: 'policyd_dns_total', help: 'DNS questions of the SPF check, by outcome (query, cache_hit, timeout).', type: 'counter' },
   rss: { name: 'process_resident_memory_bytes', help: 'Resident memory size in bytes.', type: 'gauge' },
   cpu: { name: 'process_cpu_seconds_total', help: 'User and system CPU time spent, in seconds.', type: 'counter' },

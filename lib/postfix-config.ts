@@ -65,6 +65,8 @@ export interface Facts {
   dbDir: string
   /** The shipped systemd units (daemon mode), or null when they cannot be read. */
   units: { socket: string; service: string } | null
+  /** Rate limiting is on: the check goes before the permit_* entries and into smtpd_end_of_data_restrictions. */
+  ratelimit?: boolean
 }
 
 interface ModeLines {
@@ -165,6 +167,32 @@ function comment(first: string, text: string): string[] {
   return lines
 }
 
+/**
+ * With rate limiting the check must see the mail of SASL users and of
+ * mynetworks, so it comes before the permit_* entries (policyd-ts itself
+ * neither greylists nor SPF-checks those clients), and it must see the end
+ * of each message, where held mail is counted.
+ */
+function rateLimitRestrictions(endpoint: string): string[] {
+  return [
+    '# Rate limiting is on: the check goes BEFORE permit_mynetworks and',
+    '# permit_sasl_authenticated (after them it never runs for those clients;',
+    '# policyd-ts only rate-limits SASL clients and clients in ratelimit_networks,',
+    '# it never greylists or SPF-checks them), in smtpd_data_restrictions, and',
+    '# LAST in smtpd_end_of_data_restrictions (held mail is counted there, with',
+    '# its real recipient count and size). For example:',
+    'smtpd_recipient_restrictions =',
+    `    check_policy_service ${endpoint},`,
+    '    permit_mynetworks,',
+    '    permit_sasl_authenticated,',
+    '    reject_unauth_destination',
+    'smtpd_data_restrictions =',
+    `    check_policy_service ${endpoint}`,
+    'smtpd_end_of_data_restrictions =',
+    `    check_policy_service ${endpoint}`,
+  ]
+}
+
 const LABEL: Record<Finding['kind'], string> = { ok: 'ok:', note: 'note:', problem: 'PROBLEM:' }
 
 export function renderPostfixConfig(f: Facts): string {
@@ -184,18 +212,20 @@ export function renderPostfixConfig(f: Facts): string {
   out.push(
     '',
     heading('main.cf'),
-    '# Add check_policy_service to your smtpd_recipient_restrictions AFTER',
-    '# reject_unauth_destination (relay attempts are then refused before they',
-    '# cost DNS lookups and a database write, and no policy answer can open a',
-    '# relay), and to smtpd_data_restrictions (Postfix takes one header per',
-    "# reply: the DATA check carries a message's second one). For example:",
-    'smtpd_recipient_restrictions =',
-    '    permit_mynetworks,',
-    '    permit_sasl_authenticated,',
-    '    reject_unauth_destination,',
-    `    check_policy_service ${mode.endpoint}`,
-    'smtpd_data_restrictions =',
-    `    check_policy_service ${mode.endpoint}`,
+    ...(f.ratelimit ? rateLimitRestrictions(mode.endpoint) : [
+      '# Add check_policy_service to your smtpd_recipient_restrictions AFTER',
+      '# reject_unauth_destination (relay attempts are then refused before they',
+      '# cost DNS lookups and a database write, and no policy answer can open a',
+      '# relay), and to smtpd_data_restrictions (Postfix takes one header per',
+      "# reply: the DATA check carries a message's second one). For example:",
+      'smtpd_recipient_restrictions =',
+      '    permit_mynetworks,',
+      '    permit_sasl_authenticated,',
+      '    reject_unauth_destination,',
+      `    check_policy_service ${mode.endpoint}`,
+      'smtpd_data_restrictions =',
+      `    check_policy_service ${mode.endpoint}`,
+    ]),
     ...mode.mainCf,
     '',
     heading('then, as root'),
@@ -253,7 +283,7 @@ export interface PostfixConfigRequest {
     configFile: string
     configFileFound: boolean
     errors: string[]
-    config: { spf_enabled: boolean; greylist_enabled: boolean; db_path: string }
+    config: { spf_enabled: boolean; greylist_enabled: boolean; ratelimit_enabled?: boolean; db_path: string }
   }
   /** POLICYD_TS_ variables of this shell that the service will not have. */
   ignoredEnv: string[]
@@ -297,6 +327,7 @@ export function gatherFacts(req: PostfixConfigRequest, sys: System): Facts {
     userGroup: user?.group ?? req.userName,
     dbDir: path.dirname(path.resolve(req.loaded.config.db_path)),
     units: socket !== null && service !== null ? { socket, service } : null,
+    ratelimit: req.loaded.config.ratelimit_enabled === true,
   }
 }
 
@@ -433,7 +464,7 @@ function checkPackage(packageDir: string, user: SpawnUser, sys: System): Finding
 }
 
 function checkDatabase(config: PostfixConfigRequest['loaded']['config'], userName: string, user: SpawnUser | null, sys: System): Finding[] {
-  if (!config.greylist_enabled) return [{ kind: 'ok', text: 'greylisting is off: no database is needed' }]
+  if (!config.greylist_enabled && !config.ratelimit_enabled) return [{ kind: 'ok', text: 'greylisting and rate limiting are off: no database is needed' }]
   const file = path.resolve(config.db_path)
   const dir = path.dirname(file)
   const install = `install -d -o ${userName} -g ${user?.group ?? userName} -m 0700 ${dir}`

@@ -72,6 +72,26 @@ t.test('the master.cf entry names the given node, its flags, the package and the
   for (const line of text.split('\n')) t.ok(line.length <= 80 || !line.startsWith('#'), `comment within 80 columns: ${line}`)
 })
 
+t.test('with rate limiting the check comes before the permit_* entries and into the end-of-data restrictions', async (t) => {
+  const text = renderPostfixConfig(facts({ ratelimit: true }))
+  t.same(section(text, 'main.cf'), [
+    'smtpd_recipient_restrictions =',
+    '    check_policy_service unix:private/policy,',
+    '    permit_mynetworks,',
+    '    permit_sasl_authenticated,',
+    '    reject_unauth_destination',
+    'smtpd_data_restrictions =',
+    '    check_policy_service unix:private/policy',
+    'smtpd_end_of_data_restrictions =',
+    '    check_policy_service unix:private/policy',
+    'policy_time_limit = 3600s',
+  ])
+  t.match(text, /^# Rate limiting is on: the check goes BEFORE permit_mynetworks/m)
+  const facts2 = gatherFacts(request({}, { greylist_enabled: false, ratelimit_enabled: true }), fakeSystem(BASE_FILES, USERS))
+  t.equal(facts2.ratelimit, true, 'taken from the configuration')
+  t.notOk(facts2.findings.some((x) => x.text.includes('no database is needed')), 'rate limits need the database even without greylisting')
+})
+
 t.test('service name, user, config file and options go where Postfix and the shell read them', async (t) => {
   const f = facts({
     service: 'policyd-spf',
@@ -280,7 +300,7 @@ t.test('the database directory: writable, owned by another user, shared with oth
 
   const off = gatherFacts(request({}, { greylist_enabled: false }), fakeSystem(BASE_FILES, USERS))
   t.same(problems(off), [], 'without greylisting no database is needed')
-  t.ok(off.findings.some((x) => x.text === 'greylisting is off: no database is needed'))
+  t.ok(off.findings.some((x) => x.text === 'greylisting and rate limiting are off: no database is needed'))
 })
 
 t.test('the spawn user: missing, root, the mail system owner', async (t) => {
