@@ -169,6 +169,15 @@ async function up(d: Daemon): Promise<Daemon> {
   return d
 }
 
+/**
+ * A connection to policyd-rate-limit: it listens with a backlog of 5, so
+ * connections opened at once are refused (EAGAIN) until it accepts the
+ * earlier ones; retried for up to 5 s.
+ */
+async function openRateLimit(d: Daemon): Promise<Connection> {
+  return Connection.socket(await connectWhenUp(d, 5000), d.name)
+}
+
 /** Rows of policyd-rate-limit's sliding log (for `id`, or all), read after its daemons stopped. */
 function rowsOf(root: string, db: string, id?: string): number {
   const Database = require('better-sqlite3') as typeof BetterSqlite3
@@ -275,12 +284,12 @@ export async function rateLimitPart(dir: string, target: (ok: boolean, what: str
   races.push(await race(`${NAMES.daemon} (${RACE_CLIENTS} connections)`, async () => Connection.socket(await raceTsd.connect(), 'policyd-ts race')))
   await stopDaemon(raceTsd)
   const one = await up(startRateLimit(root, 'race1', 'db-race1', raceLimits))
-  const r1 = await race(`${NAMES.prl} (1 daemon, ${RACE_CLIENTS} connections)`, async () => Connection.socket(await one.connect(), 'policyd-rate-limit race'))
+  const r1 = await race(`${NAMES.prl} (1 daemon, ${RACE_CLIENTS} connections)`, () => openRateLimit(one))
   await stopDaemon(one)
   races.push({ ...r1, counted: rowsOf(root, 'db-race1', RACE_CLIENT), dbErrors: databaseErrors(one) })
   const many: Daemon[] = []
   for (let k = 0; k < RACE_DAEMONS; k++) many.push(await up(startRateLimit(root, `race${RACE_DAEMONS}d${k}`, 'db-racen', raceLimits)))
-  const rn = await race(`${NAMES.prl} (${RACE_DAEMONS} daemons, one database)`, async (j) => Connection.socket(await many[j % RACE_DAEMONS].connect(), 'policyd-rate-limit race'))
+  const rn = await race(`${NAMES.prl} (${RACE_DAEMONS} daemons, one database)`, (j) => openRateLimit(many[j % RACE_DAEMONS]))
   await Promise.all(many.map((d) => stopDaemon(d)))
   races.push({ ...rn, counted: rowsOf(root, 'db-racen', RACE_CLIENT), dbErrors: many.reduce((n, d) => n + databaseErrors(d), 0) })
   // policyd-ts refusing nothing at all means its check is not in this build: its throughput would be a process doing no rate-limit work.
@@ -290,7 +299,7 @@ export async function rateLimitPart(dir: string, target: (ok: boolean, what: str
   const ts = policydTs('policyd-ts', policydTsArgs(dir, 'rl-spawn', tsLimits(RATE_LIMITS)))
   const tsd = await up(startPolicydDaemon(dir, sockDir(), policydTsArgs(dir, 'rl-daemon', tsLimits(RATE_LIMITS)), []))
   const prl = await up(startRateLimit(root, 'rate', 'db-rate', RATE_LIMITS))
-  const subjects: Array<[Key, Subject]> = [['ts', ts], ['daemon', daemonSubject(tsd)], ['prl', daemonSubject(prl)]]
+  const subjects: Array<[Key, Subject]> = [['ts', ts], ['daemon', daemonSubject(tsd)], ['prl', { ...daemonSubject(prl), open: () => openRateLimit(prl) }]]
   const results: Record<Key, Map<number, Result>> = { ts: new Map(), daemon: new Map(), prl: new Map() }
   for (let r = 0; r < ROUNDS; r++) {
     for (const conns of LEVELS) {
