@@ -150,7 +150,7 @@ export interface Subject {
   daemonPid?: () => number | undefined
 }
 
-function spawnServer(name: string, file: string, args: string[]): Connection {
+export function spawnServer(name: string, file: string, args: string[]): Connection {
   const child = res.track(spawn(file, args, { env: CHILD_ENV, stdio: ['pipe', 'pipe', 'pipe'] })) as ChildProcessWithoutNullStreams
   let err = ''
   child.stderr.setEncoding('utf8')

@@ -6,7 +6,9 @@
 //               network with a skewed spread, limits high enough never to
 //               refuse; policyd-ts in spawn mode (a process per connection)
 //               and as one daemon, policyd-rate-limit as its one daemon, at
-//               1 and 8 connections: decisions/s, p50/p99, server CPU, RSS.
+//               1 and 8 connections: decisions/s, p50/p99, server CPU, RSS;
+//               and a bare Node echo over the same pipes, the ceiling of
+//               any Node policy server driven by this client.
 //   race:       16 clients at once on one key with limit L, twice L
 //               attempts: how many each server accepts (exactly L is right).
 //
@@ -26,7 +28,7 @@ import path from 'node:path'
 import type BetterSqlite3 from 'better-sqlite3'
 import {
   CONNS, POLICYD_RATE_LIMIT, ROUNDS, WARMUP, arg, better, connectTo, connectWhenUp, daemonSubject, fmtRate, mb, measure, out,
-  policydArgs, policydTs, res, startDaemonProcess, startPolicydDaemon, stopDaemon, tryVersion, userIds,
+  policydArgs, policydTs, res, spawnServer, startDaemonProcess, startPolicydDaemon, stopDaemon, tryVersion, userIds,
   type Daemon, type Result, type Stream, type Subject,
 } from './compare'
 import { Connection, policyRequest, row } from './driver'
@@ -47,6 +49,7 @@ const CLIENTS = 1000
 const RATE_LIMITS: Array<[number, number]> = [[100000, 60], [1000000, 86400]]
 const RACE_CLIENT = '10.77.200.1'
 const OUTSIDE_CLIENT = '10.99.0.1'
+const ECHO = path.join(__dirname, 'echo.js')
 const REFUSED = /^action=DEFER_IF_PERMIT /i
 const ACCEPTED = /^action=DUNNO$/i
 
@@ -258,8 +261,8 @@ async function race(name: string, open: (j: number) => Promise<Connection>): Pro
 
 // ---------------------------------------------------------------- the part
 
-type Key = 'ts' | 'daemon' | 'prl'
-const NAMES: Record<Key, string> = { ts: 'policyd-ts spawn mode', daemon: 'policyd-ts daemon', prl: 'policyd-rate-limit' }
+type Key = 'ts' | 'daemon' | 'prl' | 'echo'
+const NAMES: Record<Key, string> = { ts: 'policyd-ts spawn mode', daemon: 'policyd-ts daemon', prl: 'policyd-rate-limit', echo: 'bare node echo' }
 
 /** Runs the rate-limit comparison in `dir` and prints its section; `target` records a target's result. */
 export async function rateLimitPart(dir: string, target: (ok: boolean, what: string) => string): Promise<void> {
@@ -299,8 +302,9 @@ export async function rateLimitPart(dir: string, target: (ok: boolean, what: str
   const ts = policydTs('policyd-ts', policydTsArgs(dir, 'rl-spawn', tsLimits(RATE_LIMITS)))
   const tsd = await up(startPolicydDaemon(dir, sockDir(), policydTsArgs(dir, 'rl-daemon', tsLimits(RATE_LIMITS)), []))
   const prl = await up(startRateLimit(root, 'rate', 'db-rate', RATE_LIMITS))
-  const subjects: Array<[Key, Subject]> = [['ts', ts], ['daemon', daemonSubject(tsd)], ['prl', { ...daemonSubject(prl), open: () => openRateLimit(prl) }]]
-  const results: Record<Key, Map<number, Result>> = { ts: new Map(), daemon: new Map(), prl: new Map() }
+  const echo: Subject = { name: NAMES.echo, perConnectionProcess: true, open: async () => spawnServer(NAMES.echo, process.execPath, [ECHO]) }
+  const subjects: Array<[Key, Subject]> = [['ts', ts], ['daemon', daemonSubject(tsd)], ['prl', { ...daemonSubject(prl), open: () => openRateLimit(prl) }], ['echo', echo]]
+  const results: Record<Key, Map<number, Result>> = { ts: new Map(), daemon: new Map(), prl: new Map(), echo: new Map() }
   for (let r = 0; r < ROUNDS; r++) {
     for (const conns of LEVELS) {
       for (const [key, s] of subjects) {
@@ -337,6 +341,8 @@ export async function rateLimitPart(dir: string, target: (ok: boolean, what: str
       const verdict = conns !== 1 ? '(reported)' : live ? target(x.rate >= 8 * p.rate, what) : (target(false, `${what} (not measurable)`), 'n/a')
       out(row([what, `${fmtRate(x)} / ${fmtRate(p)} = ${live ? (x.rate / p.rate).toFixed(2) : 'n/a'} x`, verdict], TW))
     }
+    const e = results.echo.get(conns)!
+    out(row([`  ceiling: bare node echo at ${conns} / policyd-rate-limit`, `${fmtRate(e)} / ${fmtRate(p)} = ${(e.rate / p.rate).toFixed(2)} x`, '(reported)'], TW))
   }
   const checks = (Object.keys(results) as Key[]).flatMap((k) => [...results[k]].map(([conns, x]) => [`${NAMES[k]} ${conns}`, x] as const))
   const unexpected = checks.reduce((n, [, x]) => n + x.mismatches, 0)
