@@ -166,10 +166,14 @@ export function spawnServer(name: string, file: string, args: string[]): Connect
   return Connection.spawned(child, name)
 }
 
+export function policydDbPath(dir: string, name: string): string {
+  return path.join(dir, `${name}-db`, 'policyd-ts.sqlite')
+}
+
 /** policyd-ts's options in every part: no config file, its own database and log `name` in `dir`, no syslog, empty whitelists. */
 export function policydArgs(dir: string, name: string): string[] {
   return [
-    '--config', '/dev/null', '--db_path', path.join(dir, `${name}-db`, 'policyd-ts.sqlite'),
+    '--config', '/dev/null', '--db_path', policydDbPath(dir, name),
     '--syslog_socket', path.join(dir, 'no-syslog'), '--log_file', path.join(dir, `${name}.log`), '--debugLevel', '1',
     '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
   ]
