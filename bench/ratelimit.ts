@@ -291,7 +291,7 @@ export async function rateLimitPart(dir: string, target: (ok: boolean, what: str
   const root = rateLimitRoot()
   const raceLimits: Array<[number, number]> = [[RACE_LIMIT, 3600]]
   out('== Rate limiting: policyd-ts vs policyd-rate-limit')
-  out(`policyd-rate-limit ${tryVersion('policyd-rate-limit')} (python3 ${tryVersion('python3')}, uid ${prlUser.uid}): ${POLICYD_RATE_LIMIT} --file <temp YAML>, limit_by_ip in ${NETWORK}, SQLite in a temp dir, unix socket, debug off, foreground; it counts one per RCPT request and answers END-OF-MESSAGE DUNNO without counting (1.0.1.1 has no count_mode)`)
+  out(`policyd-rate-limit ${tryVersion('policyd-rate-limit')} (python3 ${tryVersion('python3')}): ${POLICYD_RATE_LIMIT} --file <temp YAML> as root, dropping to its user (uid ${prlUser.uid}), limit_by_ip in ${NETWORK}, SQLite in a temp dir, unix socket, debug off, foreground; it counts one per RCPT request and answers END-OF-MESSAGE DUNNO without counting (1.0.1.1 has no count_mode)`)
   out(`policyd-ts: bin/policyd-ts with master.cf.example's node flags, --config /dev/null, temp db_path, no syslog, --greylist_enabled no --spf_enabled no --ratelimit_enabled yes --ratelimit_networks ${NETWORK} --ratelimit_client_limits <the same limits in recipients>; holds at RCPT, counts at END-OF-MESSAGE; the daemon the same with --listen unix:<temp>`)
 
   // ---- The race first: fresh servers, limit L per hour on one key.
