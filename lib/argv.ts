@@ -31,7 +31,7 @@ export const INTERACTIVE_OPTIONS = {
 } as const satisfies Record<string, InteractiveOption>
 
 export type InteractiveName = keyof typeof INTERACTIVE_OPTIONS
-export const COMMANDS = ['spfquery', 'postfix-config', 'greylist', 'stats', 'store'] as const
+export const COMMANDS = ['spfquery', 'postfix-config', 'greylist', 'stats', 'store', 'ratelimit', 'migrate'] as const
 /** Serve as one daemon for every smtpd instead of one stdin/stdout connection (not interactive). */
 export const DAEMON_FLAG = 'daemon'
 

@@ -58,6 +58,29 @@ export function buildCli(yargs: YargsFactory, versionText: string): Cli {
         .option('note', { type: 'string', requiresArg: true, describe: 'whitelist: why, shown by greylist whitelist' })
         .option('json', { type: 'boolean', describe: 'JSON instead of a table' }),
     )
+    // [hb] the rate-limit ops commands (lib/ops/ratelimit.ts) and the migration commands (lib/migrate.ts).
+    .command('ratelimit <action> [key] [limits]', 'The rate-limit state in the store: show KEY, list [--over], top, reset KEY|--all, set [KEY LIMITS], unset KEY, hits [--since]', (y) =>
+      y
+        .positional('action', { choices: ['show', 'list', 'top', 'reset', 'set', 'unset', 'hits'] as const, describe: 'what to do' })
+        .positional('key', { type: 'string', describe: 'sasl:USER, sasl:@DOMAIN, sender:ADDRESS, sender:@DOMAIN, sender:<>, client:ADDRESS[/PREFIX] or global' })
+        .positional('limits', { type: 'string', describe: 'set: the limits of KEY, such as "5000rcpt/1d, 100msg/1h", or unlimited' })
+        .option('over', { type: 'boolean', describe: 'list: only identities that used up a limit' })
+        .option('limit', { type: 'string', requiresArg: true, describe: 'list: at most this many identities (1000); top: this many (10)' })
+        .option('all', { type: 'boolean', describe: 'reset: every identity' })
+        .option('ttl', { type: 'string', requiresArg: true, describe: 'set: for this long (3600, 12h, 30d); default for ever' })
+        .option('note', { type: 'string', requiresArg: true, describe: 'set: why, shown by ratelimit set and show' })
+        .option('since', { type: 'string', requiresArg: true, describe: 'hits: since this long ago (12h, 7d) or this ISO time; default 1d. Prints nothing when there is none (for cron mail)' })
+        .option('json', { type: 'boolean', describe: 'JSON instead of a table' }),
+    )
+    // The file is <source>: a positional named "file" would be read as the config file ($0 [file]).
+    .command('migrate <from> <source>', 'Print the policyd-ts configuration equivalent to a policyd-rate-limit or postfixlimit configuration file, and what has no equivalent', (y) =>
+      y
+        .positional('from', { choices: ['policyd-rate-limit', 'postfixlimit'] as const, describe: 'the program the file belongs to' })
+        .positional('source', { type: 'string', describe: 'its configuration file (/etc/policyd-rate-limit.yaml, /etc/postfixlimit.conf)' })
+        .option('overrides-file', { type: 'string', requiresArg: true, default: '/etc/policyd-ts/ratelimit_overrides', describe: 'where the per-key limits are to be written (ratelimit_overrides)' })
+        .option('json', { type: 'boolean', describe: 'JSON: the configuration, the overrides file and the notes apart' }),
+    )
+    // [/hb]
     .command('stats', 'The counters every process added to the store (requests, decisions, store errors), summed over hosts', (y) =>
       y.option('json', { type: 'boolean', describe: 'JSON, per host too' }).option('prometheus', { type: 'boolean', describe: "Prometheus text, for node_exporter's textfile collector" }),
     )
@@ -122,7 +145,8 @@ export async function runInteractive(argv: string[]): Promise<number> {
     const { runPostfixConfig } = require('./postfix-config') as typeof import('./postfix-config')
     return runPostfixConfig(args as unknown as import('./postfix-config').PostfixConfigArgs, options, configPath)
   }
-  if (command === 'greylist' || command === 'stats' || command === 'store') return runOps(command, args, options, configPath)
+  if (command === 'greylist' || command === 'stats' || command === 'store' || command === 'ratelimit') return runOps(command, args, options, configPath)
+  if (command === 'migrate') return runMigrate(args) // [hb]
   if (command === 'spfquery') {
     return runSpfQuery({ ip: String(args.ip), sender: String(args.sender), helo: String(args.helo), recipient: String(args.recipient) }, options, configPath)
   }
@@ -134,7 +158,7 @@ export async function runInteractive(argv: string[]): Promise<number> {
 }
 
 /** greylist, stats, store: the ops commands on the configured store (lib/ops.ts). */
-async function runOps(command: 'greylist' | 'stats' | 'store', args: Record<string, unknown>, options: Record<string, string>, configPath: string | undefined): Promise<number> {
+async function runOps(command: 'greylist' | 'stats' | 'store' | 'ratelimit', args: Record<string, unknown>, options: Record<string, string>, configPath: string | undefined): Promise<number> {
   const { readConfig } = require('./read-config') as typeof import('./read-config')
   const ops = require('./ops') as typeof import('./ops')
   const loaded = readConfig(options, configPath)
@@ -154,6 +178,12 @@ async function runOps(command: 'greylist' | 'stats' | 'store', args: Record<stri
   try {
     if (command === 'stats') return await ops.stats(store, { json, prometheus: args.prometheus === true }, io)
     if (command === 'store') return await (args.action === 'check' ? ops.storeCheck(store, json, io) : ops.storePurge(store, json, io))
+    if (command === 'ratelimit') {
+      // [hb]
+      const rl = require('./ops/ratelimit') as typeof import('./ops/ratelimit')
+      const readFile = (path: string): string => (require('node:fs') as typeof import('node:fs')).readFileSync(path, 'utf8')
+      return await rl.runRateLimit(rl.rateOpsStoreOf(store), loaded.config, args, io, readFile)
+    }
     const filter = { client: str('client'), sender: str('sender'), recipient: str('recipient') }
     switch (args.action) {
       case 'list': {
@@ -177,6 +207,14 @@ async function runOps(command: 'greylist' | 'stats' | 'store', args: Record<stri
   } finally {
     store.close()
   }
+}
+
+/** migrate: no configuration of ours is read; the file named is the other program's. [hb] */
+async function runMigrate(args: Record<string, unknown>): Promise<number> {
+  const { runMigration } = require('./migrate') as typeof import('./migrate')
+  const io = { out: (text: string) => process.stdout.write(text), err: (text: string) => process.stderr.write(text) }
+  const readFile = (path: string): string => (require('node:fs') as typeof import('node:fs')).readFileSync(path, 'utf8')
+  return runMigration({ from: String(args.from), source: String(args.source), overridesFile: String(args['overrides-file']), json: args.json === true }, io, readFile)
 }
 
 /** spfquery: exit 0 with a result, 64 for a bad address, 78 for a bad configuration. */

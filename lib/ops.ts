@@ -1,8 +1,8 @@
 // The ops commands: greylist list|delete|whitelist|unwhitelist, stats,
 // store check|purge. They act on the configured store (run them as root or
 // as the store's owner), print a table for people or JSON (--json) for
-// scripts, and never run on the request path. Rate-limit commands come as
-// one more group of the same shape.
+// scripts, and never run on the request path. The rate-limit commands are
+// one more group of the same shape, in ./ops/ratelimit.ts.
 
 import type { Config, LoadedConfig } from './config'
 import { globToRegExp, splitTripletKey, tripletMatcher, type TripletFilter } from './ops/patterns'
@@ -55,7 +55,19 @@ export function parseTtl(text: string): number | null {
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[(m[2] ?? 's').toLowerCase() as 's']
 }
 
-function isoTime(t: number): string {
+/** When an entry given `--ttl` ends: Infinity without one, null (said on stderr) for a bad one. */
+export function ttlExpiry(ttl: string | undefined, io: OpsIo, command: string): number | null {
+  if (ttl === undefined) return Infinity
+  const seconds = parseTtl(ttl)
+  if (seconds === null || seconds === 0) {
+    io.err(`policyd-ts ${command}: --ttl ${JSON.stringify(ttl)} is not a duration such as 3600, 12h or 30d\n`)
+    return null
+  }
+  return io.now() + seconds
+}
+
+/** Epoch seconds as ISO 8601 UTC to the second; `never` for Infinity. */
+export function isoTime(t: number): string {
   if (!Number.isFinite(t)) return 'never'
   return new Date(t * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z')
 }
@@ -120,15 +132,8 @@ export async function greylistWhitelist(store: OpsStore, config: Config, args: W
   if (args.kind === undefined) return listWhitelist(store, args.json, io)
   const key = entryKey(args.kind, args.value, config, io, 'whitelist')
   if (key === null) return EX_USAGE
-  let expires = Infinity
-  if (args.ttl !== undefined) {
-    const ttl = parseTtl(args.ttl)
-    if (ttl === null || ttl === 0) {
-      io.err(`policyd-ts greylist whitelist: --ttl ${JSON.stringify(args.ttl)} is not a duration such as 3600, 12h or 30d\n`)
-      return EX_USAGE
-    }
-    expires = io.now() + ttl
-  }
+  const expires = ttlExpiry(args.ttl, io, 'greylist whitelist')
+  if (expires === null) return EX_USAGE
   await store.setWhitelist({ key, expires, note: args.note ?? '', setAt: io.now() })
   const [kind, value] = key.split('\t')
   io.out(args.json ? `${JSON.stringify({ kind, value, expires: Number.isFinite(expires) ? expires : null })}\n` : `${kind} ${value} whitelisted${Number.isFinite(expires) ? ` until ${isoTime(expires)}` : ''}\n`)

@@ -41,8 +41,7 @@ export function parseLimitSet(text: string): { limits: LimitSet } | { error: str
   if (items.some((x) => x.toLowerCase() === 'unlimited')) return { error: '"unlimited" cannot be combined with limits' }
   const limits: Limit[] = []
   const errors: string[] = []
-  // "30 msg / 1 m" is one limit written with blanks: join the pieces back.
-  for (const item of joinSpaced(text)) {
+  for (const item of splitItems(text)) {
     const parsed = parseLimit(item)
     if ('error' in parsed) errors.push(parsed.error)
     else if (limits.some((l) => l.unit === parsed.limit.unit && l.window === parsed.limit.window)) errors.push(`two limits on ${parsed.limit.unit} per ${formatDuration(parsed.limit.window)}`)
@@ -52,8 +51,18 @@ export function parseLimitSet(text: string): { limits: LimitSet } | { error: str
   return { limits }
 }
 
-function joinSpaced(text: string): string[] {
-  return text.split(',').map((x) => x.trim()).filter((x) => x !== '')
+/**
+ * The items between commas; an item that is not one limit is several when
+ * each of its blank-separated words is one ("30msg/1m 1000rcpt/1d"), and
+ * stays whole otherwise, so that "30 msg / 1 m" is one limit and a typo is
+ * reported as written.
+ */
+function splitItems(text: string): string[] {
+  return text.split(',').map((x) => x.trim()).filter((x) => x !== '').flatMap((item) => {
+    if (LIMIT.test(item)) return [item]
+    const words = item.split(/\s+/)
+    return words.every((w) => LIMIT.test(w)) ? words : [item]
+  })
 }
 
 /** The canonical text of a limit: the largest byte unit that divides the count, the largest time unit that divides the window. */

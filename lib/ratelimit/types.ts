@@ -102,7 +102,7 @@ export interface StepResult {
   exceeded?: Exceeded
   /** hold: per identity (in step order), what was added to the hold, for a later release; NO_AMOUNTS where nothing was. */
   added: Amounts[]
-  /** commit: whether the instance had a hold on the first identity (no hold: the commit was tested first). */
+  /** Whether the instance had a live hold on the first identity before the step (commit: no hold, the commit was tested first). */
   hadHold: boolean
   /** Holds found expired (not committed or released within holdTime) and removed in this step. */
   expiredHolds: number
@@ -114,6 +114,7 @@ export interface StepResult {
 export interface UsageListing {
   id: string
   unit: RateUnit
+  /** Seconds; 0 for the live holds of an identity that has no counter yet (nothing committed in any window). */
   window: number
   /** Counted in the window at the time asked. */
   used: number

@@ -3,6 +3,8 @@
 // StoreError whose `failure` names its class; the caller owns the policy.
 
 import type BetterSqlite3 from 'better-sqlite3'
+import type { HitListing, OverrideEntry, RateLimitAdmin, RateLimitStep, RateLimitStore, StepResult, UsageListing } from '../ratelimit/types'
+import type { RateLimitTables } from './sqlite-ratelimit'
 import {
   StoreError,
   type StoreAdmin,
@@ -65,6 +67,26 @@ const MIGRATIONS: readonly string[] = [
      key TEXT PRIMARY KEY NOT NULL, expires REAL NOT NULL, note TEXT NOT NULL, set_at REAL NOT NULL) WITHOUT ROWID;
    CREATE TABLE stats (
      host TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (host, name)) WITHOUT ROWID;`,
+  // 3: rate limits (./sqlite-ratelimit.ts): rl_usage, one counter per
+  // identity, unit, period and slot count ("first:c1,c2,…",
+  // lib/ratelimit/window.ts); rl_hold, one hold per identity and instance
+  // (message), live while expires > now; rl_hit, one row per identity and
+  // limit text (first and last refusal, how many); rl_override, limits set
+  // by \`policyd-ts ratelimit set\`. Each is read by its primary key's
+  // leading identity; the purge walks each key with a cursor in meta.
+  `CREATE TABLE rl_usage (
+     id TEXT NOT NULL, unit TEXT NOT NULL, period REAL NOT NULL, slots INTEGER NOT NULL,
+     counts TEXT NOT NULL, expires REAL NOT NULL,
+     PRIMARY KEY (id, unit, period, slots)) WITHOUT ROWID;
+   CREATE TABLE rl_hold (
+     id TEXT NOT NULL, instance TEXT NOT NULL, rcpt INTEGER NOT NULL, msg INTEGER NOT NULL, bytes INTEGER NOT NULL,
+     expires REAL NOT NULL, PRIMARY KEY (id, instance)) WITHOUT ROWID;
+   CREATE TABLE rl_hit (
+     id TEXT NOT NULL, lim TEXT NOT NULL, first REAL NOT NULL, last REAL NOT NULL, n INTEGER NOT NULL,
+     expires REAL NOT NULL, PRIMARY KEY (id, lim)) WITHOUT ROWID;
+   CREATE TABLE rl_override (
+     key TEXT PRIMARY KEY NOT NULL, limits TEXT NOT NULL, expires REAL NOT NULL, note TEXT NOT NULL, set_at REAL NOT NULL) WITHOUT ROWID;
+   INSERT INTO meta VALUES ('rl_last_commit', 0), ('rl_usage_cursor', ''), ('rl_hold_cursor', ''), ('rl_hit_cursor', ''), ('rl_override_cursor', '');`,
 ]
 export const SCHEMA_VERSION = MIGRATIONS.length
 
@@ -130,9 +152,11 @@ export function classifyError(err: unknown): StoreFailure {
   return 'error'
 }
 
-export class SqliteStore implements GreylistStore, StoreAdmin {
+export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, RateLimitAdmin {
   private db: BetterSqlite3.Database | null = null
   private stmts: Statements | null = null
+  /** The rate-limit statements, prepared on first use (most processes never limit). */
+  private rlTables: RateLimitTables | null = null
   private inode = 0
   private nextOpenAt = 0
   private lastOpenError: StoreError | null = null
@@ -344,6 +368,7 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
           counts[table] = Math.max(0, count)
           removed += gone
         }
+        if (limit > 0) removed += this.rateLimitTables(db).purgeSome(now, limit)
         recount = limit > 0 && db.prepare(ELECT_RECOUNT).run({ now, period: RECOUNT_EVERY }).changes > 0
         this.whitelistInUse = s.whitelistInUse.get() === 1
         return removed
@@ -489,6 +514,7 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
           s.addMeta.run(-n, `${table}_count`)
           gone += n
         }
+        gone += this.rateLimitTables(db).purgeAll(now)
         return gone + db.prepare('DELETE FROM whitelist WHERE expires <= ?').run(now).changes
       }).immediate()),
     ))
@@ -503,18 +529,72 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
         const integrity = db.pragma('quick_check', { simple: true }) as string
         const version = db.pragma('user_version', { simple: true }) as number
         const rows = (table: string): number => (db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n
-        return { integrity, version, triplets: rows('triplet'), clients: rows('client'), whitelist: rows('whitelist'), counted: metaCount(s, 'triplet') }
+        return { integrity, version, triplets: rows('triplet'), clients: rows('client'), whitelist: rows('whitelist'), counted: metaCount(s, 'triplet'), rl: this.rateLimitTables(db).counts() }
       })
       ok = result.integrity === 'ok'
       lines.push(
         `database ${this.opts.path}: schema version ${result.version}, integrity ${result.integrity}`,
         `triplets: ${result.triplets} (counted for greylist_max_entries: ${result.counted}), client networks: ${result.clients}, whitelist entries: ${result.whitelist}`,
+        `rate limits: ${result.rl.usage} usage counters, ${result.rl.holds} held messages, ${result.rl.hits} hit rows, ${result.rl.overrides} overrides`,
       )
     } catch (err) {
       ok = false
       lines.push(`database ${this.opts.path}: ${(err as Error).message}`)
     }
     return { ok, lines }
+  }
+
+  // ---- Rate limits (./sqlite-ratelimit.ts): RateLimitStore and RateLimitAdmin.
+
+  /**
+   * One rate-limit step in one IMMEDIATE transaction, committed before
+   * the result is returned: a hold must be seen at once by the process
+   * that gets the message's END-OF-MESSAGE, and by every competitor for
+   * the same limit (no deferred COMMIT as for greylisting).
+   */
+  async rateLimit(step: RateLimitStep): Promise<StepResult> {
+    return this.writeTransaction((db) => this.rateLimitTables(db).step(step))
+  }
+
+  async listOverrides(now: number): Promise<OverrideEntry[]> {
+    return this.run((db) => this.rateLimitTables(db).listOverrides(now))
+  }
+
+  async lastCommit(): Promise<number> {
+    return this.run((db) => this.rateLimitTables(db).lastCommit())
+  }
+
+  async listUsage(match: (id: string) => boolean, now: number, slots: number): Promise<UsageListing[]> {
+    return this.run((db) => this.rateLimitTables(db).listUsage(match, now, slots))
+  }
+
+  async resetUsage(match: (id: string) => boolean): Promise<number> {
+    return this.writeTransaction((db) => this.rateLimitTables(db).resetUsage(match))
+  }
+
+  async setOverride(entry: OverrideEntry): Promise<void> {
+    await this.writeTransaction((db) => this.rateLimitTables(db).setOverride(entry))
+  }
+
+  async deleteOverride(key: string): Promise<boolean> {
+    return this.writeTransaction((db) => this.rateLimitTables(db).deleteOverride(key))
+  }
+
+  async listHits(since: number): Promise<HitListing[]> {
+    return this.run((db) => this.rateLimitTables(db).listHits(since))
+  }
+
+  private rateLimitTables(db: BetterSqlite3.Database): RateLimitTables {
+    if (!this.rlTables) {
+      const { RateLimitTables } = require('./sqlite-ratelimit') as typeof import('./sqlite-ratelimit')
+      this.rlTables = new RateLimitTables(db)
+    }
+    return this.rlTables
+  }
+
+  /** `fn` in one IMMEDIATE transaction, committed before returning; lock waits as the mode says, failures as StoreError. */
+  private writeTransaction<T>(fn: (db: BetterSqlite3.Database) => T): Promise<T> {
+    return this.withLockWaits(() => this.run((db) => this.whenUnlocked(() => db.transaction(() => fn(db)).immediate())))
   }
 
   /** Row counts as kept in the database (approximate while processes hold uncounted inserts). */
@@ -545,6 +625,7 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
     }
     this.db = null
     this.stmts = null
+    this.rlTables = null
     this.inTransaction = false
     this.txDelta = { triplet: 0, client: 0 }
   }
@@ -687,10 +768,10 @@ export class SqliteStore implements GreylistStore, StoreAdmin {
 
 /** SQLite keeps REAL, not Infinity: an entry without an end is stored as this. */
 const FOREVER = 1e300
-function storedTime(t: number): number {
+export function storedTime(t: number): number {
   return t === Infinity ? FOREVER : t
 }
-function readTime(t: number): number {
+export function readTime(t: number): number {
   return t >= FOREVER ? Infinity : t
 }
 
