@@ -1,4 +1,4 @@
-// npm run bench -- --compare: policyd-ts side by side with the two programs
+// npm run bench -- --compare: policyd-ts side by side with the programs
 // it replaces, measured in the same run with the same request streams:
 //   greylisting: policyd-ts (--spf_enabled no) vs postgrey (its own daemon on
 //                a free 127.0.0.1 port, one TCP connection per simulated smtpd)
@@ -11,16 +11,20 @@
 //                would run it) vs postgrey, at 1, 8, 32 and 100 connections:
 //                decisions/s, p50/p99 and the summed RSS and USS of every
 //                server process
+//   rate limiting: policyd-ts (spawn mode and daemon) vs policyd-rate-limit's
+//                daemon at 1 and 8 connections, and a race of 16 clients
+//                on one key (ratelimit.ts)
 //
 //   node dist/bench/bench.js --compare [--requests N] [--spf-requests N]
 //       [--cold-requests N] [--cold-runs N] [--daemon-starts N] [--rounds N] [--warmup N]
 //       [--warmup-many N] [--paced-interval-ms N] [--paced-requests N] [--greylist-only] [--daemon-cpu-prof DIR]
+//       [--ratelimit-only] [--ratelimit-requests N] [--race-limit N] [--race-daemons N]
 //   Warm figures are taken after --warmup requests to every server process
 //   (default 2000; a daemon's spread over its connections; --warmup-many,
 //   default 500, each when more than 8 processes are spawned): a policy
 //   process serves thousands of requests in its life, and fewer leave V8
-//   compiling during the timed part. --greylist-only skips SPF and the cold
-//   starts. --paced-*: the second timed part at 100 connections, each
+//   compiling during the timed part. --greylist-only skips SPF, the cold
+//   starts and rate limiting; --ratelimit-only runs rate limiting alone. --paced-*: the second timed part at 100 connections, each
 //   sending one request every N ms (see reportScale).
 //
 // Needs root: postgrey drops to its own user, and policyd-spf (pyspf reads
@@ -43,12 +47,13 @@ const BIN = path.join(ROOT, 'bin', 'policyd-ts')
 const DEPS = path.join(ROOT, 'scripts', 'bench-compare-deps.sh')
 const POSTGREY = '/usr/sbin/postgrey'
 const POLICYD_SPF = '/usr/bin/policyd-spf'
+export const POLICYD_RATE_LIMIT = '/usr/bin/policyd-rate-limit'
 // The flags of master.cf.example's entry, as Postfix would start it (scripts/node-flags.js).
 const NODE_FLAGS = (require('../../scripts/node-flags.js') as { nodeFlags(): string[] }).nodeFlags()
 // spawn(8) gives its children PATH=/usr/bin:/bin and exports TZ, MAIL_CONFIG and LANG only.
 const CHILD_ENV: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8' }
 
-function arg(name: string, fallback: number): number {
+export function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`)
   if (i === -1) return fallback
   const n = Number(process.argv[i + 1])
@@ -67,19 +72,21 @@ const SPF_REQUESTS = Math.ceil(arg('spf-requests', 8000) / 8) * 8
 const COLD_REQUESTS = arg('cold-requests', 500)
 const COLD_RUNS = arg('cold-runs', 21)
 const DAEMON_STARTS = arg('daemon-starts', 7)
-const ROUNDS = arg('rounds', 2)
-const CONNS = 8
+export const ROUNDS = arg('rounds', 2)
+export const CONNS = 8
 /** Greylisting at each of these numbers of connections: the daemon, spawn mode (a process per connection) and postgrey. */
 const LEVELS = [1, CONNS, 32, 100]
 const MOST = LEVELS[LEVELS.length - 1]
 /** At MOST connections, a second timed part paced like smtpd processes with sessions in between. */
 const PACED_INTERVAL_MS = arg('paced-interval-ms', 50)
 const PACED_PER_CONN = Math.ceil(arg('paced-requests', 8000) / MOST)
-const WARMUP = arg('warmup', 2000)
+export const WARMUP = arg('warmup', 2000)
 /** Warm-up requests per spawned process when there are more than CONNS of them (100 x 2,000 would take minutes). */
 const WARMUP_MANY = arg('warmup-many', 500)
 /** Greylisting only (no SPF, no cold starts): to iterate on the daemon quickly. */
 const GREYLIST_ONLY = process.argv.includes('--greylist-only')
+/** Rate limiting only (ratelimit.ts): no greylisting, SPF or cold starts. */
+const RATELIMIT_ONLY = process.argv.includes('--ratelimit-only')
 /** A directory for a CPU profile of the daemon (node --cpu-prof), written when it stops. */
 const DAEMON_CPU_PROF = stringArg('daemon-cpu-prof')
 // Seconds, both servers (postgrey's minimum is 1: `$opt{delay} || 300`). The early retry
@@ -129,12 +136,12 @@ function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
   })
 }
 
-const res = new Resources()
+export const res = new Resources()
 
 // ---------------------------------------------------------------- servers
 
 /** A server under test: how to open one smtpd's connection to it. */
-interface Subject {
+export interface Subject {
   name: string
   /** One process per connection (spawned) or one daemon for all (postgrey, policyd-ts --listen). */
   perConnectionProcess: boolean
@@ -143,7 +150,7 @@ interface Subject {
   daemonPid?: () => number | undefined
 }
 
-function spawnServer(name: string, file: string, args: string[]): Connection {
+export function spawnServer(name: string, file: string, args: string[]): Connection {
   const child = res.track(spawn(file, args, { env: CHILD_ENV, stdio: ['pipe', 'pipe', 'pipe'] })) as ChildProcessWithoutNullStreams
   let err = ''
   child.stderr.setEncoding('utf8')
@@ -159,7 +166,20 @@ function spawnServer(name: string, file: string, args: string[]): Connection {
   return Connection.spawned(child, name)
 }
 
-function policydTs(name: string, args: string[]): Subject {
+export function policydDbPath(dir: string, name: string): string {
+  return path.join(dir, `${name}-db`, 'policyd-ts.sqlite')
+}
+
+/** policyd-ts's options in every part: no config file, its own database and log `name` in `dir`, no syslog, empty whitelists. */
+export function policydArgs(dir: string, name: string): string[] {
+  return [
+    '--config', '/dev/null', '--db_path', policydDbPath(dir, name),
+    '--syslog_socket', path.join(dir, 'no-syslog'), '--log_file', path.join(dir, `${name}.log`), '--debugLevel', '1',
+    '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
+  ]
+}
+
+export function policydTs(name: string, args: string[]): Subject {
   return {
     name,
     perConnectionProcess: true,
@@ -179,7 +199,7 @@ function policydSpf(resolvConf: string, conf: string): Subject {
   return { name: 'policyd-spf', perConnectionProcess: true, open: async () => spawnServer('policyd-spf', file, args) }
 }
 
-function connectTo(where: net.NetConnectOpts): Promise<net.Socket> {
+export function connectTo(where: net.NetConnectOpts): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const sock = net.connect(where)
     sock.once('connect', () => {
@@ -201,10 +221,10 @@ function freePort(): Promise<number> {
   })
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 /** A server that is one daemon for all connections: postgrey, or policyd-ts --listen. */
-interface Daemon {
+export interface Daemon {
   name: string
   child: ChildProcess
   /** Where it listens (for the report). */
@@ -218,7 +238,7 @@ interface Daemon {
   stopping: boolean
 }
 
-function startDaemonProcess(d: Omit<Daemon, 'child' | 'stopping'>, file: string, args: string[]): Daemon {
+export function startDaemonProcess(d: Omit<Daemon, 'child' | 'stopping'>, file: string, args: string[]): Daemon {
   const outFd = fs.openSync(d.outFile, 'a')
   const child = res.track(spawn(file, args, { env: CHILD_ENV, stdio: ['ignore', outFd, outFd] }))
   fs.closeSync(outFd)
@@ -236,7 +256,7 @@ function startDaemonProcess(d: Omit<Daemon, 'child' | 'stopping'>, file: string,
   return daemon
 }
 
-function stopDaemon(d: Daemon): Promise<void> {
+export function stopDaemon(d: Daemon): Promise<void> {
   d.stopping = true
   return stopChild(d.child, d.graceMs)
 }
@@ -260,7 +280,7 @@ function startPostgrey(dir: string, port: number): Daemon {
  * `sockDir` (a short path: a socket address has at most 107 bytes), with
  * master.cf.example's node flags and `extraNodeFlags` (e.g. --cpu-prof).
  */
-function startPolicydDaemon(dir: string, sockDir: string, args: string[], extraNodeFlags: string[]): Daemon {
+export function startPolicydDaemon(dir: string, sockDir: string, args: string[], extraNodeFlags: string[]): Daemon {
   const socketPath = path.join(sockDir, 'policy.sock')
   return startDaemonProcess({
     name: 'policyd-ts daemon', where: `unix:${socketPath}`, connect: () => connectTo({ path: socketPath }),
@@ -269,7 +289,7 @@ function startPolicydDaemon(dir: string, sockDir: string, args: string[], extraN
 }
 
 /** Connects as soon as the daemon listens; rejects if it exits or takes over `limitMs`. */
-async function connectWhenUp(d: Daemon, limitMs: number): Promise<net.Socket> {
+export async function connectWhenUp(d: Daemon, limitMs: number): Promise<net.Socket> {
   const t0 = Date.now()
   for (;;) {
     if (d.child.exitCode !== null || d.child.signalCode !== null) throw new Error(`${d.name} exited (${d.child.exitCode ?? d.child.signalCode}); see ${d.outFile}`)
@@ -282,7 +302,7 @@ async function connectWhenUp(d: Daemon, limitMs: number): Promise<net.Socket> {
   }
 }
 
-function daemonSubject(d: Daemon): Subject {
+export function daemonSubject(d: Daemon): Subject {
   return {
     name: d.name,
     perConnectionProcess: false,
@@ -404,12 +424,12 @@ async function dnsRttUs(host: string, port: number, name: string, n = 300): Prom
 // ---------------------------------------------------------------- streams
 
 /** One request of a stream and the reply it must get. */
-interface Item {
+export interface Item {
   text: string
   expect: Expect
 }
 type Expect = 'greylist' | 'pass' | 'first-pass' | 'spf-pass'
-type Stream = (i: number) => Item
+export type Stream = (i: number) => Item
 
 const EXPECT: Record<Expect, RegExp> = {
   greylist: /^action=DEFER_IF_PERMIT /i,
@@ -525,7 +545,7 @@ function verify(check: Check, item: Item, reply: string): void {
   }
 }
 
-interface Result {
+export interface Result {
   rate: number
   p50: number
   p99: number
@@ -544,7 +564,7 @@ interface Result {
   serverCpuUs: number
 }
 
-function better(a: Result | undefined, b: Result): Result {
+export function better(a: Result | undefined, b: Result): Result {
   if (!a) return b
   return {
     rate: Math.max(a.rate, b.rate), p50: Math.min(a.p50, b.p50), p99: Math.min(a.p99, b.p99),
@@ -585,7 +605,7 @@ interface Phase extends MeasureOptions {
  * first (WARMUP_MANY when more than CONNS are spawned): each connection of a
  * spawned process that many, the connections of a daemon their share.
  */
-async function measure(
+export async function measure(
   subject: Subject, conns: number, perConn: number, stream: (n: number) => Stream, warmup: number, warmStream: (n: number) => Stream,
   opts: MeasureOptions = {},
 ): Promise<Result> {
@@ -747,15 +767,15 @@ function reportScale(
   for (const [who, c] of checks) if (c.mismatches > 0) out(`  ${who}: ${c.mismatches} unexpected, first: ${c.firstMismatch}`)
 }
 
-const out = (s = ''): void => {
+export const out = (s = ''): void => {
   process.stdout.write(`${s}\n`)
 }
 
-function fmtRate(r: Result | undefined): string {
+export function fmtRate(r: Result | undefined): string {
   return r ? r.rate.toFixed(0) : '-'
 }
 
-function mb(kb: number): string {
+export function mb(kb: number): string {
   return (kb / 1024).toFixed(1)
 }
 
@@ -765,18 +785,18 @@ function rssCell(r: Result): string {
   return `${mb(Math.max(...r.rssKb))} / ${mb(r.rssKb.reduce((a, b) => a + b, 0))}`
 }
 
-function verdict(ok: boolean): string {
+export function verdict(ok: boolean): string {
   return ok ? 'PASS' : 'MISS'
 }
 
-function tryVersion(pkg: string): string {
+export function tryVersion(pkg: string): string {
   const r = spawnSync('dpkg-query', ['-W', '-f=${Version}', pkg], { encoding: 'utf8' })
   return r.status === 0 ? r.stdout.trim() : '?'
 }
 
-function userIds(name: string): { uid: number; gid: number } {
+export function userIds(name: string): { uid: number; gid: number } {
   const line = fs.readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))
-  if (!line) throw new Error(`no user ${name} (is postgrey installed?)`)
+  if (!line) throw new Error(`no user ${name} (is ${name} installed?)`)
   const [, , uid, gid] = line.split(':')
   return { uid: Number(uid), gid: Number(gid) }
 }
@@ -786,10 +806,11 @@ function userIds(name: string): { uid: number; gid: number } {
 export async function main(): Promise<void> {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'lib', 'cli.js'))) throw new Error('build first: npx tsc -p tsconfig.json')
   if (process.getuid?.() !== 0) throw new Error('--compare needs root: postgrey drops to its own user and policyd-spf runs in a private mount namespace')
-  if (!fs.existsSync(POSTGREY) || !fs.existsSync(POLICYD_SPF)) {
-    process.stderr.write(`postgrey or policyd-spf missing: running ${path.relative(ROOT, DEPS)}\n`)
+  const programs = [POSTGREY, POLICYD_SPF, POLICYD_RATE_LIMIT]
+  if (!programs.every((p) => fs.existsSync(p))) {
+    process.stderr.write(`postgrey, policyd-spf or policyd-rate-limit missing: running ${path.relative(ROOT, DEPS)}\n`)
     const r = spawnSync('sh', [DEPS], { stdio: ['ignore', 2, 2] })
-    if (r.status !== 0 || !fs.existsSync(POSTGREY) || !fs.existsSync(POLICYD_SPF)) throw new Error(`${DEPS} failed (exit ${r.status})`)
+    if (r.status !== 0 || !programs.every((p) => fs.existsSync(p))) throw new Error(`${DEPS} failed (exit ${r.status})`)
   }
 
   let interrupted = false
@@ -821,8 +842,23 @@ async function run(): Promise<void> {
   const started = Date.now()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'policyd-ts-compare-'))
   res.dirs.push(dir)
-  // postgrey drops to its user: it needs to get through to its --dbdir.
+  // postgrey and policyd-rate-limit drop to their users: they need to get through to their directories.
   fs.chmodSync(dir, 0o711)
+  const misses: string[] = []
+  const target = (ok: boolean, what: string): string => {
+    if (!ok) misses.push(what)
+    return verdict(ok)
+  }
+  const finish = (): void => {
+    out(`targets: ${misses.length === 0 ? 'all met' : `NOT all met: ${misses.join('; ')}`}`)
+    out(`(compare run: ${((Date.now() - started) / 1000).toFixed(0)} s; load average ${os.loadavg()[0].toFixed(2)} at the end)`)
+  }
+  // Required here, not imported: it imports this module.
+  const rateLimit = (): Promise<void> => (require('./ratelimit') as typeof import('./ratelimit')).rateLimitPart(dir, target)
+  if (RATELIMIT_ONLY) {
+    await rateLimit()
+    return finish()
+  }
   const pgUser = userIds('postgrey')
   fs.mkdirSync(path.join(dir, 'postgrey-db'), { mode: 0o700 })
   fs.chownSync(path.join(dir, 'postgrey-db'), pgUser.uid, pgUser.gid)
@@ -843,11 +879,7 @@ async function run(): Promise<void> {
     'skip_addresses = 127.0.0.0/8,::ffff:127.0.0.0/104,::1', '',
   ].join('\n'))
 
-  const common = (name: string): string[] => [
-    '--config', '/dev/null', '--db_path', path.join(dir, `${name}-db`, 'policyd-ts.sqlite'),
-    '--syslog_socket', path.join(dir, 'no-syslog'), '--log_file', path.join(dir, `${name}.log`), '--debugLevel', '1',
-    '--greylist_whitelist_clients', '', '--greylist_whitelist_recipients', '',
-  ]
+  const common = (name: string): string[] => policydArgs(dir, name)
   const tsGrey = policydTs('policyd-ts', [...common('greylist'), '--spf_enabled', 'no', '--greylist_delay', `${GL_DELAY}s`])
   const tsSpf = policydTs('policyd-ts', [...common('spf'), '--greylist_enabled', 'no', '--spf_enabled', 'yes', '--dns_servers', relay.address])
   const spf = policydSpf(resolvConf, spfConf)
@@ -961,11 +993,6 @@ async function run(): Promise<void> {
   // ---- Report.
   const W = [40, 20, 20, 9, 16, 6]
   const hdr = (a: string, b: string): string => row(['figure', a, b, 'ratio', 'target', 'result'], W)
-  const misses: string[] = []
-  const target = (ok: boolean, what: string): string => {
-    if (!ok) misses.push(what)
-    return verdict(ok)
-  }
 
   const g1 = greyRes.ts.get(1)!
   const g8 = greyRes.ts.get(CONNS)!
@@ -1048,6 +1075,6 @@ async function run(): Promise<void> {
     out(`  policyd-spf ${JSON.stringify(samples['spf policyd-spf'])}`)
     out()
   }
-  out(`targets: ${misses.length === 0 ? 'all met' : `NOT all met: ${misses.join('; ')}`}`)
-  out(`(compare run: ${((Date.now() - started) / 1000).toFixed(0)} s; load average ${os.loadavg()[0].toFixed(2)} at the end)`)
+  if (!GREYLIST_ONLY) await rateLimit()
+  finish()
 }

@@ -9,6 +9,7 @@ import { parseHostPort, parseListen } from './listen-address'
 import { recipientEntryProblem } from './greylist/whitelist'
 import { parseCidr, parseIp } from './normalize'
 import { parseLimitSet } from './ratelimit/limits'
+import { redisUrlProblem } from './store/redis-url'
 
 export type OptionType = 'int' | 'bool' | 'duration' | 'string' | 'list' | 'enum' | 'action'
 
@@ -41,6 +42,15 @@ export interface Config {
   db_path: string
   db_busy_timeout: number
   db_corrupt_action: string
+  // ---- store = redis (issue 12, task HC): one block.
+  store: string
+  redis_url: string
+  redis_password_file: string
+  redis_sentinels: string[]
+  redis_sentinel_name: string
+  redis_prefix: string
+  redis_timeout: number
+  // ---- end of the store = redis block.
   greylist_enabled: boolean
   greylist_delay: number
   greylist_max_age: number
@@ -198,6 +208,36 @@ export const OPTIONS: { readonly [K in ConfigKey]: OptionSpec } = {
     type: 'enum', default: 'rename', values: ['rename', 'fail'],
     doc: 'What to do with a corrupt database file: rename it aside and start a fresh one, or keep answering fail_action.',
   },
+  // ---- store = redis (issue 12, task HC): one block.
+  store: {
+    type: 'enum', default: 'sqlite', values: ['sqlite', 'redis'],
+    doc: 'Where greylisting state lives: sqlite (the file db_path, one host) or redis (redis_url, shared by several MX hosts, which then need the same greylist_privacy; prefer the daemon there: it loads the client and connects once, a spawned process at each start).',
+  },
+  redis_url: {
+    type: 'string', default: 'redis://127.0.0.1:6379/0',
+    doc: 'store = redis: the server, as redis://[USER@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH[?db=DB]; no password here (redis_password_file). With redis_sentinels only its scheme, user and DB count.',
+  },
+  redis_password_file: {
+    type: 'string', default: '',
+    doc: 'store = redis: a file whose first line is the Redis password (keep it readable by the policy user only); read at each connection, so a new password needs no restart.',
+  },
+  redis_sentinels: {
+    type: 'list', default: '',
+    doc: 'store = redis: HOST:PORT of Redis Sentinels; when set, the master named redis_sentinel_name is asked of them and followed through a failover.',
+  },
+  redis_sentinel_name: {
+    type: 'string', default: 'mymaster',
+    doc: 'store = redis with redis_sentinels: the name under which the Sentinels monitor the master.',
+  },
+  redis_prefix: {
+    type: 'string', default: 'pts:',
+    doc: 'store = redis: the start of every key policyd-ts writes (letters, digits and _ . : -, at most 64), so that several installations can share one server.',
+  },
+  redis_timeout: {
+    type: 'duration', default: '1s', min: 0.01, max: 60,
+    doc: 'store = redis: how long a request waits for Redis, connecting included, before fail_action is answered.',
+  },
+  // ---- end of the store = redis block.
   greylist_enabled: {
     type: 'bool', default: 'yes',
     doc: 'Greylist (client network, sender, recipient) triplets at the RCPT stage.',
@@ -650,6 +690,7 @@ const ITEM_RULES: Partial<Record<ConfigKey, (item: string) => string | null>> = 
     return problem === null ? null : `is ${problem.startsWith('not ') ? '' : 'not an entry: '}${problem}`
   },
   dns_servers: (item) => (parseServerAddress(item) ? null : 'is not ip, ip:port or [ipv6]:port'),
+  redis_sentinels: (item) => (parseHostPort(item) ? null : 'is not HOST:PORT'), // store = redis (task HC)
   greylist_whitelist_recipient_entries: (item) => {
     const problem = recipientEntryProblem(item)
     return problem === null ? null : `is ${problem.startsWith('not ') ? '' : 'not an entry: '}${problem}`
@@ -685,6 +726,10 @@ const VALUE_RULES: Partial<Record<ConfigKey, (value: string) => string | null>> 
   },
   HELO_pass_restriction: (v) => (/[^\x20-\x7e]/.test(v) ? 'HELO_pass_restriction: only printable ASCII is allowed in a Postfix action' : null),
   Mail_From_pass_restriction: (v) => (/[^\x20-\x7e]/.test(v) ? 'Mail_From_pass_restriction: only printable ASCII is allowed in a Postfix action' : null),
+  // ---- store = redis (issue 12, task HC)
+  redis_url: (v) => redisUrlProblem(v),
+  redis_prefix: (v) => (/^[A-Za-z0-9_.:-]{0,64}$/.test(v) ? null : `redis_prefix: ${JSON.stringify(v)} may hold only letters, digits and _ . : - (at most 64)`),
+  redis_sentinel_name: (v) => (/^[!-~]{1,128}$/.test(v) ? null : `redis_sentinel_name: ${JSON.stringify(v)} is not a Sentinel master name`),
 }
 
 /**

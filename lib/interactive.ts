@@ -275,7 +275,10 @@ export async function testMode(options: Record<string, string>, configPath: stri
   const { rateLimitNotes, systemPostconf } = require('./ratelimit/test-mode') as typeof import('./ratelimit/test-mode')
   const rl = rateLimitNotes(loaded.config, systemPostconf, (file) => (require('node:fs') as typeof import('node:fs')).readFileSync(file, 'utf8'))
   out.push(...rl.notes.map((n) => `# rate limiting: ${n}`), ...rl.warnings.map((w) => `# rate limiting: warning: ${w}`))
-  const db = checkDatabase(loaded.config, runAs)
+  // store = redis (task HC): the server is checked instead of db_path.
+  const db = loaded.config.store === 'redis'
+    ? await (require('./store/redis') as typeof import('./store/redis')).checkRedisStore(loaded.config)
+    : checkDatabase(loaded.config, runAs)
   out.push(...db.notes.map((n) => `# database: ${n}`), ...db.problems.map((p) => `# database: PROBLEM: ${p}`))
   if (runAs.uid === 0) out.push(...asSpawnUserAdvice(options, configPath))
   const { startUp } = require('./start-up') as typeof import('./start-up')

@@ -219,8 +219,13 @@ export async function storePurge(store: OpsStore, json: boolean, io: OpsIo): Pro
 
 /** The store the configuration names, for a command; errors become one line and EX_UNAVAILABLE. */
 export function openOpsStore(loaded: LoadedConfig): OpsStore {
-  const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')
   const c = loaded.config
+  if (c.store === 'redis') {
+    // store = redis (task HC)
+    const { RedisStore, redisStoreOptions } = require('./store/redis') as typeof import('./store/redis')
+    return new RedisStore(redisStoreOptions(c, () => undefined))
+  }
+  const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')
   return new SqliteStore({ path: c.db_path, busyTimeoutMs: c.db_busy_timeout * 1000, renameCorrupt: false, mustExist: true, log: () => undefined })
 }
 

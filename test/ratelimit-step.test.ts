@@ -314,11 +314,18 @@ t.test('step commit: with a hold, counted without a test; the hold goes', async 
   t.same(r, { ok: true, added: [NO_AMOUNTS], hadHold: true, expiredHolds: 0, now: 110 }, 'the final amounts are over the limits: counted all the same')
   t.equal(m.hold('sasl:u', 'a'), undefined, 'hold dropped')
   t.ok(m.hold('sasl:u', 'b'), 'another instance\'s hold stays')
-  t.equal(m.usedAt('sasl:u', 'rcpt', 3600, 110), 5)
+  t.equal(m.usedAt('sasl:u', 'rcpt', 3600, 110), 1, 'recipients: at most what the hold has (recipient_count also has the exempt ones, never held)')
   t.equal(m.usedAt('sasl:u', 'bytes', 3600, 110), 4096)
   t.equal(m.usage.get('sasl:u')?.has(usageKey('msg', 3600)), false, 'no msg limit: no msg counter')
   t.equal(m.lastCommit, 110)
   t.same(m.lastWrites!.identities[0].usage.map((u) => [u.unit, u.window, u.expires]), [['rcpt', 3600, 3600 + 600], ['bytes', 3600, 3600 + 600]], 'rows expire at the end of their last slot plus the window')
+})
+
+t.test('step commit: fewer recipients than held (a milter refused some after RCPT) count as fewer', async (t) => {
+  const m = new Memory()
+  for (const _ of [1, 2, 3]) m.step(mk('hold', 'a', 100, [ident('sasl:u', ['9rcpt/1h'], RCPT_FIRST(), RCPT_MORE)]))
+  m.step(mk('commit', 'a', 101, [ident('sasl:u', ['9rcpt/1h'], amounts(2, 1))]))
+  t.equal(m.usedAt('sasl:u', 'rcpt', 3600, 101), 2)
 })
 
 t.test('step commit: without a hold, tested as a new message first', async (t) => {

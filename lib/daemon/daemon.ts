@@ -27,7 +27,11 @@ export const EX_UNAVAILABLE = 69
 /** How long TERM waits for connections to finish the requests they received. */
 const DRAIN_TIMEOUT_MS = 10_000
 /** Keys whose change needs a restart (the store and the socket are opened once). */
-const RESTART_KEYS = ['listen', 'listen_mode', 'listen_group', 'db_path', 'db_busy_timeout', 'db_corrupt_action', 'metrics_listen'] as const
+const RESTART_KEYS = [
+  'listen', 'listen_mode', 'listen_group', 'db_path', 'db_busy_timeout', 'db_corrupt_action', 'metrics_listen',
+  // store = redis (task HC): the store is opened once too.
+  'store', 'redis_url', 'redis_password_file', 'redis_sentinels', 'redis_sentinel_name', 'redis_prefix', 'redis_timeout',
+] as const
 
 export interface DaemonArgs {
   loaded: LoadedConfig

@@ -139,7 +139,8 @@ export async function checkGreylist(req: PolicyRequest, ctx: GreylistContext, no
     if (fresh(recent.get(keys.triplet))) return pass('triplet-known', fields)
   }
   const params = greylistParams(config)
-  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, now, params), () => storeWhitelistKeys(req, ip, config))
+  // A shared store's clock decides (view.now, task HC); the local one still dates the header and the memory of passes.
+  const outcome = await ctx.store.updateGreylist(keys.triplet, keys.client, (view) => evaluateTriplet(view, view.now ?? now, params), () => storeWhitelistKeys(req, ip, config))
   // Only a request that used the store can tell that it works again.
   ctx.logStateChange('store', 'ok', 0, 'database available again')
 

@@ -113,7 +113,12 @@ export function decideStep(step: RateLimitStep, view: StepView): { result: StepR
   const asks = step.identities.map((identity, i) => {
     const mine = view.identities[i].mine
     if (step.op === 'hold') return { amounts: clean(mine ? identity.more : identity.first), isNew: mine === null, tested: true }
-    return { amounts: clean(identity.first), isNew: true, tested: mine === null }
+    // A held message counts the recipients its hold has at most: exempt
+    // recipients (postmaster@, abuse@) were never held, but recipient_count
+    // has them. Fewer (a milter refused some after RCPT) count as fewer.
+    const amounts = clean(identity.first)
+    if (mine) amounts.rcpt = Math.min(amounts.rcpt, mine.rcpt)
+    return { amounts, isNew: true, tested: mine === null }
   })
   let failed = -1
   for (let i = 0; i < n && failed < 0; i++) {

@@ -44,9 +44,23 @@ export interface GreylistView {
   tripletCount: number
   /** A whitelist entry set by the admin (`policyd-ts greylist whitelist`) that names this request, expired or not. */
   whitelisted?: { key: string; expires: number }
+  /**
+   * The store's own clock (epoch seconds), when it has one: a shared store
+   * gives its server's time, so that hosts with skewed clocks cannot shorten
+   * a delay; decide() uses it instead of the caller's. Absent: the caller's
+   * clock rules (SQLite, or a store made with a test clock).
+   */
+  now?: number
 }
 
 export type StoreFailure = 'busy' | 'corrupt' | 'full' | 'readonly' | 'unavailable' | 'error'
+
+/**
+ * Marks a StoreError of any copy of this module: the start-up bundle holds
+ * one, and the Redis store, loaded by path from the modules (task HC),
+ * throws those of another; `instanceof StoreError` must hold for both.
+ */
+const STORE_ERROR = Symbol.for('policyd-ts.StoreError')
 
 /** Every store error reaching the caller is one of these, so the failure policy has one place to look. */
 export class StoreError extends Error {
@@ -55,6 +69,13 @@ export class StoreError extends Error {
     message: string,
   ) {
     super(message)
+    ;(this as unknown as Record<symbol, boolean>)[STORE_ERROR] = true
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    // A subclass (SQLite's LockHeld) keeps the plain prototype test.
+    if (this !== StoreError) return Function.prototype[Symbol.hasInstance].call(this, value)
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[STORE_ERROR] === true
   }
 }
 

@@ -1,0 +1,485 @@
+// What the Redis store does beyond the conformance table: the server's clock,
+// TTLs and the count buckets, the format record that refuses a host keyed
+// differently, compare-and-set retries, and the failure policy against a
+// real private redis-server that is killed, restarted and stopped.
+import t from 'tap'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { loadConfig, type Config } from '../lib/config'
+import { decide, type DecideContext } from '../lib/decide'
+import { BoundedMap } from '../lib/bounded-map'
+import { HeaderQueue } from '../lib/header-queue'
+import { toPolicyRequest } from '../lib/request'
+import { createGreylistWhitelists } from '../lib/greylist/lists'
+import { CAS_RETRIES, RedisStore, classifyRedisError, type RedisStoreOptions } from '../lib/store/redis'
+import { BUCKET_SECONDS } from '../lib/store/redis-scripts'
+import { describeEndpoint, parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
+import { StoreError, type GreylistView } from '../lib/store/types'
+import { startRedisServer, type RedisServer } from './helpers/redis-server'
+import { isolatedArgs, rcptRequest, startPolicy } from './helpers/policy-process'
+import { connect, socketDir, startDaemon } from './helpers/daemon-process'
+
+const REDIS_CLI = '/usr/bin/redis-cli'
+
+function store(t: Tap.Test, server: RedisServer, over: Partial<RedisStoreOptions> = {}): RedisStore {
+  const s = new RedisStore({
+    endpoint: parseRedisUrl(server.url) as RedisEndpoint,
+    prefix: 'test:',
+    timeoutMs: 1000,
+    privacy: false,
+    log: () => undefined,
+    reconnectMs: { first: 20, max: 100 },
+    ...over,
+  })
+  t.teardown(() => s.close())
+  return s
+}
+
+const row = (first: number) => ({ first, last: first, passed: 0, count: 1 })
+const read = (s: RedisStore, key = 'k', client = 'c'): Promise<GreylistView> => s.updateGreylist(key, client, (v) => ({ result: v }))
+const put = (s: RedisStore, key: string, expires: number, client = `c-${key}`) =>
+  s.updateGreylist(key, client, () => ({ triplet: { row: row(1), expires }, client: { row: { count: 1, last: 1, lastCounted: 1 }, expires }, result: null }))
+
+/** The failure class a promise rejects with, and how long it took (ms). */
+async function failure(p: Promise<unknown>): Promise<{ failure: string; ms: number; message: string }> {
+  const started = performance.now()
+  try {
+    await p
+  } catch (err) {
+    if (!(err instanceof StoreError)) throw err
+    return { failure: err.failure, ms: performance.now() - started, message: err.message }
+  }
+  throw new Error('expected a StoreError')
+}
+
+/** Retry `step` until it resolves: the store reconnects by itself in the background (bounded: 10 s). */
+async function eventually<T>(step: () => Promise<T>): Promise<T> {
+  const started = Date.now()
+  for (;;) {
+    try {
+      return await step()
+    } catch (err) {
+      if (Date.now() - started > 10_000) throw err
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+}
+
+t.test('redis_url: the three schemes, what they mean, and what the configuration refuses', async (t) => {
+  t.same(parseRedisUrl('redis://127.0.0.1'), { tls: false, host: '127.0.0.1', port: 6379, db: 0 })
+  t.same(parseRedisUrl('rediss://policy@redis.example.org:6380/3'), { tls: true, host: 'redis.example.org', port: 6380, db: 3, username: 'policy' })
+  t.same(parseRedisUrl('redis://[::1]:7000/1'), { tls: false, host: '::1', port: 7000, db: 1 })
+  t.same(parseRedisUrl('unix:///run/redis/redis.sock?db=2'), { tls: false, path: '/run/redis/redis.sock', db: 2 })
+  t.equal(describeEndpoint(parseRedisUrl('rediss://u:secret@[::1]/4') as RedisEndpoint), 'rediss://u@[::1]:6379/4', 'never the password')
+  for (const bad of ['http://x', 'redis://', 'redis://x/db', 'redis://x/1?timeout=3', 'unix://relative', 'not a url']) t.ok('error' in parseRedisUrl(bad), bad)
+  const problems = (cli: Record<string, string>): string[] =>
+    loadConfig({ cli, configPath: '/dev/null', env: {}, readFile: () => '', parseDotenv: () => () => ({}) }).errors
+  t.same(problems({ store: 'redis', redis_url: 'unix:///run/redis.sock', redis_sentinels: '10.0.0.1:26379, [2001:db8::1]:26379', redis_prefix: 'mx-a:', redis_timeout: '250ms' }), [])
+  t.match(problems({ redis_url: 'redis://:hunter2@127.0.0.1' }).join(), /carries a password; put it in redis_password_file/)
+  t.notMatch(problems({ redis_url: 'redis://:hunter2@127.0.0.1' }).join(), /hunter2/, 'the refusal does not repeat it')
+  t.match(problems({ redis_prefix: 'a b*' }).join(), /redis_prefix: "a b\*" may hold only/)
+  t.match(problems({ redis_sentinels: 'sentinel1' }).join(), /sentinel1.*HOST:PORT/)
+  t.match(problems({ store: 'memcached' }).join(), /store/)
+})
+
+t.test('a StoreError of another copy of lib/store/types (the start-up bundle\'s, a store loaded by path) is a StoreError all the same', async (t) => {
+  const file = require.resolve('../lib/store/types')
+  const kept = require.cache[file]
+  const first = require(file) as typeof import('../lib/store/types')
+  delete require.cache[file]
+  const second = require(file) as typeof import('../lib/store/types')
+  if (kept) require.cache[file] = kept
+  t.not(first.StoreError, second.StoreError, 'two copies of the class')
+  t.ok(new second.StoreError('unavailable', 'x') instanceof first.StoreError, 'so decide.ts answers fail_action for it')
+  t.notOk(new Error('x') instanceof first.StoreError)
+  t.notOk(null instanceof first.StoreError)
+  class Held extends first.StoreError {}
+  t.ok(new Held('busy', 'x') instanceof first.StoreError)
+  t.notOk(new first.StoreError('busy', 'x') instanceof Held, 'a subclass keeps the prototype test')
+})
+
+t.test('store = sqlite loads neither the Redis store nor its client; store = redis loads the client only when used', async (t) => {
+  const loaded = (name: string): boolean => Object.keys(require.cache).some((f) => f.includes(name))
+  t.notOk(loaded(`${path.sep}ioredis${path.sep}`), 'not loaded by this test file\'s imports either')
+  const bundle = path.join(__dirname, '..', 'dist', 'lib', 'policyd-ts.bundle.js')
+  if (fs.existsSync(bundle)) t.notMatch(fs.readFileSync(bundle, 'utf8'), /ioredis|POLICYD_META/, 'the start-up bundle holds neither')
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server)
+  t.notOk(loaded(`${path.sep}ioredis${path.sep}`), 'a store made is not a store used')
+  await read(s)
+  t.ok(loaded(`${path.sep}ioredis${path.sep}`), 'loaded at the first request')
+})
+
+t.test('the server\'s TIME: the view carries it, TTLs follow the expiry times, and a skewed caller cannot shorten the delay', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server)
+  const v = await read(s)
+  t.ok(v.now !== undefined && Math.abs(v.now - Date.now() / 1000) < 5, 'the server\'s time, in seconds with a fraction')
+  const now = v.now!
+  await s.updateGreylist('k', 'c', () => ({ triplet: { row: row(now), expires: now + 100 }, client: { row: { count: 1, last: now, lastCounted: now }, expires: now + 3600 }, result: null }))
+  const pttl = async (key: string): Promise<number> => Number(await server.command('PTTL', key))
+  const tripletTtl = await pttl('test:{g}:t:k')
+  t.ok(tripletTtl > 95_000 && tripletTtl <= 101_000, `triplet TTL ${tripletTtl} ms: expiry + 1 s`)
+  const clientTtl = await pttl('test:{g}:c:c')
+  t.ok(clientTtl > 3_595_000 && clientTtl <= 3_601_000, `client TTL ${clientTtl} ms`)
+  t.match(await server.command('HGETALL', 'test:{g}:meta'), /format\n1\nprivacy\nno/, 'the first write records the key format')
+
+  // Whole greylisting through decide(), the caller's clock 400 s ahead of the server's.
+  const cfg = config()
+  const ctx = context(cfg, s)
+  const callerNow = Date.now() / 1000
+  t.match((await decide(request({ instance: 'm1' }), ctx, callerNow)).action, /^DEFER_IF_PERMIT .* 300 seconds/)
+  const retry = await decide(request({ instance: 'm2' }), ctx, callerNow + 400)
+  t.match(retry.action, /^DEFER_IF_PERMIT .* (299|300) seconds/, 'still greylisted: the server says almost no time passed')
+  t.equal(retry.winner?.reason, 'early')
+})
+
+t.test('with a test clock: TTL = expiry - clock + 1 s, and a rewrite moves it', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  let now = 1000
+  const s = store(t, server, { clock: () => now })
+  t.equal((await read(s)).now, undefined, 'the caller\'s clock rules: no store time in the view')
+  await put(s, 'k', 1050, 'c')
+  const ttl = Number(await server.command('PTTL', 'test:{g}:t:k'))
+  t.ok(ttl > 49_000 && ttl <= 51_000, `TTL ${ttl} ms`)
+  now = 1040
+  await put(s, 'k', 2000, 'c')
+  const moved = Number(await server.command('PTTL', 'test:{g}:t:k'))
+  t.ok(moved > 959_000 && moved <= 961_000, `moved to ${moved} ms`)
+})
+
+t.test('the triplet count follows expiry by the hour, by itself, and explicit deletes', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  let now = 0
+  const s = store(t, server, { clock: () => now })
+  const H = BUCKET_SECONDS
+  await put(s, 'a', 50)
+  await put(s, 'b', H + 50)
+  await put(s, 'c', 2 * H + 50)
+  t.equal((await read(s, 'x', 'y')).tripletCount, 3)
+  t.same(await s.counts(), { triplets: 3, clients: 3 })
+  now = H
+  t.equal((await read(s, 'x', 'y')).tripletCount, 2, 'a read leaves out the hour that is over, without writing')
+  await s.purgeExpired(now, 1000)
+  t.match(await server.command('HGETALL', 'test:{g}:n'), /^(?![\s\S]*\nt:0\n)/, 'the upkeep step drained bucket 0')
+  await put(s, 'b', 5 * H, 'c-b')
+  now = 2 * H
+  t.equal((await read(s, 'x', 'y')).tripletCount, 2, 'b moved to a later hour with its rewrite')
+  now = 3 * H
+  t.same(await s.counts(), { triplets: 1, clients: 1 }, 'c has expired; b and its client remain')
+  // Rows still present (their real TTL has not run out) whose hour was drained do not count twice, nor go negative.
+  t.equal(await s.deleteTriplets(() => true), 3)
+  t.same(await s.counts(), { triplets: 0, clients: 1 })
+  now = 1000 * H
+  t.same(await s.counts(), { triplets: 0, clients: 0 }, 'a gap of many hours: recounted from the buckets')
+  await put(s, 'd', now + 10)
+  t.equal((await read(s, 'x', 'y')).tripletCount, 1)
+})
+
+t.test('the format record: a host with another greylist_privacy is refused and told why; another prefix is another store', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const clear = store(t, server, { clock: () => 0 })
+  await put(clear, 'k', 50, 'c')
+  const hashed = store(t, server, { clock: () => 0, privacy: true })
+  const refused = await failure(read(hashed))
+  t.equal(refused.failure, 'error')
+  t.match(refused.message, /greylist_privacy no, this host format 1 and greylist_privacy yes: every host sharing the store must agree .*test:\{g\}:meta/)
+  t.equal((await failure(put(hashed, 'h', 50))).failure, 'error', 'writes are refused too')
+  const health = await hashed.check()
+  t.equal(health.ok, false)
+  t.match(health.lines.join('\n'), /NOT this host's/)
+  t.equal((await clear.check()).ok, true)
+  t.same((await read(clear)).triplet, row(1), 'the first host goes on')
+  let privacy = false
+  const reloaded = store(t, server, { clock: () => 0, privacy: () => privacy })
+  t.same((await read(reloaded)).triplet, row(1))
+  privacy = true
+  t.equal((await failure(read(reloaded))).failure, 'error', 'a reload that turns greylist_privacy on is refused from its next request')
+  const other = store(t, server, { clock: () => 0, privacy: true, prefix: 'other:' })
+  await put(other, 'h', 50)
+  t.equal((await read(other, 'h', 'c-h')).tripletCount, 1)
+})
+
+t.test('compare-and-set: a write by another host between read and write makes it read again; five retries in a row give up as busy', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  if (!fs.existsSync(REDIS_CLI)) return t.skip(`${REDIS_CLI} is not installed`)
+  const s = store(t, server, { clock: () => 0 })
+  await put(s, 'k', 500, 'c')
+  // Another host's write, made synchronously inside decide(): it lands between this store's read and its write.
+  const otherHost = (): void => {
+    execFileSync(REDIS_CLI, ['-p', String(server.port), 'HSET', 'test:{g}:t:k', 'n', '7', 'v', String(Math.random())], { stdio: 'ignore' })
+  }
+  const seen: number[] = []
+  const result = await s.updateGreylist('k', 'c', (v) => {
+    seen.push(v.triplet!.count)
+    if (seen.length === 1) otherHost()
+    return { triplet: { row: { ...v.triplet!, count: v.triplet!.count + 1 }, expires: 500 }, result: v.triplet!.count }
+  })
+  t.same(seen, [1, 7], 'decided again on the other host\'s row')
+  t.equal(result, 7)
+  t.equal((await read(s)).triplet?.count, 8, 'and wrote on top of it')
+  let calls = 0
+  const busy = await failure(s.updateGreylist('k', 'c', (v) => {
+    calls++
+    otherHost()
+    return { triplet: { row: v.triplet!, expires: 500 }, result: null }
+  }))
+  t.equal(busy.failure, 'busy')
+  t.equal(calls, CAS_RETRIES + 1, 'the first attempt and five retries')
+  let unchanged = 0
+  await s.updateGreylist('k', 'c', () => {
+    unchanged++
+    otherHost()
+    return { result: null }
+  })
+  t.equal(unchanged, 1, 'a request that writes nothing is one read, whatever others do')
+})
+
+t.test('scripts flushed from the server (a restart, a failover) are loaded again', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  await put(s, 'k', 50)
+  t.equal(await server.command('SCRIPT', 'FLUSH'), 'OK')
+  await put(s, 'k2', 50)
+  t.equal((await read(s)).tripletCount, 2)
+})
+
+t.test('killed, restarted: unavailable within redis_timeout meanwhile, then used again by the same store', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const logs: string[] = []
+  const s = store(t, server, { clock: () => 0, timeoutMs: 300, log: (_l, m) => logs.push(m) })
+  await put(s, 'k', 50)
+  await server.kill()
+  for (let i = 0; i < 3; i++) {
+    const down = await failure(read(s))
+    t.equal(down.failure, 'unavailable', down.message)
+    t.ok(down.ms < 600, `answered in ${down.ms.toFixed(0)} ms`)
+  }
+  t.equal((await failure(s.addStats('mx', new Map([['x', 1]])))).failure, 'unavailable', 'the counters too')
+  await server.restart()
+  await eventually(() => read(s))
+  t.equal((await read(s)).triplet, null, 'a server without persistence came back empty')
+  await put(s, 'k', 50)
+  t.same(logs.filter((l) => /connection lost|connected again/.test(l)).map((l) => l.replace(/^.*: /, '')), ['connection lost, reconnecting', 'connected again'], 'one debug line each way')
+})
+
+t.test('down at start: unavailable at once; used as soon as the server is there', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  await server.kill()
+  const s = store(t, server, { clock: () => 0, timeoutMs: 300 })
+  const first = await failure(read(s))
+  t.equal(first.failure, 'unavailable')
+  t.match(first.message, /ECONNREFUSED/, 'the connection\'s own reason')
+  t.ok(first.ms < 600, `answered in ${first.ms.toFixed(0)} ms`)
+  await server.restart()
+  await eventually(() => put(s, 'k', 50))
+  t.equal((await read(s)).tripletCount, 1)
+})
+
+t.test('a server that answers nothing (stopped): each request fails within redis_timeout, and works once it answers', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0, timeoutMs: 200 })
+  await put(s, 'k', 50)
+  server.pause()
+  t.teardown(() => server.resume())
+  for (let i = 0; i < 2; i++) {
+    const hung = await failure(put(s, 'k', 60))
+    t.equal(hung.failure, 'unavailable', hung.message)
+    t.ok(hung.ms >= 150 && hung.ms < 500, `gave up after ${hung.ms.toFixed(0)} ms`)
+  }
+  server.resume()
+  await eventually(() => put(s, 'k', 70))
+  t.equal((await s.listTriplets(() => true, 10))[0].expires, 70)
+})
+
+t.test('server errors map to failure classes: out of memory is full, a replica is readonly', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  await put(s, 'k', 50)
+  await server.command('CONFIG', 'SET', 'maxmemory', '1')
+  t.equal((await failure(put(s, 'k2', 50))).failure, 'full')
+  t.same((await read(s)).triplet, row(1), 'reads still work')
+  await server.command('CONFIG', 'SET', 'maxmemory', '0')
+  await server.command('REPLICAOF', '127.0.0.1', '1')
+  t.teardown(() => server.command('REPLICAOF', 'NO', 'ONE').catch(() => undefined))
+  t.equal((await failure(put(s, 'k3', 50))).failure, 'readonly')
+  await server.command('REPLICAOF', 'NO', 'ONE')
+  await eventually(() => put(s, 'k3', 50))
+  t.equal(classifyRedisError(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED' })), 'unavailable')
+  t.equal(classifyRedisError(new Error('BUSY Redis is busy running a script.')), 'busy')
+  t.equal(classifyRedisError(new Error('LOADING Redis is loading the dataset in memory')), 'unavailable')
+  t.equal(classifyRedisError(new Error('WRONGTYPE Operation against a key holding the wrong kind of value')), 'error')
+})
+
+t.test('redis_password_file: read at connection; a missing one is unavailable and says which file', async (t) => {
+  const server = await startRedisServer(t, { password: 's3cret pass' })
+  if (!server) return
+  const dir = t.testdir()
+  const file = path.join(dir, 'pw')
+  fs.writeFileSync(file, 's3cret pass\n', { mode: 0o600 })
+  await put(store(t, server, { passwordFile: file, clock: () => 0 }), 'k', 50)
+  const missing = await failure(read(store(t, server, { passwordFile: path.join(dir, 'none') })))
+  t.equal(missing.failure, 'unavailable')
+  t.match(missing.message, /redis_password_file .*none cannot be read/)
+  t.equal((await failure(read(store(t, server)))).failure, 'unavailable', 'no password: NOAUTH')
+})
+
+t.test('unix:// and Sentinel: the same store over a socket, and through a Sentinel that names the master', async (t) => {
+  const server = await startRedisServer(t, { unixSocket: true })
+  if (!server) return
+  const viaSocket = store(t, server, { endpoint: parseRedisUrl(`unix://${server.socket}`) as RedisEndpoint, clock: () => 0 })
+  await put(viaSocket, 'k', 50)
+  const sentinel = await startSentinel(t, server.port)
+  const viaSentinel = store(t, server, { sentinels: [{ host: '127.0.0.1', port: sentinel }], sentinelName: 'pts-test', clock: () => 0 })
+  t.same((await eventually(() => read(viaSentinel))).triplet, row(1))
+  t.match((await viaSentinel.check()).lines[0], /^redis sentinel pts-test \(127\.0\.0\.1:\d+\): Redis 7/)
+})
+
+t.test('rediss://: TLS to the server, its certificate verified (here by a private CA given as NODE_EXTRA_CA_CERTS)', async (t) => {
+  if (!fs.existsSync('/usr/bin/openssl')) return t.skip('/usr/bin/openssl is not installed: no certificates for a TLS server')
+  const pki = fs.mkdtempSync(path.join(os.tmpdir(), 'pts-pki-'))
+  t.teardown(() => fs.rmSync(pki, { recursive: true, force: true }))
+  const ssl = (...a: string[]): void => {
+    execFileSync('/usr/bin/openssl', a, { cwd: pki, stdio: 'ignore' })
+  }
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  ssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=policyd-ts test CA')
+  ssl('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1')
+  fs.writeFileSync(path.join(pki, 'san'), 'subjectAltName=IP:127.0.0.1\n')
+  ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san')
+  const server = await startRedisServer(t, { tls: { cert: path.join(pki, 'server.pem'), key: path.join(pki, 'server.key'), ca: path.join(pki, 'ca.pem') } })
+  if (!server) return
+  t.match(server.url, /^rediss:/)
+  const dir = t.testdir()
+  const args = isolatedArgs(dir, ['--store', 'redis', '--redis_url', server.url])
+  const bin = path.join(__dirname, '..', 'bin', 'policyd-ts')
+  const trusted = { PATH: process.env.PATH, NODE_EXTRA_CA_CERTS: path.join(pki, 'ca.pem') }
+  const p = startPolicy(args, trusted)
+  t.teardown(() => p.child.kill('SIGKILL'))
+  p.send(rcptRequest())
+  t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/)
+  const check = spawnSync(process.execPath, [bin, 'store', 'check', ...args], { encoding: 'utf8', env: trusted })
+  t.equal(check.status, 0, check.stdout + check.stderr)
+  t.match(check.stdout, /^redis rediss:\/\/127\.0\.0\.1:\d+\/0: Redis 7[^\n]*\n[\s\S]*triplets: 1 /)
+  const untrusted = spawnSync(process.execPath, [bin, 'store', 'check', ...args], { encoding: 'utf8', env: { PATH: process.env.PATH } })
+  t.equal(untrusted.status, 69, 'a certificate no CA vouches for is refused')
+  t.match(untrusted.stdout, /certificate/i)
+})
+
+t.test('the binary: store = redis greylists; store check reports the server; a killed server gets fail_action, logged once', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const dir = t.testdir()
+  const args = isolatedArgs(dir, ['--store', 'redis', '--redis_url', server.url, '--redis_prefix', 'bin:', '--redis_timeout', '300ms'])
+  const p = startPolicy(args)
+  t.teardown(() => p.child.kill('SIGKILL'))
+  p.send(rcptRequest())
+  t.match((await p.replies(1))[0], /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in 300 seconds$/)
+  const check = execFileSync(process.execPath, [path.join(__dirname, '..', 'bin', 'policyd-ts'), 'store', 'check', ...args], { encoding: 'utf8' })
+  t.match(check, /^redis redis:\/\/127\.0\.0\.1:\d+\/0: Redis 7[^\n]*\nkeys under bin:\{g\}: format 1, greylist_privacy no\ntriplets: 1 \(counted for greylist_max_entries: 1\)[^\n]*\nok\n$/)
+  const testMode = (...extra: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'policyd-ts'), '--test-mode', ...args, ...extra], { encoding: 'utf8' })
+  const fine = testMode()
+  t.equal(fine.status, 0, fine.stderr)
+  t.match(fine.stdout, /\n# database: redis redis:\/\/127\.0\.0\.1:\d+\/0: Redis 7[^\n]*\n# database: keys under bin:\{g\}: format 1, greylist_privacy no\n/, '--test-mode checks the server, not db_path')
+  const hashed = testMode('--greylist_privacy', 'yes')
+  t.equal(hashed.status, 73, 'a host keyed otherwise: --test-mode fails')
+  t.match(hashed.stderr, /database: these are NOT this host's \(format 1, greylist_privacy yes\)/)
+  await server.kill()
+  const started = Date.now()
+  p.send(rcptRequest({ recipient: 'carol@example.org' }) + rcptRequest({ recipient: 'dave@example.org' }))
+  const replies = await p.replies(3)
+  t.same(replies.slice(1), ['action=DUNNO', 'action=DUNNO'], 'fail_action')
+  t.ok(Date.now() - started < 2000, 'within redis_timeout each')
+  const checkStarted = Date.now()
+  const down = spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'policyd-ts'), 'store', 'check', ...args], { encoding: 'utf8' })
+  t.equal(down.status, 69, 'EX_UNAVAILABLE')
+  t.match(down.stdout, /^redis redis:\/\/127\.0\.0\.1:\d+\/0: connect ECONNREFUSED [^\n]*\nPROBLEM\n$/)
+  t.ok(Date.now() - checkStarted < 1500, 'and leaves at once (no socket left to linger)')
+  p.child.stdin.end()
+  t.equal((await p.exited()).code, 0)
+  t.equal(p.stderr(), '')
+  const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
+  t.equal(log.match(/database unavailable, answering fail_action DUNNO/g)?.length, 1, log)
+})
+
+t.test('two daemons ("hosts") on one Redis: attempts of one triplet from 6 connections at once all count, none lost', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const daemons = await Promise.all(['a', 'b'].map(async (host) => {
+    const dir = t.testdir()
+    const d = await startDaemon(socketDir(t), isolatedArgs(path.join(dir, host), ['--store', 'redis', '--redis_url', server.url, '--redis_prefix', 'two:', '--hostname', `mx-${host}`]))
+    t.teardown(() => d.child.kill('SIGKILL'))
+    return d
+  }))
+  const clients = await Promise.all(Array.from({ length: 6 }, (_, i) => connect(daemons[i % 2].socketPath)))
+  t.teardown(() => clients.forEach((c) => c.end()))
+  const replies = await Promise.all(clients.map((c, i) => c.ask(rcptRequest({ instance: `m${i}` }))))
+  t.equal(replies.filter((r) => /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in (299|300) seconds$/.test(r)).length, 6, replies.join('\n'))
+  t.equal(await server.command('HGET', 'two:{g}:t:192.0.2.0/24/alice@example.net/bob@example.org', 'n'), '6', 'each attempt counted once: no update lost between the hosts')
+  t.equal(await server.command('HGET', 'two:{g}:n', 't'), '1', 'one triplet counted')
+})
+
+/** A Sentinel (redis-server --sentinel) on a free port watching the master at `masterPort` as pts-test; killed in teardown. */
+async function startSentinel(t: Tap.Test, masterPort: number): Promise<number> {
+  const { spawn } = await import('node:child_process')
+  const net = await import('node:net')
+  const dir = t.testdir()
+  const probe = net.createServer()
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r))
+  const port = (probe.address() as import('node:net').AddressInfo).port
+  await new Promise((r) => probe.close(r))
+  const conf = path.join(dir, 'sentinel.conf')
+  fs.writeFileSync(conf, `port ${port}\nbind 127.0.0.1\ndir ${dir}\nlogfile ${path.join(dir, 'sentinel.log')}\nsentinel monitor pts-test 127.0.0.1 ${masterPort} 1\n`)
+  const child = spawn('/usr/bin/redis-server', [conf, '--sentinel'], { stdio: 'ignore' })
+  t.teardown(() => {
+    child.kill('SIGKILL')
+  })
+  return port
+}
+
+function config(over: Record<string, string> = {}): Config {
+  const l = loadConfig({ cli: { greylist_whitelist_clients: '', greylist_whitelist_recipients: '', ...over }, configPath: '/dev/null', env: {}, readFile: () => '', parseDotenv: () => () => ({}) })
+  if (l.errors.length) throw new Error(l.errors.join('; '))
+  return l.config
+}
+
+function context(cfg: Config, s: RedisStore): DecideContext {
+  return {
+    config: cfg,
+    logStateChange: () => undefined,
+    log: () => undefined,
+    headers: new HeaderQueue(16, () => undefined),
+    greylist: {
+      config: cfg,
+      store: s,
+      whitelists: createGreylistWhitelists(cfg, () => undefined, () => 0),
+      headerSent: new BoundedMap(16),
+      version: () => '9.9.9',
+      hostname: 'mx.example.org',
+      log: () => undefined,
+      logStateChange: () => undefined,
+    },
+  }
+}
+
+function request(over: Record<string, string> = {}) {
+  return toPolicyRequest(
+    new Map(Object.entries({
+      request: 'smtpd_access_policy', protocol_state: 'RCPT', client_address: '192.0.2.10', client_name: 'mail.example.net',
+      helo_name: 'mail.example.net', sender: 'alice@example.net', recipient: 'bob@example.org', instance: 'm1', ...over,
+    })),
+  )
+}
