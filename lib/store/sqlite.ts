@@ -593,8 +593,28 @@ export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, R
   }
 
   /** `fn` in one IMMEDIATE transaction, committed before returning; lock waits as the mode says, failures as StoreError. */
+  /**
+   * `fn` in one IMMEDIATE transaction, committed before it returns. With
+   * the prepared BEGIN and COMMIT of the request path rather than
+   * better-sqlite3's transaction(), whose wrapper made per call cost a
+   * fifth of a rate-limit step.
+   */
   private writeTransaction<T>(fn: (db: BetterSqlite3.Database) => T): Promise<T> {
-    return this.withLockWaits(() => this.run((db) => this.whenUnlocked(() => db.transaction(() => fn(db)).immediate())))
+    return this.withLockWaits(() => this.run((db, s) => {
+      this.whenUnlocked(() => s.begin.run())
+      try {
+        const result = fn(db)
+        s.commit.run()
+        return result
+      } catch (err) {
+        try {
+          s.rollback.run()
+        } catch {
+          // no transaction left to roll back
+        }
+        throw err
+      }
+    }))
   }
 
   /** Row counts as kept in the database (approximate while processes hold uncounted inserts). */

@@ -6,6 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { assertWellFormed, isolatedArgs, rcptRequest, startPolicy, type PolicyProcess } from '../helpers/policy-process'
 import { SqliteStore } from '../../lib/store/sqlite'
+import { startDnsServer } from '../helpers/dns-server'
 
 const SASL = { sasl_method: 'PLAIN', sasl_username: 'Alice@Example.ORG' }
 
@@ -192,4 +193,29 @@ t.test('the database unusable: fail_action for the rate-limit check, mail flows,
   const log = fs.readFileSync(path.join(dir, 'policyd-ts.log'), 'utf8')
   t.equal(log.match(/database unavailable, answering fail_action DUNNO/g)?.length, 1, 'logged once')
   t.match(log, /reason=store-unavailable|ratelimit=skipped-store-unavailable/)
+})
+
+t.test('mail that SPF rejects is not held; a SASL client is not SPF-checked unless spf_check_authenticated', async (t) => {
+  const dns = await startDnsServer({ 'fail.test': [{ TXT: 'v=spf1 ip4:198.51.100.1 -all' }] })
+  t.teardown(() => dns.close())
+  const spf = ['--spf_enabled', 'yes', '--dns_servers', `127.0.0.1:${dns.port}`, '--Lookup_Time', '1', '--hostname', 'mx.example.org']
+  const dir = t.testdir()
+  // The client is in ratelimit_networks, so only spf_check_authenticated brings SPF back for it.
+  const p = startPolicy([...args(dir, ['--ratelimit_global_limits', '1msg/1h', '--spf_check_authenticated', 'yes']), ...spf])
+  const n = { n: 0 }
+  const plain = { sasl_method: '', sasl_username: '', sender: 'x@fail.test' }
+  t.match(await ask(p, rcpt('f1', plain), n), /^action=550 5\.7\.23 /, 'SPF rejects')
+  t.match(await ask(p, rcpt('f2', plain), n), /^action=550 5\.7\.23 /, 'rejected by SPF again, not by the rate limit: nothing was held')
+  await finish(t, p)
+  t.same(await usage(dir, 'global:*'), [], 'nothing used, nothing held')
+
+  const dir2 = t.testdir()
+  const q = startPolicy([...args(dir2, ['--ratelimit_sasl_limits', '5msg/1h']), ...spf])
+  const m = { n: 0 }
+  t.equal(await ask(q, rcpt('s1', { sender: 'x@fail.test' }), m), 'action=DUNNO', 'a SASL user sending as a failing domain: not SPF-checked by default')
+  await finish(t, q)
+  const r = startPolicy([...args(dir2, ['--ratelimit_sasl_limits', '5msg/1h', '--spf_check_authenticated', 'yes']), ...spf])
+  const k = { n: 0 }
+  t.match(await ask(r, rcpt('s2', { sender: 'x@fail.test' }), k), /^action=550 5\.7\.23 /, 'spf_check_authenticated = yes checks it')
+  await finish(t, r)
 })
