@@ -1,24 +1,26 @@
 // One table of rate-limit store behaviour (RateLimitStore, RateLimitAdmin
 // and the rate-limit part of purgeAll), run against every backend in
-// BACKENDS: SQLite now; another store adds its entry there and must pass
-// the table unchanged. Each case gets a fresh store and passes every time
+// BACKENDS: SQLite and Redis (skipped where redis-server is missing); each
+// must pass the table unchanged. Each case gets a fresh store and passes every time
 // explicitly (a backend must take each step's `now` as given: Redis with
 // its test clock). After the table, what only SQLite does.
 import t from 'tap'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import { SqliteStore } from '../lib/store/sqlite'
+import { RedisStore } from '../lib/store/redis'
+import { parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistStore, type StoreAdmin } from '../lib/store/types'
 import { NO_AMOUNTS, type RateLimitAdmin, type RateLimitStore, type StepResult, type UsageListing } from '../lib/ratelimit/types'
 import { amounts, ident, limit, mk, RCPT_FIRST, RCPT_MORE } from './helpers/ratelimit'
+import { startRedisServer } from './helpers/redis-server'
 
 export type RateLimitBackendStore = RateLimitStore & RateLimitAdmin & Pick<StoreAdmin, 'purgeAll'> & Pick<GreylistStore, 'close'>
 
 export interface Backend {
   name: string
-  make(dir: string): RateLimitBackendStore | Promise<RateLimitBackendStore>
-  /** Why this backend cannot run here (e.g. no redis-server installed); the table is skipped with it. */
-  skip?: () => string | undefined
+  /** Whatever the backend needs for the whole table (a server): a maker of fresh stores, or null when it cannot run here (the test says why). */
+  open(t: tap.Test): Promise<((dir: string) => RateLimitBackendStore) | null>
 }
 
 const sqlitePath = (dir: string): string => path.join(dir, 'db', 'store.sqlite')
@@ -26,7 +28,19 @@ const sqlitePath = (dir: string): string => path.join(dir, 'db', 'store.sqlite')
 export const BACKENDS: Backend[] = [
   {
     name: 'sqlite',
-    make: (dir) => new SqliteStore({ path: sqlitePath(dir), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined }),
+    open: async () => (dir) => new SqliteStore({ path: sqlitePath(dir), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined }),
+  },
+  {
+    name: 'redis',
+    open: async (t) => {
+      const server = await startRedisServer(t)
+      if (!server) return null
+      const endpoint = parseRedisUrl(server.url) as RedisEndpoint
+      // One server for the table; each case its own key prefix, so a fresh store. With a test clock the
+      // scripts take each step's `now` as given, as SQLite does.
+      let cases = 0
+      return () => new RedisStore({ endpoint, prefix: `case${++cases}:`, timeoutMs: 2000, privacy: false, log: () => undefined, clock: () => 0 })
+    },
   },
 ]
 
@@ -234,11 +248,12 @@ export const CASES: Case[] = [
 ]
 
 for (const backend of BACKENDS) {
-  const skip = backend.skip?.()
-  t.test(backend.name, { skip }, async (t) => {
+  t.test(backend.name, async (t) => {
+    const make = await backend.open(t)
+    if (!make) return
     for (const [name, run] of CASES) {
       await t.test(name, async (t) => {
-        const s = await backend.make(t.testdir())
+        const s = make(t.testdir())
         t.teardown(() => s.close())
         await run(t, s)
       })
