@@ -268,8 +268,6 @@ function openStore(config: Config, log: Logger, lockWaits: 'block' | 'yield', cu
     const { RedisStore, redisStoreOptions } = require(path.join(__dirname, 'store', 'redis')) as typeof import('./store/redis')
     // greylist_privacy as the running configuration has it: a reload (HUP) that changes it changes the keys'
     // format, which the store's format record then refuses rather than mixing two formats.
-    // Rate limits on Redis are a later step of issue 12: until then say so rather than limit nothing in silence.
-    if (config.ratelimit_enabled) log.log(0, 'ratelimit_enabled has no effect with store = redis yet: rate limits are kept only in SQLite for now')
     return new RedisStore({ ...redisStoreOptions(config, (level, msg) => log.log(level, msg)), privacy: () => current().greylist_privacy })
   }
   const { SqliteStore } = require('./store/sqlite') as typeof import('./store/sqlite')

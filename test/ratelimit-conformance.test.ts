@@ -1,24 +1,27 @@
 // One table of rate-limit store behaviour (RateLimitStore, RateLimitAdmin
 // and the rate-limit part of purgeAll), run against every backend in
-// BACKENDS: SQLite now; another store adds its entry there and must pass
-// the table unchanged. Each case gets a fresh store and passes every time
+// BACKENDS: SQLite and Redis (skipped where redis-server is missing); each
+// must pass the table unchanged. Each case gets a fresh store and passes every time
 // explicitly (a backend must take each step's `now` as given: Redis with
 // its test clock). After the table, what only SQLite does.
 import t from 'tap'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import { SqliteStore } from '../lib/store/sqlite'
+import { RedisStore } from '../lib/store/redis'
+import { parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistStore, type StoreAdmin } from '../lib/store/types'
 import { NO_AMOUNTS, type RateLimitAdmin, type RateLimitStore, type StepResult, type UsageListing } from '../lib/ratelimit/types'
 import { amounts, ident, limit, mk, RCPT_FIRST, RCPT_MORE } from './helpers/ratelimit'
+import { slotIndex, slotStart } from '../lib/ratelimit/window'
+import { startRedisServer } from './helpers/redis-server'
 
 export type RateLimitBackendStore = RateLimitStore & RateLimitAdmin & Pick<StoreAdmin, 'purgeAll'> & Pick<GreylistStore, 'close'>
 
 export interface Backend {
   name: string
-  make(dir: string): RateLimitBackendStore | Promise<RateLimitBackendStore>
-  /** Why this backend cannot run here (e.g. no redis-server installed); the table is skipped with it. */
-  skip?: () => string | undefined
+  /** Whatever the backend needs for the whole table (a server): a maker of fresh stores, or null when it cannot run here (the test says why). */
+  open(t: tap.Test): Promise<((dir: string) => RateLimitBackendStore) | null>
 }
 
 const sqlitePath = (dir: string): string => path.join(dir, 'db', 'store.sqlite')
@@ -26,7 +29,19 @@ const sqlitePath = (dir: string): string => path.join(dir, 'db', 'store.sqlite')
 export const BACKENDS: Backend[] = [
   {
     name: 'sqlite',
-    make: (dir) => new SqliteStore({ path: sqlitePath(dir), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined }),
+    open: async () => (dir) => new SqliteStore({ path: sqlitePath(dir), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined }),
+  },
+  {
+    name: 'redis',
+    open: async (t) => {
+      const server = await startRedisServer(t)
+      if (!server) return null
+      const endpoint = parseRedisUrl(server.url) as RedisEndpoint
+      // One server for the table; each case its own key prefix, so a fresh store. With a test clock the
+      // scripts take each step's `now` as given, as SQLite does.
+      let cases = 0
+      return () => new RedisStore({ endpoint, prefix: `case${++cases}:`, timeoutMs: 2000, privacy: false, log: () => undefined, clock: () => 0 })
+    },
   },
 ]
 
@@ -224,6 +239,65 @@ export const CASES: Case[] = [
     t.same((await s.listUsage(all, D, 6)).map((u) => [u.id, u.unit, u.window]), [['h:live', 'msg', 0], ['h:live', 'rcpt', 0], ['u:live', 'msg', 3600], ['x:live', 'msg', 3600]])
     t.equal(await s.purgeAll(D), 0, 'nothing left to purge')
   }],
+  ['slot boundaries where the slots do not divide the window: a step at a slot\'s exact start counts in it, one just before in the slot before', async (t, s) => {
+    const lim = ['1msg/90s']
+    const k = slotIndex(1_800_000_000, 90, 19) + 1
+    const start = slotStart(k, 90, 19)
+    const before = start - 1e-6
+    t.ok(slotIndex(before, 90, 19) === k - 1 && before < start, 'the reference: a time just before the slot')
+    const commit = (id: string, now: number): Promise<StepResult> => s.rateLimit(mk('commit', 'a', now, [ident(id, lim, amounts(1, 1))], { slots: 19 }))
+    await commit('c:at', start)
+    await commit('c:before', before)
+    const at = (id: string, now: number): Promise<number[]> => s.listUsage((x) => x === id, now, 19).then((u) => u.map((x) => x.used))
+    t.same([await at('c:at', slotStart(k + 19, 90, 19) - 1e-6), await at('c:at', slotStart(k + 19, 90, 19))], [[1], []], 'slot k leaves when slot k + 19 begins')
+    t.same([await at('c:before', slotStart(k + 18, 90, 19) - 1e-6), await at('c:before', slotStart(k + 18, 90, 19))], [[1], []], 'slot k - 1 leaves a slot earlier')
+    const refused = await commit('c:at', start + 1)
+    t.equal(refused.exceeded?.retryAt, slotStart(k + 19, 90, 19), 'retryAt is that slot start, to the bit')
+    t.equal((await commit('c:at', refused.exceeded!.retryAt)).ok, true, 'and at retryAt the message fits')
+  }],
+  ['a limit of 0 refuses every message and it can never retry; hits are first in their window again once a window has passed without one', async (t, s) => {
+    const refuse = (now: number): Promise<StepResult> => s.rateLimit(mk('hold', 'm', now, [ident('c:z', ['0msg/1m'], RCPT_FIRST(), RCPT_MORE)]))
+    const first = await refuse(100)
+    t.same(first.exceeded && [first.exceeded.retryAt, first.exceeded.firstInWindow], [Infinity, true])
+    t.equal((await refuse(160)).exceeded?.firstInWindow, false, 'the last hit exactly a window ago: a repeat')
+    t.equal((await refuse(220)).exceeded?.firstInWindow, false)
+    t.equal((await refuse(280.5)).exceeded?.firstInWindow, true, 'more than a window since the last')
+    t.same(await s.listHits(0), [{ id: 'c:z', limit: '0msg/1m', first: 100, last: 280.5, count: 4 }])
+  }],
+  ['commit of a held message counts at most the held recipients, fewer when fewer', async (t, s) => {
+    const lim = ['99rcpt/1h']
+    const hold = (inst: string): Promise<StepResult> => s.rateLimit(mk('hold', inst, 100, [ident('sasl:m', lim, RCPT_FIRST(), RCPT_MORE)]))
+    for (const inst of ['a', 'a', 'a', 'b', 'b']) await hold(inst)
+    t.same((await s.listUsage(all, 100, 6)).map((u) => [u.unit, u.held]), [['msg', 2], ['rcpt', 5]])
+    await s.rateLimit(mk('commit', 'a', 101, [ident('sasl:m', lim, amounts(5, 1))]))
+    t.same(await s.listUsage(all, 101, 6), [usage('sasl:m', 'rcpt', 3600, 3, 2)], '5 in recipient_count, 3 held: 3 counted')
+    await s.rateLimit(mk('commit', 'b', 102, [ident('sasl:m', lim, amounts(1, 1))]))
+    t.same(await s.listUsage(all, 102, 6), [usage('sasl:m', 'rcpt', 3600, 4, 0)], '1 of 2 held: 1 counted')
+  }],
+  ['amounts from the client are cleaned: fractions cut; NaN, negative and infinite sizes count 0', async (t, s) => {
+    const lim = ['10b/1h']
+    const added = async (inst: string, size: number): Promise<number> => (await s.rateLimit(mk('hold', inst, 100, [ident('sender:s', lim, RCPT_FIRST(size), RCPT_MORE)]))).added[0].bytes
+    t.same([await added('a', 2.7), await added('b', NaN), await added('c', -5), await added('d', Infinity), await added('e', 8)], [2, 0, 0, 0, 8])
+    t.equal((await s.rateLimit(mk('hold', 'f', 100, [ident('sender:s', lim, RCPT_FIRST(1), RCPT_MORE)]))).exceeded?.held, 10)
+  }],
+  ['a partial release keeps the hold\'s expiry; a later hold step removes it then', async (t, s) => {
+    const lim = ['9msg/1h']
+    await s.rateLimit(mk('hold', 'a', 100, [ident('c:r', lim, amounts(3, 1))]))
+    await s.rateLimit(mk('release', 'a', 200, [ident('c:r', lim, amounts(1, 0))]))
+    t.same(await s.listUsage(all, 3699, 6), [usage('c:r', 'msg', 0, 0, 1), usage('c:r', 'rcpt', 0, 0, 2)])
+    t.same(await s.listUsage(all, 3700, 6), [])
+    t.equal((await s.rateLimit(mk('hold', 'b', 3700, [ident('c:r', lim, amounts(1, 1))]))).expiredHolds, 1)
+  }],
+  ['retryAt when holds and usage both stand in the way: the later of the two', async (t, s) => {
+    const lim = ['10rcpt/1d']
+    await s.rateLimit(mk('commit', 'old', 0, [ident('c:x', lim, amounts(6, 1))]))
+    await s.rateLimit(mk('hold', 'h', 50000, [ident('c:x', lim, amounts(4, 1), RCPT_MORE)]))
+    const retry = async (inst: string, now: number, rcpt: number): Promise<number | undefined> => (await s.rateLimit(mk('hold', inst, now, [ident('c:x', lim, amounts(rcpt, 1), RCPT_MORE)]))).exceeded?.retryAt
+    t.same([await retry('n', 50000, 6), await retry('n', 50000, 9), await retry('n', 50000, 3)], [86400, 86400, 86400])
+    await s.rateLimit(mk('hold', 'h2', 85000, [ident('c:x', lim, amounts(4, 1), RCPT_MORE)]))
+    t.equal(await retry('n', 85000, 9), 85000 + 3600, 'the holds outlast the usage')
+    t.equal(await retry('n', 85000, 11), Infinity, 'more than the limit allows: never')
+  }],
   ['byte counts of gigabytes stay exact', async (t, s) => {
     const lim = ['1GB/1d']
     await s.rateLimit(mk('commit', 'a', 0, [ident('sasl:big', lim, amounts(1, 1, 700 * 1024 ** 2))]))
@@ -234,11 +308,12 @@ export const CASES: Case[] = [
 ]
 
 for (const backend of BACKENDS) {
-  const skip = backend.skip?.()
-  t.test(backend.name, { skip }, async (t) => {
+  t.test(backend.name, async (t) => {
+    const make = await backend.open(t)
+    if (!make) return
     for (const [name, run] of CASES) {
       await t.test(name, async (t) => {
-        const s = await backend.make(t.testdir())
+        const s = make(t.testdir())
         t.teardown(() => s.close())
         await run(t, s)
       })

@@ -1,5 +1,5 @@
-// What the Redis store does beyond the conformance table: the server's clock,
-// TTLs and the count buckets, the format record that refuses a host keyed
+// What the Redis store does beyond the conformance tables: the server's clock,
+// TTLs and the count buckets, the same for rate limits, the format record that refuses a host keyed
 // differently, compare-and-set retries, and the failure policy against a
 // real private redis-server that is killed, restarted and stopped.
 import t from 'tap'
@@ -20,6 +20,8 @@ import { StoreError, type GreylistView } from '../lib/store/types'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
 import { isolatedArgs, rcptRequest, startPolicy } from './helpers/policy-process'
 import { connect, socketDir, startDaemon } from './helpers/daemon-process'
+import { amounts, HOLD_TIME, ident, mk, RCPT_FIRST, RCPT_MORE, SLOTS } from './helpers/ratelimit'
+import { slotIndex, slotStart } from '../lib/ratelimit/window'
 
 const REDIS_CLI = '/usr/bin/redis-cli'
 
@@ -430,6 +432,83 @@ t.test('two daemons ("hosts") on one Redis: attempts of one triplet from 6 conne
   t.equal(replies.filter((r) => /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in (299|300) seconds$/.test(r)).length, 6, replies.join('\n'))
   t.equal(await server.command('HGET', 'two:{g}:t:192.0.2.0/24/alice@example.net/bob@example.org', 'n'), '6', 'each attempt counted once: no update lost between the hosts')
   t.equal(await server.command('HGET', 'two:{g}:n', 't'), '1', 'one triplet counted')
+})
+
+// ---- rate limits (the conformance table is test/ratelimit-conformance.test.ts)
+
+t.test('rate limits: the server\'s TIME rules, so two hosts whose clocks are 600 s apart count in the same slots; with test clocks each counts on its own', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const lim = ['1msg/10m']
+  const hostNow = Date.now() / 1000
+  const a = store(t, server)
+  const b = store(t, server)
+  const committed = await a.rateLimit(mk('commit', 'm1', hostNow, [ident('sasl:skew', lim, amounts(1, 1))]))
+  t.ok(Math.abs(committed.now - hostNow) < 5, `the server's time (${committed.now}), in seconds with a fraction`)
+  // Host b's clock says ten minutes later: the whole window of a's message would have passed by it.
+  const refused = await b.rateLimit(mk('hold', 'm2', hostNow + 600, [ident('sasl:skew', lim, RCPT_FIRST(), RCPT_MORE)]))
+  t.same([refused.ok, refused.exceeded?.used], [false, 1], 'refused: by the server\'s clock, a\'s message is in the window')
+  t.ok(Math.abs(refused.now - committed.now) < 5, 'both steps on one clock')
+  t.ok(refused.exceeded!.retryAt > refused.now + 400 && refused.exceeded!.retryAt <= refused.now + 600, 'retryAt on the server\'s clock too')
+  // The same two steps with test clocks 600 s apart: each store takes its step's own time.
+  const c = store(t, server, { clock: () => 0, prefix: 'clocked:' })
+  const d = store(t, server, { clock: () => 0, prefix: 'clocked:' })
+  await c.rateLimit(mk('commit', 'm1', 1_800_000_000, [ident('sasl:skew', lim, amounts(1, 1))]))
+  const later = await d.rateLimit(mk('hold', 'm2', 1_800_000_600, [ident('sasl:skew', lim, RCPT_FIRST(), RCPT_MORE)]))
+  t.same([later.ok, later.now], [true, 1_800_000_600], 'with a test clock, 600 s later the window has passed')
+})
+
+t.test('rate limits: TTLs follow the rows\' expiry; the ops commands see the keys; purgeAll keeps live rows', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server)
+  const pttl = async (key: string): Promise<number> => Number(await server.command('PTTL', key))
+  const commit = await s.rateLimit(mk('commit', 'm1', 0, [ident('client:t', ['1msg/1h', '5rcpt/1d'], amounts(2, 1))]))
+  const hourEnd = slotStart(slotIndex(commit.now, 86400, SLOTS) + 1 + SLOTS, 86400, SLOTS)
+  const usageTtl = await pttl('test:{r}:u:client:t')
+  t.ok(Math.abs(usageTtl - ((hourEnd - commit.now) * 1000 + 1000)) < 3000, `usage TTL ${usageTtl} ms: the day counter's end of last slot + window (the longest)`)
+  t.equal((await s.rateLimit(mk('hold', 'm2', 0, [ident('client:t', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)]))).ok, true)
+  t.equal((await s.rateLimit(mk('hold', 'm3', 0, [ident('client:t', ['1msg/1h'], RCPT_FIRST(), RCPT_MORE)]))).ok, false, 'a hit')
+  for (const key of ['test:{r}:h:client:t', 'test:{r}:a:client:t']) {
+    const ttl = await pttl(key)
+    t.ok(ttl > HOLD_TIME * 1000 - 3000 && ttl <= HOLD_TIME * 1000 + 1000, `${key}: TTL ${ttl} ms, the hold time`)
+  }
+  const hitTtl = await pttl('test:{r}:x:client:t')
+  t.ok(hitTtl > 7 * 86400_000 - 3000 && hitTtl <= 7 * 86400_000 + 1000, `hit TTL ${hitTtl} ms: a week`)
+  t.match(await server.command('HGETALL', 'test:{r}:m'), /format\n1\nprivacy\nno/, 'the first step records the key format')
+  t.ok(Math.abs(Number(await server.command('HGET', 'test:{r}:m', 'lc')) - commit.now) < 1e-6, 'the last commit, on the server\'s clock')
+  t.same((await s.listUsage(() => true, commit.now, SLOTS)).map((u) => [u.unit, u.window, u.used, u.held]), [['msg', 3600, 1, 1], ['rcpt', 86400, 2, 1]])
+  t.equal(await s.purgeAll(commit.now), 0, 'nothing has expired')
+  t.equal(await s.resetUsage(() => true), 1)
+  t.same(await server.command('KEYS', 'test:{r}:[uhax]:*'), '', 'every key of the identity is gone')
+})
+
+t.test('rate limits: a host with another greylist_privacy is refused, before the script writes anything; so is an identity named twice', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const clear = store(t, server, { clock: () => 0 })
+  await clear.rateLimit(mk('commit', 'a', 100, [ident('c:x', ['9msg/1h'], amounts(1, 1))]))
+  const hashed = store(t, server, { clock: () => 0, privacy: true })
+  const refused = await failure(hashed.rateLimit(mk('commit', 'b', 100, [ident('c:y', ['9msg/1h'], amounts(1, 1))])))
+  t.equal(refused.failure, 'error')
+  t.match(refused.message, /its rate-limit keys under test: have format 1 and greylist_privacy no, .* delete the key test:\{r\}:m/)
+  t.same(await server.command('EXISTS', 'test:{r}:u:c:y'), '0', 'nothing written')
+  const twice = await failure(clear.rateLimit(mk('commit', 'c', 100, [ident('c:x', ['9msg/1h'], amounts(1, 1)), ident('c:x', ['9msg/1h'], amounts(1, 1))])))
+  t.match(twice.message, /an identity named twice/)
+  t.same((await clear.listUsage(() => true, 100, SLOTS)).map((u) => u.used), [1], 'c:x counted once, by the first step only')
+})
+
+t.test('rate limits: scripts flushed from the server are loaded again; a killed server is unavailable within redis_timeout', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  await s.rateLimit(mk('hold', 'a', 100, [ident('c:x', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)]))
+  t.equal(await server.command('SCRIPT', 'FLUSH'), 'OK')
+  t.same((await s.rateLimit(mk('commit', 'a', 101, [ident('c:x', ['9msg/1h'], amounts(1, 1))]))).hadHold, true)
+  await server.kill()
+  const down = await failure(s.rateLimit(mk('hold', 'b', 102, [ident('c:x', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)])))
+  t.equal(down.failure, 'unavailable')
+  t.ok(down.ms < 1500, `failed after ${down.ms.toFixed(0)} ms`)
 })
 
 /** A Sentinel (redis-server --sentinel) on a free port watching the master at `masterPort` as pts-test; killed in teardown. */

@@ -25,7 +25,8 @@ export const BUCKET_SECONDS = 3600
 /** Buckets a read subtracts one by one; a longer gap is drained by the next write or upkeep step. */
 export const READ_DRAIN_STEPS = 48
 
-const PRELUDE = `
+/** Shared by every script (and the rate-limit ones of redis-ratelimit.lua.ts): the clock, the format record and the count buckets. */
+export const PRELUDE = `
 local W = ${BUCKET_SECONDS}
 -- The clock: ARGV's test clock, or the server's TIME. Returns seconds and the exact decimal text.
 local function clock(override)
@@ -41,7 +42,7 @@ local function meta(key, format, privacy, create)
     return nil
   end
   if m[1] ~= format or m[2] ~= privacy then
-    return redis.error_reply('POLICYD_META format ' .. tostring(m[1]) .. ' privacy ' .. tostring(m[2]))
+    return redis.error_reply('POLICYD_META format ' .. tostring(m[1]) .. ' privacy ' .. tostring(m[2]) .. ' key ' .. key)
   end
   return nil
 end

@@ -19,7 +19,11 @@
 
 import type { Redis as RedisClient, RedisOptions } from 'ioredis'
 import type { Config } from '../config'
+import type { HitListing, OverrideEntry, RateLimitAdmin, RateLimitStep, RateLimitStore, StepResult, UsageListing } from '../ratelimit/types'
 import { GL_CAS, GL_PURGE, GL_READ, GL_UPKEEP, WL_PURGE } from './redis-scripts'
+import { RL_COMMIT, RL_HOLD, RL_PURGE, RL_RELEASE } from './redis-ratelimit.lua'
+import * as rl from './redis-ratelimit'
+import { byteOrder, execPipeline } from './redis-ratelimit'
 import { describeEndpoint, parseRedisUrl, type RedisEndpoint } from './redis-url'
 import {
   StoreError,
@@ -77,9 +81,8 @@ interface Scripts {
   glCas(...args: string[]): Promise<number>
   glPurge(numKeys: number, ...args: string[]): Promise<number>
   glUpkeep(...args: string[]): Promise<[number, number]>
-  wlPurge(...args: string[]): Promise<number>
 }
-type Client = RedisClient & Scripts
+type Client = RedisClient & Scripts & rl.RateLimitScripts
 
 /** Map a client or server error to its failure class. */
 export function classifyRedisError(err: unknown): StoreFailure {
@@ -96,7 +99,7 @@ export function classifyRedisError(err: unknown): StoreFailure {
   return 'error'
 }
 
-export class RedisStore implements GreylistStore, StoreAdmin {
+export class RedisStore implements GreylistStore, StoreAdmin, RateLimitStore, RateLimitAdmin {
   private client: Client | null = null
   private connecting: Promise<void> | null = null
   private closed = false
@@ -114,10 +117,12 @@ export class RedisStore implements GreylistStore, StoreAdmin {
     whitelist: string
     stats: string
   }
+  private readonly rk: rl.RateLimitKeys
 
   constructor(private readonly opts: RedisStoreOptions) {
     const base = `${opts.prefix}{g}:`
     this.k = { meta: `${base}meta`, triplet: `${base}t:`, client: `${base}c:`, counters: `${base}n`, whitelist: `${base}w`, stats: `${base}s` }
+    this.rk = new rl.RateLimitKeys(opts.prefix)
     this.where = opts.sentinels?.length
       ? `redis sentinel ${opts.sentinelName} (${opts.sentinels.map((s) => `${s.host}:${s.port}`).join(', ')})`
       : `redis ${describeEndpoint(opts.endpoint)}`
@@ -233,7 +238,8 @@ export class RedisStore implements GreylistStore, StoreAdmin {
         const keys = (await this.scan(c, prefix)).map((k) => prefix + k)
         gone += await this.purgeKeys(c, kind, keys, String(now))
       }
-      return gone + (await c.wlPurge(this.k.whitelist, String(now)))
+      gone += await c.wlPurge(this.k.whitelist, String(now))
+      return gone + (await rl.purgeRateLimits(c, this.rk, (prefix) => this.scan(c, prefix), now))
     })
   }
 
@@ -274,6 +280,46 @@ export class RedisStore implements GreylistStore, StoreAdmin {
     return { ok: problem === null, lines }
   }
 
+  // ---- rate limits (./redis-ratelimit.ts): RateLimitStore and RateLimitAdmin
+
+  /**
+   * One step in one script: the read, the decision and the writes of every
+   * identity at once. The step's own `now` is used only with a test clock;
+   * otherwise the server's TIME, so that hosts with skewed clocks count in
+   * the same slots (the result's `now` says which).
+   */
+  async rateLimit(step: RateLimitStep): Promise<StepResult> {
+    return this.request((c) => rl.runStep(c, this.rk, step, this.metaArgs(), this.opts.clock ? String(step.now) : ''))
+  }
+
+  async listOverrides(now: number): Promise<OverrideEntry[]> {
+    return this.request((c) => rl.listOverrides(c, this.rk, now))
+  }
+
+  async lastCommit(): Promise<number> {
+    return this.request((c) => rl.lastCommit(c, this.rk))
+  }
+
+  async listUsage(match: (id: string) => boolean, now: number, slots: number): Promise<UsageListing[]> {
+    return this.admin((c) => rl.listUsage(c, this.rk, (prefix) => this.scan(c, prefix), match, now, slots))
+  }
+
+  async resetUsage(match: (id: string) => boolean): Promise<number> {
+    return this.admin((c) => rl.resetUsage(c, this.rk, (prefix) => this.scan(c, prefix), match))
+  }
+
+  async setOverride(entry: OverrideEntry): Promise<void> {
+    await this.admin((c) => rl.setOverride(c, this.rk, entry))
+  }
+
+  async deleteOverride(key: string): Promise<boolean> {
+    return this.admin((c) => rl.deleteOverride(c, this.rk, key))
+  }
+
+  async listHits(since: number): Promise<HitListing[]> {
+    return this.admin((c) => rl.listHits(c, this.rk, (prefix) => this.scan(c, prefix), since))
+  }
+
   // ---- connection and errors
 
   /** A request-path step: bounded by redis_timeout as a whole, whatever it waits for. */
@@ -301,13 +347,14 @@ export class RedisStore implements GreylistStore, StoreAdmin {
   private storeError(err: unknown): StoreError {
     if (err instanceof StoreError) return err
     const message = String((err as Error)?.message ?? err)
-    const meta = /^POLICYD_META format (\S+) privacy (\S+)/.exec(message)
+    const meta = /^POLICYD_META format (\S+) privacy (\S+) key (\S+)/.exec(message)
     if (meta) {
       const [format, privacy] = this.metaArgs()
+      const what = meta[3] === this.rk.meta ? 'rate-limit' : 'greylisting'
       return new StoreError(
         'error',
-        `${this.where}: its greylisting keys under ${this.opts.prefix} have format ${meta[1]} and greylist_privacy ${meta[2]}, this host format ${format} and greylist_privacy ${privacy}: ` +
-          `every host sharing the store must agree (or use another redis_prefix); to start afresh, delete the key ${this.k.meta}`,
+        `${this.where}: its ${what} keys under ${this.opts.prefix} have format ${meta[1]} and greylist_privacy ${meta[2]}, this host format ${format} and greylist_privacy ${privacy}: ` +
+          `every host sharing the store must agree (or use another redis_prefix); to start afresh, delete the key ${meta[3]}`,
       )
     }
     return new StoreError(classifyRedisError(err), `${this.where}: ${message}`)
@@ -374,6 +421,11 @@ export class RedisStore implements GreylistStore, StoreAdmin {
     c.defineCommand('glPurge', { lua: GL_PURGE })
     c.defineCommand('glUpkeep', { lua: GL_UPKEEP, numberOfKeys: 1 })
     c.defineCommand('wlPurge', { lua: WL_PURGE, numberOfKeys: 1 })
+    // The rate-limit scripts take a key count first: KEYS_PER_IDENTITY keys per identity of the step.
+    c.defineCommand('rlHold', { lua: RL_HOLD })
+    c.defineCommand('rlCommit', { lua: RL_COMMIT })
+    c.defineCommand('rlRelease', { lua: RL_RELEASE })
+    c.defineCommand('rlPurge', { lua: RL_PURGE })
     // Without a listener an 'error' event would end the process; the
     // requests carry the failure (decide.ts logs its changes once).
     c.on('error', (err: Error) => {
@@ -506,22 +558,8 @@ function longestEntry(keys: readonly string[], values: ReadonlyArray<string | nu
   return best
 }
 
-/** SQLite's key order (bytes of UTF-8) rather than UTF-16 units. */
-function byteOrder(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b))
-}
-
 function globEscape(text: string): string {
   return text.replace(/[*?[\]\\]/g, '\\$&')
-}
-
-async function execPipeline(p: { exec(): Promise<Array<[Error | null, unknown]> | null> }): Promise<unknown[]> {
-  const results = await p.exec()
-  if (results === null) throw new StoreError('error', 'transaction discarded')
-  return results.map(([err, value]) => {
-    if (err) throw err
-    return value
-  })
 }
 
 function parseInfo(text: string): Record<string, string> {

@@ -8,8 +8,9 @@
 
 import type BetterSqlite3 from 'better-sqlite3'
 import { decideStep, usageKey, type HitRow, type HoldRow, type IdentityView, type StepWrites } from '../ratelimit/step'
-import type { HitListing, OverrideEntry, RateLimitStep, RateUnit, StepResult, UsageListing } from '../ratelimit/types'
-import { parseCounter, slotIndex, used, formatCounter, type SlotCounter } from '../ratelimit/window'
+import type { Amounts, HitListing, OverrideEntry, RateLimitStep, RateUnit, StepResult, UsageListing } from '../ratelimit/types'
+import { usageListing, type CounterRow } from '../ratelimit/usage-listing'
+import { parseCounter, formatCounter, type SlotCounter } from '../ratelimit/window'
 import { readTime, storedTime } from './sqlite'
 
 /**
@@ -113,26 +114,12 @@ export class RateLimitTables {
    * live holds and no counter yet is listed per unit it holds, window 0.
    */
   listUsage(match: (id: string) => boolean, now: number, slots: number): UsageListing[] {
-    const held = new Map<string, Record<RateUnit, number>>()
+    const held = new Map<string, Amounts>()
     for (const [id, rcpt, msg, bytes] of this.db.prepare('SELECT id, total(rcpt), total(msg), total(bytes) FROM rl_hold WHERE expires > ? GROUP BY id').raw(true).all(now) as Array<[string, number, number, number]>) {
       if (match(id)) held.set(id, { rcpt, msg, bytes })
     }
-    const out: UsageListing[] = []
-    const listed = new Set<string>()
-    for (const [id, unit, window, counts] of this.db.prepare('SELECT id, unit, period, counts FROM rl_usage WHERE slots = ?').raw(true).iterate(slots) as Iterable<[string, RateUnit, number, string]>) {
-      if (!match(id)) continue
-      const usedNow = used(parseCounter(counts), slotIndex(now, window, slots), slots)
-      const heldNow = held.get(id)?.[unit] ?? 0
-      if (usedNow === 0 && heldNow === 0) continue
-      out.push({ id, unit, window, used: usedNow, held: heldNow })
-      listed.add(id)
-    }
-    for (const [id, sums] of held) {
-      if (listed.has(id)) continue
-      for (const unit of ['rcpt', 'msg', 'bytes'] as const) if (sums[unit] > 0) out.push({ id, unit, window: 0, used: 0, held: sums[unit] })
-    }
-    const cmp = (a: string | number, b: string | number): number => (a < b ? -1 : a > b ? 1 : 0)
-    return out.sort((a, b) => cmp(a.id, b.id) || cmp(a.unit, b.unit) || cmp(a.window, b.window))
+    const rows = this.db.prepare('SELECT id, unit, period AS window, counts FROM rl_usage WHERE slots = ?').iterate(slots) as Iterable<CounterRow>
+    return usageListing(filterRows(rows, match), held, now, slots)
   }
 
   /** Inside the caller's write transaction. */
@@ -181,4 +168,8 @@ export class RateLimitTables {
     const n = (table: string): number => Number(this.db.prepare(`SELECT count(*) FROM ${table}`).pluck().get())
     return { usage: n('rl_usage'), holds: n('rl_hold'), hits: n('rl_hit'), overrides: n('rl_override') }
   }
+}
+
+function* filterRows(rows: Iterable<CounterRow>, match: (id: string) => boolean): Iterable<CounterRow> {
+  for (const row of rows) if (match(row.id)) yield row
 }
