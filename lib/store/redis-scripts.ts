@@ -25,7 +25,7 @@ export const BUCKET_SECONDS = 3600
 /** Buckets a read subtracts one by one; a longer gap is drained by the next write or upkeep step. */
 export const READ_DRAIN_STEPS = 48
 
-const PRELUDE = `
+export const PRELUDE = `
 local W = ${BUCKET_SECONDS}
 -- The clock: ARGV's test clock, or the server's TIME. Returns seconds and the exact decimal text.
 local function clock(override)

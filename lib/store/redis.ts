@@ -106,7 +106,7 @@ export class RedisStore implements GreylistStore, StoreAdmin {
   /** Lost after having been ready, until ready again. */
   private down = false
   private readonly where: string
-  private readonly k: {
+  protected readonly k: { // [hg] protected: the importer (redis-import.ts) extends this store
     meta: string
     triplet: string
     client: string
@@ -290,7 +290,7 @@ export class RedisStore implements GreylistStore, StoreAdmin {
   }
 
   /** Any step: each command is bounded by redis_timeout; errors become StoreErrors. */
-  private async admin<T>(step: (c: Client) => Promise<T>): Promise<T> {
+  protected async admin<T>(step: (c: Client) => Promise<T>): Promise<T> { // [hg] protected for redis-import.ts
     try {
       return await step(await this.ready())
     } catch (err) {
@@ -405,12 +405,12 @@ export class RedisStore implements GreylistStore, StoreAdmin {
     }
   }
 
-  private metaArgs(): [string, string] {
+  protected metaArgs(): [string, string] { // [hg] protected for redis-import.ts
     const privacy = typeof this.opts.privacy === 'function' ? this.opts.privacy() : this.opts.privacy
     return [KEY_FORMAT, privacy ? 'yes' : 'no']
   }
 
-  private testClock(): string {
+  protected testClock(): string { // [hg] protected for redis-import.ts
     return this.opts.clock ? String(this.opts.clock()) : ''
   }
 
