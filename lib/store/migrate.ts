@@ -76,7 +76,9 @@ export interface MigrationSummary {
 }
 
 /** The target's recorded key format is not this configuration's: nothing was copied. */
-export class MigrationRefused extends Error {}
+export class MigrationRefused extends Error {
+  override name = 'MigrationRefused'
+}
 
 /** Copy everything the migration copies from `source` to `target` (or, dry, count it). */
 export async function migrate(source: MigrationSource, target: MigrationTarget, opts: { dryRun: boolean; from: string; to: string }, io: MigrateIo): Promise<MigrationSummary> {
