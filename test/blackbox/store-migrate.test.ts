@@ -4,22 +4,13 @@
 // passes, a whitelisted sender passes) instead of greylisting afresh.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { BIN, isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
+import { BIN, isolatedArgs, rcptRequest, serveRequests } from '../helpers/policy-process'
 import { startRedisServer } from '../helpers/redis-server'
 
 /** The command's own short run: bounded by spawnSync's timeout. */
 function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 30000 })
   return { status: r.status, stdout: r.stdout, stderr: r.stderr }
-}
-
-async function serve(args: string[], requests: string[]): Promise<string[]> {
-  const p = startPolicy(args)
-  p.send(requests.join(''))
-  const replies = await p.replies(requests.length)
-  p.child.stdin.end()
-  await p.exited()
-  return replies
 }
 
 const GREYLISTED = /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/
@@ -35,7 +26,7 @@ t.test('greylisting goes on on Redis where SQLite left it', async (t) => {
   const retry = (instance: string) => rcptRequest({ client_address: '192.0.2.10', sender: 'alice@example.net', recipient: 'bob@example.org', instance })
 
   const started = Date.now()
-  t.match((await serve(sqliteArgs, [retry('m1')]))[0], GREYLISTED)
+  t.match((await serveRequests(sqliteArgs, [retry('m1')]))[0], GREYLISTED)
   t.equal(run(['greylist', 'whitelist', 'sender', 'news@partner.example', ...sqliteArgs]).status, 0)
 
   const dry = run(['store', 'migrate', '--from', 'sqlite', '--to', 'redis', '--dry-run', '--json', ...sqliteArgs, ...redisKeys])
@@ -56,7 +47,7 @@ t.test('greylisting goes on on Redis where SQLite left it', async (t) => {
   // The one wait of this test: greylist_delay (1 s) since the first attempt.
   const wait = started + 1100 - Date.now()
   if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
-  const replies = await serve(redisArgs, [
+  const replies = await serveRequests(redisArgs, [
     retry('m2'),
     rcptRequest({ client_address: '198.51.100.7', sender: 'carol@example.com', recipient: 'bob@example.org', instance: 'm3' }),
     rcptRequest({ client_address: '203.0.113.5', sender: 'news@partner.example', recipient: 'bob@example.org', instance: 'm4' }),
@@ -72,7 +63,7 @@ t.test('store migrate: exit codes of refusal and usage', async (t) => {
   const dir = t.testdir()
   const args = isolatedArgs(dir)
   const redisKeys = ['--redis_url', server.url]
-  await serve(args, [rcptRequest({ instance: 'x' })])
+  await serveRequests(args, [rcptRequest({ instance: 'x' })])
   await server.command('HSET', 'pts:{g}:meta', 'format', '1', 'privacy', 'yes')
   const refused = run(['store', 'migrate', '--from', 'sqlite', '--to', 'redis', ...args, ...redisKeys])
   t.equal(refused.status, 78, 'the target is keyed with greylist_privacy yes, this configuration no')
