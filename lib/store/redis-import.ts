@@ -12,7 +12,10 @@ import { RedisStore } from './redis'
 import { PRELUDE } from './redis-scripts'
 import type { ExportedRows, RowKind } from './sqlite-export'
 
-/** Rows per script call: a script blocks the server while it runs, so each is short (~1 ms). */
+/**
+ * Rows per script call: a script blocks the server while it runs, so each is
+ * short (measured: ~3 ms of server time per 200 rows, Redis 7, 2 shared cores).
+ */
 export const IMPORT_BATCH = 200
 
 export interface ImportCounts {
