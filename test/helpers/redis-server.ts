@@ -12,6 +12,10 @@ export const REDIS_SERVER = '/usr/bin/redis-server'
 
 export interface RedisServerOptions {
   appendonly?: boolean
+  /** With appendonly: when the file is fsynced (redis-server's default: everysec). */
+  appendfsync?: 'always' | 'everysec' | 'no'
+  /** Start as a replica of the server on 127.0.0.1 at this port. */
+  replicaOf?: number
   /** requirepass */
   password?: string
   /** Also listen on a unix socket (`socket` of the result). */
@@ -55,42 +59,19 @@ export async function startRedisServer(t: Tap.Test, opts: RedisServerOptions = {
       : ['--port', String(port)]),
     '--bind', '127.0.0.1', '--dir', dir, '--logfile', path.join(dir, 'redis.log'),
     '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--daemonize', 'no', '--protected-mode', 'yes',
+    ...(opts.appendfsync ? ['--appendfsync', opts.appendfsync] : []),
+    ...(opts.replicaOf !== undefined ? ['--replicaof', '127.0.0.1', String(opts.replicaOf)] : []),
     ...(opts.password ? ['--requirepass', opts.password] : []),
     ...(opts.unixSocket ? ['--unixsocket', socket, '--unixsocketperm', '700'] : []),
   ]
   const start = async (): Promise<void> => {
-    const proc = spawn(REDIS_SERVER, args(), { stdio: 'ignore' })
-    child = proc
-    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()))
-    const started = Date.now()
-    for (;;) {
-      if (await answersPing(port, opts)) return
-      if (proc.exitCode !== null || Date.now() - started > START_WAIT_MS) {
-        proc.kill('SIGKILL')
-        await exited
-        throw new Error(`redis-server did not start on 127.0.0.1:${port}: ${readLog(dir)}`)
-      }
-      await new Promise((r) => setTimeout(r, 20))
-    }
+    child = await launch(args(), port, opts, dir, 'redis-server')
   }
-  // A free port can be taken by someone else before redis-server binds it: a few tries.
-  for (let attempt = 1; ; attempt++) {
-    port = await freePort()
-    try {
-      await start()
-      break
-    } catch (err) {
-      if (attempt >= 3) throw err
-    }
-  }
-  const kill = async (): Promise<void> => {
-    const proc = child
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return
-    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()))
-    proc.kill('SIGCONT')
-    proc.kill('SIGKILL')
-    await exited
-  }
+  port = await onFreePort(async (p) => {
+    port = p
+    await start()
+  })
+  const kill = (): Promise<void> => stop(child)
   t.teardown(async () => {
     await kill()
     fs.rmSync(dir, { recursive: true, force: true })
@@ -106,6 +87,106 @@ export async function startRedisServer(t: Tap.Test, opts: RedisServerOptions = {
     resume: () => child?.kill('SIGCONT'),
     command: (...words) => rawCommand(port, opts, words),
   }
+}
+
+/** Spawns redis-server with `argv`; resolves once it answers PING on `port` (bounded), else kills it and throws. */
+async function launch(argv: string[], port: number, opts: RedisServerOptions, dir: string, what: string): Promise<ChildProcess> {
+  const proc = spawn(REDIS_SERVER, argv, { stdio: 'ignore' })
+  const started = Date.now()
+  for (;;) {
+    if (await answersPing(port, opts)) return proc
+    if (proc.exitCode !== null || Date.now() - started > START_WAIT_MS) {
+      await stop(proc)
+      throw new Error(`${what} did not start on 127.0.0.1:${port}: ${readLog(dir)}`)
+    }
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+/** A free port can be taken by someone else before redis-server binds it: a few tries, each on a new port. */
+async function onFreePort(start: (port: number) => Promise<void>): Promise<number> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort()
+    try {
+      await start(port)
+      return port
+    } catch (err) {
+      if (attempt >= 3) throw err
+    }
+  }
+}
+
+/** SIGKILL (a stopped process too); resolves once it has exited. */
+async function stop(proc: ChildProcess | null): Promise<void> {
+  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()))
+  proc.kill('SIGCONT')
+  proc.kill('SIGKILL')
+  await exited
+}
+
+export interface SentinelOptions {
+  /** The name the master is monitored under (redis_sentinel_name). */
+  name: string
+  /** Sentinels that must agree the master is down. */
+  quorum: number
+  downAfterMs: number
+  failoverTimeoutMs: number
+}
+
+export interface Sentinel {
+  port: number
+  command(...args: string[]): Promise<string>
+  kill(): Promise<void>
+}
+
+/**
+ * `count` Sentinels (redis-server --sentinel) on 127.0.0.1 monitoring the
+ * master at `masterPort`, each with its own config file (Sentinel rewrites
+ * it) in a temp dir; killed in teardown. Returns null (the test skipped)
+ * where redis-server is not installed.
+ */
+export async function startSentinels(t: Tap.Test, masterPort: number, count: number, opts: SentinelOptions): Promise<Sentinel[] | null> {
+  if (!fs.existsSync(REDIS_SERVER)) {
+    t.skip(`${REDIS_SERVER} is not installed (apt-get install redis-server): Redis Sentinel is not tested here`)
+    return null
+  }
+  const sentinels: Sentinel[] = []
+  for (let i = 0; i < count; i++) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pts-sentinel-'))
+    let child: ChildProcess | null = null
+    t.teardown(async () => {
+      await stop(child)
+      fs.rmSync(dir, { recursive: true, force: true })
+    })
+    const port = await onFreePort(async (p) => {
+      const conf = path.join(dir, 'sentinel.conf')
+      fs.writeFileSync(conf, [
+        `port ${p}`, 'bind 127.0.0.1', `dir ${dir}`, `logfile ${path.join(dir, 'redis.log')}`,
+        `sentinel monitor ${opts.name} 127.0.0.1 ${masterPort} ${opts.quorum}`,
+        `sentinel down-after-milliseconds ${opts.name} ${opts.downAfterMs}`,
+        `sentinel failover-timeout ${opts.name} ${opts.failoverTimeoutMs}`,
+        '',
+      ].join('\n'))
+      child = await launch([conf, '--sentinel'], p, {}, dir, 'redis-server --sentinel')
+    })
+    sentinels.push({ port, command: (...words) => rawCommand(port, {}, words), kill: () => stop(child) })
+  }
+  return sentinels
+}
+
+/** Sentinel's view of a master (SENTINEL MASTER NAME) as fields: num-other-sentinels, num-slaves, flags … */
+export async function sentinelMaster(s: Sentinel, name: string): Promise<Record<string, string>> {
+  const words = (await s.command('SENTINEL', 'MASTER', name)).split('\n')
+  const out: Record<string, string> = {}
+  for (let i = 0; i + 1 < words.length; i += 2) out[words[i]] = words[i + 1]
+  return out
+}
+
+/** The master's port as this Sentinel names it now. */
+export async function sentinelMasterPort(s: Sentinel, name: string): Promise<number> {
+  const [, port] = (await s.command('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', name)).split('\n')
+  return Number(port)
 }
 
 function readLog(dir: string): string {
