@@ -4,6 +4,7 @@
 // on the same kind of store, a message's END-OF-MESSAGE reaching another
 // process than its RCPT. (Hosts whose clocks differ: the binary has no test
 // clock, so that is shown at the store level in test/redis-store.test.ts.)
+// Last, two MX hosts sharing one greylisting memory.
 import t from 'tap'
 import fs from 'node:fs'
 import net from 'node:net'
@@ -149,4 +150,22 @@ t.test('spawn mode on Redis: a message held by one process is committed by anoth
   const [refused] = await replies([rcpt('m3')])
   t.match(refused, /^action=DEFER_IF_PERMIT 4\.7\.1 Rate limit 2msg\/1h exceeded for sasl:racer@example\.org/, 'process 3 is refused')
   t.notMatch(readLog(dir), /no effect with store = redis/, 'no start-up warning about rate limits on Redis')
+})
+
+t.test('two MX hosts on one Redis: a triplet first seen on one passes on the other after the delay, and not before', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const daemons = await Promise.all(['a', 'b'].map((host) => {
+    const dir = path.join(t.testdir(), host)
+    return startInetDaemon(t, dir, isolatedArgs(dir, ['--store', 'redis', '--redis_url', server.url, '--redis_prefix', 'mx:', '--greylist_delay', '2s', '--hostname', `mx-${host}`]))
+  }))
+  const [onA, onB] = await Promise.all(daemons.map((d) => session(t, d.port)))
+  const first = Date.now()
+  const attempt = (ask: (r: string) => Promise<string>, instance: string): Promise<string> => ask(rcptRequest({ client_address: '198.51.100.20', sender: 'roamer@example.net', recipient: 'bob@example.org', instance }))
+  t.match(await attempt(onA, 'a1'), /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/, 'new on MX A: greylisted')
+  const early = await attempt(onB, 'b1')
+  if (Date.now() - first < 2000) t.match(early, /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted, please try again in [12] seconds/, 'on MX B before the delay: still greylisted, the same triplet (its delay counts from MX A)')
+  await new Promise((r) => setTimeout(r, Math.max(0, first + 2300 - Date.now())))
+  t.match(await attempt(onB, 'b2'), /^action=(PREPEND X-Greylist|DUNNO)/, 'on MX B after the delay: passes, without ever having been greylisted there first')
+  t.match(await attempt(onA, 'a2'), /^action=DUNNO$/, 'and stays passed on MX A')
 })
