@@ -84,8 +84,14 @@ export function buildCli(yargs: YargsFactory, versionText: string): Cli {
     .command('stats', 'The counters every process added to the store (requests, decisions, store errors), summed over hosts', (y) =>
       y.option('json', { type: 'boolean', describe: 'JSON, per host too' }).option('prometheus', { type: 'boolean', describe: "Prometheus text, for node_exporter's textfile collector" }),
     )
-    .command('store <action>', 'The configured store: check (integrity, schema, row counts), purge (delete every expired row)', (y) =>
-      y.positional('action', { choices: ['check', 'purge'] as const }).option('json', { type: 'boolean', describe: 'JSON instead of text' }),
+    .command('store <action>', 'The configured store: check (integrity, schema, row counts), purge (delete every expired row), migrate --from sqlite --to redis (copy the greylisting state of db_path to the redis_* store)', (y) =>
+      y
+        .positional('action', { choices: ['check', 'purge', 'migrate'] as const })
+        .option('json', { type: 'boolean', describe: 'JSON instead of text' })
+        // [hg] store migrate (lib/store/migrate.ts)
+        .option('from', { type: 'string', requiresArg: true, choices: ['sqlite', 'redis'], describe: 'migrate: the store to copy from (sqlite: db_path)' })
+        .option('to', { type: 'string', requiresArg: true, choices: ['sqlite', 'redis'], describe: 'migrate: the store to copy to (redis: redis_url, redis_prefix, ...)' })
+        .option('dry-run', { type: 'boolean', describe: 'migrate: count what would be copied, write nothing' }),
     )
     .strict()
     .wrap(Math.min(100, process.stdout.columns || 100))
@@ -174,6 +180,11 @@ async function runOps(command: 'greylist' | 'stats' | 'store' | 'ratelimit', arg
   }
   const str = (name: string): string | undefined => (typeof args[name] === 'string' ? (args[name] as string) : undefined)
   const json = args.json === true
+  if (command === 'store' && args.action === 'migrate') {
+    // [hg] both stores come from the configuration, whichever `store` names
+    const { runStoreMigrate } = require('./store/migrate') as typeof import('./store/migrate')
+    return runStoreMigrate(loaded, { from: str('from'), to: str('to'), dryRun: args['dry-run'] === true, json }, io)
+  }
   const store = ops.openOpsStore(loaded)
   try {
     if (command === 'stats') return await ops.stats(store, { json, prometheus: args.prometheus === true }, io)

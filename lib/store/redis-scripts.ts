@@ -25,7 +25,7 @@ export const BUCKET_SECONDS = 3600
 /** Buckets a read subtracts one by one; a longer gap is drained by the next write or upkeep step. */
 export const READ_DRAIN_STEPS = 48
 
-/** Shared by every script (and the rate-limit ones of redis-ratelimit.lua.ts): the clock, the format record and the count buckets. */
+/** Shared by every script (and the rate-limit ones of redis-ratelimit.lua.ts, and the import of redis-import.ts): the clock, the format record and the count buckets. */
 export const PRELUDE = `
 local W = ${BUCKET_SECONDS}
 -- The clock: ARGV's test clock, or the server's TIME. Returns seconds and the exact decimal text.

@@ -109,7 +109,7 @@ export class RedisStore implements GreylistStore, StoreAdmin, RateLimitStore, Ra
   /** Lost after having been ready, until ready again. */
   private down = false
   private readonly where: string
-  private readonly k: {
+  protected readonly k: { // [hg] protected: the importer (redis-import.ts) extends this store
     meta: string
     triplet: string
     client: string
@@ -336,7 +336,7 @@ export class RedisStore implements GreylistStore, StoreAdmin, RateLimitStore, Ra
   }
 
   /** Any step: each command is bounded by redis_timeout; errors become StoreErrors. */
-  private async admin<T>(step: (c: Client) => Promise<T>): Promise<T> {
+  protected async admin<T>(step: (c: Client) => Promise<T>): Promise<T> { // [hg] protected for redis-import.ts
     try {
       return await step(await this.ready())
     } catch (err) {
@@ -457,12 +457,12 @@ export class RedisStore implements GreylistStore, StoreAdmin, RateLimitStore, Ra
     }
   }
 
-  private metaArgs(): [string, string] {
+  protected metaArgs(): [string, string] { // [hg] protected for redis-import.ts
     const privacy = typeof this.opts.privacy === 'function' ? this.opts.privacy() : this.opts.privacy
     return [KEY_FORMAT, privacy ? 'yes' : 'no']
   }
 
-  private testClock(): string {
+  protected testClock(): string { // [hg] protected for redis-import.ts
     return this.opts.clock ? String(this.opts.clock()) : ''
   }
 

@@ -3,21 +3,14 @@
 // store check/purge, with --json and the exit codes.
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { BIN, isolatedArgs, rcptRequest, startPolicy } from '../helpers/policy-process'
+import { BIN, isolatedArgs, rcptRequest, serveRequests } from '../helpers/policy-process'
 
 function ops(dir: string, args: string[], after: string[] = []): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [BIN, ...args, ...isolatedArgs(dir), ...after], { encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 30000 })
   return { status: r.status, stdout: r.stdout, stderr: r.stderr }
 }
 
-async function serve(dir: string, requests: string[]): Promise<string[]> {
-  const p = startPolicy(isolatedArgs(dir))
-  p.send(requests.join(''))
-  const replies = await p.replies(requests.length)
-  p.child.stdin.end()
-  await p.exited()
-  return replies
-}
+const serve = (dir: string, requests: string[]): Promise<string[]> => serveRequests(isolatedArgs(dir), requests)
 
 const GREYLISTED = /^action=DEFER_IF_PERMIT 4\.2\.0 Greylisted/
 

@@ -76,6 +76,16 @@ export function startPolicy(args: string[], env: NodeJS.ProcessEnv = {}): Policy
   }
 }
 
+/** One spawned process answers `requests`, then its stdin closes and it exits: the replies. */
+export async function serveRequests(args: string[], requests: string[]): Promise<string[]> {
+  const p = startPolicy(args)
+  p.send(requests.join(''))
+  const replies = await p.replies(requests.length)
+  p.child.stdin.end()
+  await p.exited()
+  return replies
+}
+
 let port = 40000
 /** A complete RCPT-stage request as Postfix 3.7 sends it (29 attributes). */
 export function rcptRequest(over: Record<string, string> = {}): string {

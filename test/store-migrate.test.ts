@@ -1,0 +1,392 @@
+// store migrate --from sqlite --to redis: the copying logic over in-memory
+// stores, the SQLite reader, and the whole copy from a SqliteStore into a real
+// private redis-server, read back through the RedisStore with a test clock.
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import { loadConfig } from '../lib/config'
+import { evaluateTriplet } from '../lib/greylist/triplet'
+import { greylistParams } from '../lib/greylist/check'
+import { SqliteStore } from '../lib/store/sqlite'
+import { SqliteExport, type ExportedRows, type RowKind } from '../lib/store/sqlite-export'
+import { RedisStore } from '../lib/store/redis'
+import { RedisImporter, IMPORT_BATCH, type ImportCounts } from '../lib/store/redis-import'
+import { parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
+import {
+  MigrationRefused,
+  NOT_COPIED,
+  PROGRESS_EVERY,
+  describeSummary,
+  migrate,
+  runStoreMigrate,
+  type MigrateIo,
+  type MigrationSource,
+  type MigrationTarget,
+} from '../lib/store/migrate'
+import type { StoreAdmin, WhitelistEntry } from '../lib/store/types'
+import type { OverrideEntry } from '../lib/ratelimit/types'
+import { startRedisServer, type RedisServer } from './helpers/redis-server'
+
+const configOf = (cli: Record<string, string>) => loadConfig({ cli, configPath: '/dev/null', env: {}, readFile: () => '' })
+const config = configOf({}).config
+const params = greylistParams(config)
+
+function io(now: number): MigrateIo & { outText: string; errText: string } {
+  const r = {
+    outText: '',
+    errText: '',
+    out: (text: string) => void (r.outText += text),
+    err: (text: string) => void (r.errText += text),
+    now: () => now,
+  }
+  return r
+}
+
+/** Whitelist entries and (optionally) overrides in memory, with the StoreAdmin methods the migration uses. */
+function memoryAdmin(entries: WhitelistEntry[] = [], overrides?: OverrideEntry[]): StoreAdmin & { wl: Map<string, WhitelistEntry>; ov?: Map<string, OverrideEntry> } {
+  const wl = new Map(entries.map((e) => [e.key, e]))
+  const unused = async (): Promise<never> => {
+    throw new Error('not used by the migration')
+  }
+  const admin = {
+    wl,
+    listTriplets: unused,
+    deleteTriplets: unused,
+    deleteWhitelist: unused,
+    addStats: unused,
+    stats: unused,
+    purgeAll: unused,
+    check: unused,
+    setWhitelist: async (e: WhitelistEntry) => void wl.set(e.key, { ...e }),
+    listWhitelist: async () => [...wl.values()].sort((a, b) => (a.key < b.key ? -1 : 1)),
+  }
+  if (!overrides) return admin
+  const ov = new Map(overrides.map((e) => [e.key, e]))
+  return Object.assign(admin, {
+    ov,
+    setOverride: async (e: OverrideEntry) => void ov.set(e.key, { ...e }),
+    listOverrides: async (now: number) => [...ov.values()].filter((e) => e.expires > now),
+  })
+}
+
+const triplet = (key: string, last: number, expires: number): ExportedRows['triplet'] => ({ key, first: last - 10, last, passed: 0, count: 1, expires })
+
+/** A target keeping rows in a map with the import script's rule (newer or same `last` kept, expired skipped). */
+function memoryTarget(admin: StoreAdmin, problem: string | null = null): MigrationTarget & { rows: Map<string, { last: number }>; calls: number } {
+  const rows = new Map<string, { last: number }>()
+  const target = {
+    rows,
+    calls: 0,
+    admin,
+    formatProblem: async () => problem,
+    importRows: async <K extends RowKind>(kind: K, batch: ReadonlyArray<ExportedRows[K]>, dryRun: boolean): Promise<ImportCounts> => {
+      target.calls++
+      const c = { written: 0, kept: 0, expired: 0 }
+      for (const r of batch) {
+        const have = rows.get(`${kind}:${r.key}`)
+        if (have && have.last >= r.last) c.kept++
+        else {
+          c.written++
+          if (!dryRun) rows.set(`${kind}:${r.key}`, { last: r.last })
+        }
+      }
+      return c
+    },
+  }
+  return target
+}
+
+function memorySource(triplets: ExportedRows['triplet'][], admin: StoreAdmin, pageSizes: number[] = []): MigrationSource {
+  return {
+    admin,
+    *pages<K extends RowKind>(kind: K, now: number, size: number): Generator<Array<ExportedRows[K]>> {
+      pageSizes.push(size)
+      const all = kind === 'triplet' ? triplets.filter((r) => r.expires >= now) : []
+      for (let i = 0; i < all.length; i += size) yield all.slice(i, i + size) as Array<ExportedRows[K]>
+    },
+  }
+}
+
+const entry = (key: string, setAt: number, expires = Infinity): WhitelistEntry => ({ key, expires, note: `n${setAt}`, setAt })
+const override = (key: string, setAt: number, expires = Infinity): OverrideEntry => ({ key, limits: '10msg/1h', expires, note: '', setAt })
+
+t.test('migrate: rows, whitelist entries and overrides; the newer side wins; expired entries stay behind', async (t) => {
+  const source = memorySource([triplet('a', 100, 500), triplet('b', 100, 500), triplet('gone', 50, 90)], memoryAdmin(
+    [entry('sender\tnew@x', 20), entry('sender\told@x', 20), entry('sender\tended@x', 20, 99)],
+    [override('sasl:alice', 30), override('sasl:bob', 30)],
+  ))
+  const targetAdmin = memoryAdmin([entry('sender\told@x', 25)], [override('sasl:bob', 40)])
+  const target = memoryTarget(targetAdmin)
+  target.rows.set('triplet:b', { last: 200 })
+  const summary = await migrate(source, target, { dryRun: false, from: 'sqlite', to: 'redis' }, io(100))
+  t.same(summary, {
+    from: 'sqlite',
+    to: 'redis',
+    dryRun: false,
+    triplets: { written: 1, kept: 1, expired: 0 },
+    clients: { written: 0, kept: 0, expired: 0 },
+    whitelist: { written: 1, kept: 1 },
+    overrides: { written: 1, kept: 1 },
+    notCopied: [...NOT_COPIED],
+  })
+  t.same([...target.rows], [['triplet:b', { last: 200 }], ['triplet:a', { last: 100 }]], 'the row expired before now is not offered at all')
+  t.same([...targetAdmin.wl.keys()].sort(), ['sender\tnew@x', 'sender\told@x'])
+  t.equal(targetAdmin.wl.get('sender\told@x')!.setAt, 25, 'the entry set later on the target is kept')
+  t.same(targetAdmin.wl.get('sender\tnew@x'), entry('sender\tnew@x', 20), 'copied whole (expiry, note, set time)')
+  t.equal(targetAdmin.ov!.get('sasl:bob')!.setAt, 40)
+  t.same(targetAdmin.ov!.get('sasl:alice'), override('sasl:alice', 30))
+
+  const again = await migrate(source, target, { dryRun: false, from: 'sqlite', to: 'redis' }, io(100))
+  t.same([again.triplets, again.whitelist, again.overrides], [{ written: 0, kept: 2, expired: 0 }, { written: 0, kept: 2 }, { written: 0, kept: 2 }], 'a second run copies nothing')
+})
+
+t.test('migrate --dry-run counts what a run would copy and writes nothing', async (t) => {
+  const targetAdmin = memoryAdmin([], [])
+  const target = memoryTarget(targetAdmin)
+  const source = memorySource([triplet('a', 100, 500)], memoryAdmin([entry('sender\tx@y', 1)], [override('global:*', 1)]))
+  const summary = await migrate(source, target, { dryRun: true, from: 'sqlite', to: 'redis' }, io(100))
+  t.same([summary.dryRun, summary.triplets.written, summary.whitelist.written, summary.overrides], [true, 1, 1, { written: 1, kept: 0 }])
+  t.same([target.rows.size, targetAdmin.wl.size, targetAdmin.ov!.size], [0, 0, 0])
+  t.match(describeSummary(summary), /^dry run, nothing written: sqlite -> redis\ntriplets: 1 to copy, 0 kept/)
+})
+
+t.test('overrides are copied only when both stores keep them; the summary says which does not', async (t) => {
+  const withOverrides = memoryAdmin([], [override('sasl:alice', 1)])
+  const summary = await migrate(memorySource([], withOverrides), memoryTarget(memoryAdmin()), { dryRun: false, from: 'sqlite', to: 'redis' }, io(100))
+  t.same(summary.overrides, { notCopied: 'the redis store keeps no rate-limit overrides in this version' })
+  const back = await migrate(memorySource([], memoryAdmin()), memoryTarget(withOverrides), { dryRun: false, from: 'sqlite', to: 'redis' }, io(100))
+  t.same(back.overrides, { notCopied: 'the sqlite store keeps no rate-limit overrides in this version' })
+  const text = describeSummary(summary)
+  t.match(text, /^rate-limit overrides: not copied \(the redis store keeps/m)
+  for (const what of NOT_COPIED) t.ok(text.includes(`not copied: ${what}\n`), what)
+})
+
+t.test('a progress line on stderr after each PROGRESS_EVERY rows, none for fewer', async (t) => {
+  const rows = Array.from({ length: PROGRESS_EVERY * 2 + 5 }, (_, i) => triplet(`k${String(i).padStart(6, '0')}`, 100, 500))
+  const out = io(100)
+  const target = memoryTarget(memoryAdmin())
+  await migrate(memorySource(rows, memoryAdmin()), target, { dryRun: false, from: 'sqlite', to: 'redis' }, out)
+  t.same(out.errText.split('\n').filter(Boolean), [
+    `policyd-ts store migrate: ${PROGRESS_EVERY} triplets read, ${PROGRESS_EVERY} copied`,
+    `policyd-ts store migrate: ${PROGRESS_EVERY * 2} triplets read, ${PROGRESS_EVERY * 2} copied`,
+  ])
+  t.equal(target.calls, Math.ceil(rows.length / 2000) + 0, 'one target call per page of rows read (no client rows here)')
+  const few = io(100)
+  await migrate(memorySource(rows.slice(0, 10), memoryAdmin()), memoryTarget(memoryAdmin()), { dryRun: false, from: 'sqlite', to: 'redis' }, few)
+  t.equal(few.errText, '')
+})
+
+t.test('a target whose format record differs is refused before anything is read', async (t) => {
+  let read = false
+  const source: MigrationSource = { admin: memoryAdmin(), pages: () => ((read = true), []) }
+  await t.rejects(migrate(source, memoryTarget(memoryAdmin(), 'format 1 and greylist_privacy yes'), { dryRun: false, from: 'sqlite', to: 'redis' }, io(100)), { name: 'MigrationRefused' })
+  t.notOk(read)
+})
+
+t.test('runStoreMigrate: usage errors exit 64 with a message, before any store is opened', async (t) => {
+  const loaded = configOf({ db_path: '/nonexistent/never-opened.sqlite' })
+  const cases: Array<[{ from?: string; to?: string }, RegExp]> = [
+    [{}, /give --from sqlite --to redis/],
+    [{ from: 'sqlite' }, /give --from sqlite --to redis/],
+    [{ from: 'redis', to: 'sqlite' }, /--from redis --to sqlite is not supported: on the way back, set store = sqlite/],
+    [{ from: 'sqlite', to: 'sqlite' }, /the one migration is --from sqlite --to redis/],
+  ]
+  for (const [args, message] of cases) {
+    const out = io(100)
+    t.equal(await runStoreMigrate(loaded, { ...args, dryRun: false, json: false }, out), 64, JSON.stringify(args))
+    t.match(out.errText, message)
+    t.equal(out.outText, '')
+  }
+})
+
+t.test('runStoreMigrate: a missing database or an unreachable Redis exits 69 and says which', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'db', 'store.sqlite')
+  const cli = { db_path: file, redis_url: 'redis://127.0.0.1:1/0', redis_timeout: '200ms' }
+  const missing = io(100)
+  t.equal(await runStoreMigrate(configOf(cli), { from: 'sqlite', to: 'redis', dryRun: false, json: false }, missing), 69)
+  t.match(missing.errText, /^policyd-ts store migrate: database .*store\.sqlite does not exist/)
+  const s = sqlite(t, file)
+  await request(s, 'k', 'c', 100)
+  s.close()
+  const down = io(100)
+  t.equal(await runStoreMigrate(configOf(cli), { from: 'sqlite', to: 'redis', dryRun: false, json: false }, down), 69)
+  t.match(down.errText, /^policyd-ts store migrate: redis redis:\/\/127\.0\.0\.1:1\/0: .*ECONNREFUSED/)
+  t.equal(down.outText, '')
+})
+
+function sqlite(t: Tap.Test, file: string): SqliteStore {
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined })
+  t.teardown(() => s.close())
+  return s
+}
+
+/** A request of greylisting at `now` through the real state machine, as the policy path runs it. */
+const request = (s: { updateGreylist: SqliteStore['updateGreylist'] }, key: string, client: string, now: number) =>
+  s.updateGreylist(key, client, (view) => evaluateTriplet(view, now, params))
+
+t.test('SqliteExport: unexpired rows of each kind in key order, across pages; refuses what is no policyd-ts database', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  for (let i = 0; i < 7; i++) {
+    await s.updateGreylist(`t${i}`, `c${i}`, () => ({ triplet: { row: { first: 1, last: 2 + i, passed: 0, count: 1 }, expires: 100 + i }, client: { row: { count: i, last: 3, lastCounted: 4 }, expires: 100 - i }, result: null }))
+  }
+  s.close()
+  const reader = new SqliteExport(file)
+  t.teardown(() => reader.close())
+  const pages = [...reader.pages('triplet', 103, 2)]
+  t.same(pages.map((p) => p.map((r) => r.key)), [['t3', 't4'], ['t5', 't6']], 'expires 103 is still live at 103, as the store keeps it')
+  t.same(pages[0][0], { key: 't3', first: 1, last: 5, passed: 0, count: 1, expires: 103 })
+  t.same([...reader.pages('client', 97, 10)], [[
+    { key: 'c0', count: 0, last: 3, lastCounted: 4, expires: 100 },
+    { key: 'c1', count: 1, last: 3, lastCounted: 4, expires: 99 },
+    { key: 'c2', count: 2, last: 3, lastCounted: 4, expires: 98 },
+    { key: 'c3', count: 3, last: 3, lastCounted: 4, expires: 97 },
+  ]])
+  t.same([...reader.pages('triplet', 1000, 2)], [], 'nothing left')
+  const other = path.join(dir, 'other.sqlite')
+  fs.writeFileSync(other, '')
+  t.throws(() => new SqliteExport(other), { message: /schema version 0: not a policyd-ts database/ })
+  t.throws(() => new SqliteExport(path.join(dir, 'missing.sqlite')), { failure: 'unavailable', message: /missing\.sqlite/ })
+})
+
+// ---- against a real redis-server
+
+function importer(t: Tap.Test, server: RedisServer, now: number, privacy = false): RedisImporter {
+  const s = new RedisImporter({ endpoint: parseRedisUrl(server.url) as RedisEndpoint, prefix: 'mig:', timeoutMs: 2000, privacy, log: () => undefined, clock: () => now })
+  t.teardown(() => s.close())
+  return s
+}
+
+function redisStore(t: Tap.Test, server: RedisServer, now: number): RedisStore {
+  const s = new RedisStore({ endpoint: parseRedisUrl(server.url) as RedisEndpoint, prefix: 'mig:', timeoutMs: 2000, privacy: false, log: () => undefined, clock: () => now })
+  t.teardown(() => s.close())
+  return s
+}
+
+async function sqliteToRedis(file: string, target: RedisImporter, now: number, dryRun = false) {
+  const store = new SqliteStore({ path: file, busyTimeoutMs: 500, renameCorrupt: false, mustExist: true, log: () => undefined })
+  const reader = new SqliteExport(file)
+  try {
+    const source: MigrationSource = { admin: store, pages: (kind, at, size) => reader.pages(kind, at, size) }
+    const sink: MigrationTarget = { admin: target, formatProblem: () => target.formatProblem(), importRows: (kind, rows, dry) => target.importRows(kind, rows, dry) }
+    return await migrate(source, sink, { dryRun, from: 'sqlite', to: 'redis' }, io(now))
+  } finally {
+    reader.close()
+    store.close()
+  }
+}
+
+const T0 = 1_000_000
+const DAY = 86400
+
+t.test('redis: migrated triplets decide on Redis exactly as on SQLite; TTLs follow the expiry; idempotent; newer rows kept', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  // A triplet waiting out its delay, one that passed (and counted its client), and one whose round expired.
+  t.match(await request(s, 'waiting', 'net-a', T0), { kind: 'new' })
+  t.match(await request(s, 'passed', 'net-b', T0 - 1000), { kind: 'new' })
+  t.match(await request(s, 'passed', 'net-b', T0 - 500), { kind: 'first-pass' })
+  t.match(await request(s, 'stale', 'net-c', T0 - 3 * DAY), { kind: 'new' })
+  await s.setWhitelist({ key: 'sender\tnews@partner.example', expires: Infinity, note: 'newsletter', setAt: T0 - 5 })
+  s.close()
+
+  const now = T0 + 10
+  const summary = await sqliteToRedis(file, importer(t, server, now), now)
+  t.same([summary.triplets, summary.clients, summary.whitelist], [{ written: 2, kept: 0, expired: 0 }, { written: 1, kept: 0, expired: 0 }, { written: 1, kept: 0 }])
+
+  const r = redisStore(t, server, now)
+  const listed = await r.listTriplets(() => true, 10)
+  const onSqlite = await s.listTriplets(() => true, 10)
+  t.same(listed, onSqlite.filter((row) => row.key !== 'stale'), 'fields and expiry as they were (the expired round stays behind)')
+  t.same(await r.listWhitelist(), await s.listWhitelist())
+  t.same(await r.counts(), { triplets: 2, clients: 1 }, 'counted for greylist_max_entries')
+  for (const row of listed) {
+    const ttl = Number(await server.command('PTTL', `mig:{g}:t:${row.key}`))
+    const expected = (row.expires - now) * 1000 + 1000
+    t.ok(Math.abs(ttl - expected) < 5000, `TTL of ${row.key}: ${ttl} ms, expiry ${row.expires} - now ${now}`)
+  }
+
+  // The same requests after the copy, on both stores: the same outcomes and the same rows written.
+  const later = T0 + params.delay + 1
+  for (const [key, client] of [['waiting', 'net-a'], ['passed', 'net-b'], ['fresh', 'net-d']]) {
+    t.same(await request(r, key, client, later), await request(s, key, client, later), `${key} at delay + 1`)
+  }
+  t.same(await r.listTriplets((k) => k !== 'stale', 10), (await s.listTriplets((k) => k !== 'stale', 10)))
+  t.match(await request(r, 'waiting', 'net-a', later + 1), { kind: 'known' })
+
+  // Again: the same requests moved both stores on alike, so every row on Redis is as recent: all kept.
+  const versions = await server.command('HGET', 'mig:{g}:t:passed', 'v')
+  const again = await sqliteToRedis(file, importer(t, server, later), later)
+  t.same([again.triplets, again.clients, again.whitelist], [{ written: 0, kept: 3, expired: 0 }, { written: 0, kept: 2, expired: 0 }, { written: 0, kept: 1 }])
+  t.equal(await server.command('HGET', 'mig:{g}:t:passed', 'v'), versions, 'not rewritten')
+  t.same(await r.counts(), { triplets: 3, clients: 2 }, 'the counts are not added twice')
+})
+
+t.test('redis: a row older on Redis is replaced by the SQLite one; rows expired by the server clock are left out', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  const put = (store: { updateGreylist: SqliteStore['updateGreylist'] }, key: string, last: number, expires: number) =>
+    store.updateGreylist(key, `c-${key}`, () => ({ triplet: { row: { first: 1, last, passed: 0, count: last }, expires }, result: null }))
+  await put(s, 'old-on-redis', 50, 1000)
+  await put(s, 'new-on-redis', 50, 1000)
+  await put(s, 'ends-soon', 50, 150)
+  s.close()
+  const r = redisStore(t, server, 40)
+  await put(r, 'old-on-redis', 40, 1000)
+  await put(r, 'new-on-redis', 60, 1000)
+  // The reader's clock says live, the server's (the importer's test clock here) says expired.
+  const reader = new SqliteExport(file)
+  const rows = [...reader.pages('triplet', 100, 100)].flat()
+  reader.close()
+  const counts = await importer(t, server, 200).importRows('triplet', rows, false)
+  t.same(counts, { written: 1, kept: 1, expired: 1 })
+  t.same((await r.listTriplets(() => true, 10)).map((row) => [row.key, row.last]), [['new-on-redis', 60], ['old-on-redis', 50]])
+})
+
+t.test('redis: many rows go in batches; the summary counts them all', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const rows = Array.from({ length: IMPORT_BATCH * 3 + 7 }, (_, i) => triplet(`k${i}`, 100, 5000))
+  const target = importer(t, server, 100)
+  t.same(await target.importRows('triplet', rows, false), { written: rows.length, kept: 0, expired: 0 })
+  t.equal(Number(await server.command('HGET', 'mig:{g}:n', 't')), rows.length)
+  t.same(await target.importRows('triplet', rows, false), { written: 0, kept: rows.length, expired: 0 })
+})
+
+t.test('redis: a store keyed with another greylist_privacy is refused, by the command and by the script', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  await request(s, 'k', 'c', T0)
+  s.close()
+  await server.command('HSET', 'mig:{g}:meta', 'format', '1', 'privacy', 'yes')
+  const target = importer(t, server, T0)
+  t.match(await target.formatProblem(), /format 1 and greylist_privacy yes, this configuration format 1 and greylist_privacy no/)
+  await t.rejects(sqliteToRedis(file, target, T0), { name: 'MigrationRefused' })
+  await t.rejects(target.importRows('triplet', [triplet('k', 1, T0 + 100)], false), { message: /every host sharing the store must agree/ })
+  t.equal(await server.command('EXISTS', 'mig:{g}:t:k'), '0', 'nothing written')
+  t.equal(await importer(t, server, T0, true).formatProblem(), null, 'a host with the same privacy may')
+})
+
+t.test('redis: --dry-run counts against what Redis holds and writes nothing, not even the format record', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  await request(s, 'a', 'c', T0)
+  await request(s, 'b', 'c', T0)
+  await s.setWhitelist({ key: 'client\t192.0.2.0/24', expires: T0 + DAY, note: '', setAt: T0 })
+  s.close()
+  const dry = await sqliteToRedis(file, importer(t, server, T0), T0, true)
+  t.same([dry.dryRun, dry.triplets, dry.whitelist], [true, { written: 2, kept: 0, expired: 0 }, { written: 1, kept: 0 }])
+  t.equal(await server.command('DBSIZE'), '0')
+  const real = await sqliteToRedis(file, importer(t, server, T0), T0)
+  t.same([real.triplets, real.whitelist], [dry.triplets, dry.whitelist], 'the run does what the dry run said')
+})
