@@ -14,17 +14,21 @@
 //   rate limiting: policyd-ts (spawn mode and daemon) vs policyd-rate-limit's
 //                daemon at 1 and 8 connections, and a race of 16 clients
 //                on one key (ratelimit.ts)
+//   Redis:       greylisting and rate limiting in the policyd-ts daemon with
+//                store = redis (a private redis-server) vs store = sqlite,
+//                and greylisting vs postgrey, at 1, 8 and 32 connections
+//                (redis.ts)
 //
 //   node dist/bench/bench.js --compare [--requests N] [--spf-requests N]
 //       [--cold-requests N] [--cold-runs N] [--daemon-starts N] [--rounds N] [--warmup N]
 //       [--warmup-many N] [--paced-interval-ms N] [--paced-requests N] [--greylist-only] [--daemon-cpu-prof DIR]
-//       [--ratelimit-only] [--ratelimit-requests N] [--race-limit N] [--race-daemons N]
+//       [--ratelimit-only] [--ratelimit-requests N] [--race-limit N] [--race-daemons N] [--redis-only]
 //   Warm figures are taken after --warmup requests to every server process
 //   (default 2000; a daemon's spread over its connections; --warmup-many,
 //   default 500, each when more than 8 processes are spawned): a policy
 //   process serves thousands of requests in its life, and fewer leave V8
 //   compiling during the timed part. --greylist-only skips SPF, the cold
-//   starts and rate limiting; --ratelimit-only runs rate limiting alone. --paced-*: the second timed part at 100 connections, each
+//   starts, rate limiting and Redis; --ratelimit-only runs rate limiting alone, --redis-only the Redis part alone. --paced-*: the second timed part at 100 connections, each
 //   sending one request every N ms (see reportScale).
 //
 // Needs root: postgrey drops to its own user, and policyd-spf (pyspf reads
@@ -67,7 +71,7 @@ function stringArg(name: string): string | undefined {
   if (v === undefined || v.startsWith('--')) throw new Error(`--${name} needs a value`)
   return v
 }
-const GL_REQUESTS = Math.ceil(arg('requests', 16000) / 80) * 80 // whole blocks of 10 on each of 8 connections
+export const GL_REQUESTS = Math.ceil(arg('requests', 16000) / 80) * 80 // whole blocks of 10 on each of 8 connections
 const SPF_REQUESTS = Math.ceil(arg('spf-requests', 8000) / 8) * 8
 const COLD_REQUESTS = arg('cold-requests', 500)
 const COLD_RUNS = arg('cold-runs', 21)
@@ -87,11 +91,13 @@ const WARMUP_MANY = arg('warmup-many', 500)
 const GREYLIST_ONLY = process.argv.includes('--greylist-only')
 /** Rate limiting only (ratelimit.ts): no greylisting, SPF or cold starts. */
 const RATELIMIT_ONLY = process.argv.includes('--ratelimit-only')
+/** The Redis part only (redis.ts). */
+const REDIS_ONLY = process.argv.includes('--redis-only')
 /** A directory for a CPU profile of the daemon (node --cpu-prof), written when it stops. */
 const DAEMON_CPU_PROF = stringArg('daemon-cpu-prof')
 // Seconds, both servers (postgrey's minimum is 1: `$opt{delay} || 300`). The early retry
 // must stay early when 100 connections share 2 cores (2 requests took over 3 s there).
-const GL_DELAY = 30
+export const GL_DELAY = 30
 const KNOWN = 200 // triplets that passed greylisting before the timed runs
 
 // ---------------------------------------------------------------- resources
@@ -148,6 +154,8 @@ export interface Subject {
   open(): Promise<Connection>
   /** The daemon's pid (daemons only): its process tree is the server's memory. */
   daemonPid?: () => number | undefined
+  /** Other processes serving it (a daemon's redis-server): counted in its CPU time and memory. */
+  helperPids?: () => number[]
 }
 
 export function spawnServer(name: string, file: string, args: string[]): Connection {
@@ -210,7 +218,7 @@ export function connectTo(where: net.NetConnectOpts): Promise<net.Socket> {
   })
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer()
     srv.once('error', reject)
@@ -261,7 +269,15 @@ export function stopDaemon(d: Daemon): Promise<void> {
   return stopChild(d.child, d.graceMs)
 }
 
-function startPostgrey(dir: string, port: number): Daemon {
+/** Makes `dir` ready for startPostgrey: its database directory (owned by postgrey's user) and the empty whitelist file. */
+export function preparePostgreyDir(dir: string): void {
+  const pgUser = userIds('postgrey')
+  fs.mkdirSync(path.join(dir, 'postgrey-db'), { mode: 0o700 })
+  fs.chownSync(path.join(dir, 'postgrey-db'), pgUser.uid, pgUser.gid)
+  fs.writeFileSync(path.join(dir, 'empty'), '')
+}
+
+export function startPostgrey(dir: string, port: number): Daemon {
   const args = [
     `--inet=127.0.0.1:${port}`, `--dbdir=${path.join(dir, 'postgrey-db')}`, `--delay=${GL_DELAY}`,
     // The empty lists policyd-ts runs with (postgrey's defaults are its /etc/postgrey files).
@@ -446,17 +462,17 @@ function knownTriplet(k: number, instance: string): string {
   })
 }
 
-function newTriplet(tag: string, i: number, instance: string): string {
+export function newTriplet(tag: string, i: number, instance: string): string {
   const id = `${tag}q${i.toString(36)}`
   return policyRequest({
     client_address: `172.16.${(i >> 8) & 255}.${i & 255}`, sender: `n${id}x@new.example`, recipient: `bob@example.org`, instance,
   })
 }
 
-const GREYLIST_MIX = 'each 10 requests: 2 new triplets, 1 early retry of one of them (2 requests later), 7 triplets that passed before (200 of them, each client its own /24)'
+export const GREYLIST_MIX = 'each 10 requests: 2 new triplets, 1 early retry of one of them (2 requests later), 7 triplets that passed before (200 of them, each client its own /24)'
 
 /** The greylisting stream `tag`: new triplets are new to the server only once per tag. */
-function greylistStream(tag: string, salt = 0): Stream {
+export function greylistStream(tag: string, salt = 0): Stream {
   return (i) => {
     const instance = `${tag}.${i}`
     const slot = i % 10
@@ -531,7 +547,7 @@ function spfColdStream(tag: string): Stream {
 
 // ---------------------------------------------------------------- measuring
 
-interface Check {
+export interface Check {
   mismatches: number
   firstMismatch: string
   sample: string
@@ -634,7 +650,7 @@ async function timed(subject: Subject, cs: Connection[], phase: Phase): Promise<
   const { perConn, stream, dns, before, intervalMs } = phase
   const check: Check = { mismatches: 0, firstMismatch: '', sample: '' }
   const lat: number[] = []
-  const pids = (subject.perConnectionProcess ? cs.map((c) => c.pid) : [subject.daemonPid?.()]).filter((p): p is number => p !== undefined)
+  const pids = [...(subject.perConnectionProcess ? cs.map((c) => c.pid) : [subject.daemonPid?.()]), ...(subject.helperPids?.() ?? [])].filter((p): p is number => p !== undefined)
   const serverNs0 = cpuTimeNs(pids)
   const q0 = dns?.queries ?? 0
   const cpu0 = process.cpuUsage()
@@ -701,7 +717,7 @@ async function postgreyStart(dir: string, item: Item, check: Check): Promise<num
   }
 }
 
-async function seedKnown(subject: Subject, phase: 'new' | 'pass', tag: string): Promise<Check> {
+export async function seedKnown(subject: Subject, phase: 'new' | 'pass', tag: string): Promise<Check> {
   const conn = await subject.open()
   const check: Check = { mismatches: 0, firstMismatch: '', sample: '' }
   try {
@@ -859,10 +875,12 @@ async function run(): Promise<void> {
     await rateLimit()
     return finish()
   }
-  const pgUser = userIds('postgrey')
-  fs.mkdirSync(path.join(dir, 'postgrey-db'), { mode: 0o700 })
-  fs.chownSync(path.join(dir, 'postgrey-db'), pgUser.uid, pgUser.gid)
-  fs.writeFileSync(path.join(dir, 'empty'), '')
+  const redis = (): Promise<void> => (require('./redis') as typeof import('./redis')).redisPart(dir, target)
+  if (REDIS_ONLY) {
+    await redis()
+    return finish()
+  }
+  preparePostgreyDir(dir)
 
   // ---- DNS: the test server, reachable on <loopback>:53 for pyspf.
   const dns = await startDnsServer(baseZone())
@@ -1075,6 +1093,9 @@ async function run(): Promise<void> {
     out(`  policyd-spf ${JSON.stringify(samples['spf policyd-spf'])}`)
     out()
   }
-  if (!GREYLIST_ONLY) await rateLimit()
+  if (!GREYLIST_ONLY) {
+    await rateLimit()
+    await redis()
+  }
   finish()
 }

@@ -35,20 +35,20 @@ import type { RateLimitAdmin } from '../lib/ratelimit/types'
 import { Connection, policyRequest, row } from './driver'
 
 /** Timed requests per number of connections and round: whole messages (RCPT + END-OF-MESSAGE) on each of 8 connections. */
-const RL_REQUESTS = Math.ceil(arg('ratelimit-requests', 16000) / (2 * CONNS)) * 2 * CONNS
+export const RL_REQUESTS = Math.ceil(arg('ratelimit-requests', 16000) / (2 * CONNS)) * 2 * CONNS
 const LEVELS = [1, CONNS]
-const RACE_LIMIT = arg('race-limit', 1000)
-const RACE_CLIENTS = 16
+export const RACE_LIMIT = arg('race-limit', 1000)
+export const RACE_CLIENTS = 16
 /** Messages each race client tries: twice the limit in all. */
-const RACE_PER_CLIENT = Math.ceil((2 * RACE_LIMIT) / RACE_CLIENTS)
+export const RACE_PER_CLIENT = Math.ceil((2 * RACE_LIMIT) / RACE_CLIENTS)
 /** policyd-rate-limit daemons sharing one database in the second race (several MX hosts, or instances, on one store). */
 const RACE_DAEMONS = arg('race-daemons', 4)
 
 const NETWORK = '10.77.0.0/16'
 const CLIENTS = 1000
 /** Per minute and per day, as policyd-rate-limit's shipped config has them, high enough never to refuse in the timed part. */
-const RATE_LIMITS: Array<[number, number]> = [[100000, 60], [1000000, 86400]]
-const RACE_CLIENT = '10.77.200.1'
+export const RATE_LIMITS: Array<[number, number]> = [[100000, 60], [1000000, 86400]]
+export const RACE_CLIENT = '10.77.200.1'
 const OUTSIDE_CLIENT = '10.99.0.1'
 const ECHO = path.join(__dirname, 'echo.js')
 const REFUSED = /^action=DEFER_IF_PERMIT /i
@@ -109,26 +109,26 @@ function eomRequest(msg: Message): string {
 }
 
 /** The throughput stream: request 2m is message m's RCPT, 2m + 1 its END-OF-MESSAGE; no limit is reached, so every reply is DUNNO. */
-function rateStream(tag: string): Stream {
+export function rateStream(tag: string): Stream {
   return (i) => {
     const msg = message(tag, i >> 1)
     return { text: i % 2 === 0 ? rcptRequest(msg) : eomRequest(msg), expect: 'pass' }
   }
 }
 
-const STREAM_TEXT = `per message its RCPT, then its END-OF-MESSAGE (recipient_count=1, size 2-200 kB); ${CLIENTS} clients of ${NETWORK} (index ${CLIENTS}*u^2: the busiest sends ~3 %), 4 senders each; no SASL`
+export const STREAM_TEXT = `per message its RCPT, then its END-OF-MESSAGE (recipient_count=1, size 2-200 kB); ${CLIENTS} clients of ${NETWORK} (index ${CLIENTS}*u^2: the busiest sends ~3 %), 4 senders each; no SASL`
 
 // ---------------------------------------------------------------- servers
 
 /** policyd-ts with rate limiting alone: greylisting and SPF off, client limits inside NETWORK. */
-function policydTsArgs(dir: string, name: string, limits: string): string[] {
+export function policydTsArgs(dir: string, name: string, limits: string): string[] {
   return [
     ...policydArgs(dir, name), '--greylist_enabled', 'no', '--spf_enabled', 'no',
     '--ratelimit_enabled', 'yes', '--ratelimit_networks', NETWORK, '--ratelimit_client_limits', limits,
   ]
 }
 
-function tsLimits(limits: Array<[number, number]>): string {
+export function tsLimits(limits: Array<[number, number]>): string {
   return limits.map(([count, seconds]) => `${count}/${seconds}s`).join(', ')
 }
 
@@ -168,7 +168,7 @@ function startRateLimit(root: string, name: string, db: string, limits: Array<[n
   }, POLICYD_RATE_LIMIT, ['--file', file])
 }
 
-async function up(d: Daemon): Promise<Daemon> {
+export async function up(d: Daemon): Promise<Daemon> {
   ;(await connectWhenUp(d, 15000)).destroy()
   return d
 }
@@ -223,7 +223,7 @@ function databaseErrors(d: Daemon): number {
 
 // ---------------------------------------------------------------- race
 
-interface RaceOutcome {
+export interface RaceOutcome {
   name: string
   accepted: number
   refused: number
@@ -244,7 +244,7 @@ interface RaceOutcome {
  * is accepted, its END-OF-MESSAGE (a refused single-recipient message has
  * no DATA).
  */
-async function race(name: string, open: (j: number) => Promise<Connection>): Promise<RaceOutcome> {
+export async function race(name: string, open: (j: number) => Promise<Connection>): Promise<RaceOutcome> {
   const cs = await Promise.all(Array.from({ length: RACE_CLIENTS }, (_, j) => open(j)))
   const o: RaceOutcome = { name, accepted: 0, refused: 0, unexpected: 0, firstUnexpected: '', refusal: '', seconds: 0, counted: '-', consistent: true }
   const odd = (what: string, reply: string): void => {
