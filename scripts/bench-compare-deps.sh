@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the programs `npm run bench -- --compare` measures policyd-ts
 # against: Debian's postgrey, postfix-policyd-spf-python (policyd-spf) and
-# policyd-rate-limit.
+# policyd-rate-limit, and redis-server (the bench starts a private one; the
+# package's service is not started while it installs).
 # The bench runs it itself when they are missing; the tests never do.
 #
 # The bench starts the programs on its own (postgrey on a free 127.0.0.1
@@ -18,7 +19,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-PKGS="postgrey postfix-policyd-spf-python policyd-rate-limit"
+PKGS="postgrey postfix-policyd-spf-python policyd-rate-limit redis-server"
 
 # pid of a running daemon from its pid file, or nothing; $1 is what its
 # /proc/PID/cmdline must contain (a stale pid file may name another process).
