@@ -77,9 +77,38 @@ function servfail(msg: Buffer): Buffer | null {
   }
 }
 
+/**
+ * A TCP server and a UDP socket on one port of 127.0.0.1: the TCP port is
+ * taken first (port 0: the kernel picks one no socket uses, not even a
+ * client's ephemeral port), then UDP on that number; when UDP is taken
+ * there, both start over on another (bounded). Picking the UDP port first
+ * collided with client connections of other tests holding that TCP port.
+ */
+async function listenOnOnePort(tcp: net.Server, onMessage: (udp: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo) => void): Promise<{ udp: dgram.Socket; port: number }> {
+  let lastError: Error | undefined
+  for (let attempt = 0; attempt < 20; attempt++) {
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject)
+      tcp.listen(0, '127.0.0.1', () => (tcp.off('error', reject), resolve()))
+    })
+    const port = (tcp.address() as net.AddressInfo).port
+    const udp = dgram.createSocket('udp4')
+    udp.on('message', (msg, rinfo) => onMessage(udp, msg, rinfo))
+    const bound = await new Promise<Error | null>((resolve) => {
+      udp.once('error', resolve)
+      udp.bind(port, '127.0.0.1', () => resolve(null))
+    })
+    if (bound === null) return { udp, port }
+    lastError = bound
+    udp.close()
+    await new Promise<void>((resolve) => tcp.close(() => resolve()))
+  }
+  throw lastError ?? new Error('no port free for both UDP and TCP')
+}
+
 export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
   let zone = initial
-  const udp = dgram.createSocket('udp4')
+  let udp: dgram.Socket | undefined
   const sockets = new Set<net.Socket>()
   const tcp = net.createServer((sock) => {
     sockets.add(sock)
@@ -115,7 +144,7 @@ export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
     close: () =>
       new Promise((resolve) => {
         for (const s of sockets) s.destroy()
-        udp.close(() => tcp.close(() => resolve()))
+        udp!.close(() => tcp.close(() => resolve()))
       }),
   }
   function answer(msg: Buffer, udpLimit: boolean): Buffer | null {
@@ -138,25 +167,19 @@ export function startDnsServer(initial: Zone = {}): Promise<DnsServer> {
     }
     return reply
   }
-  udp.on('message', (msg, rinfo) => {
+  const onMessage = (sock: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void => {
     let reply: Buffer | null
     try {
       reply = answer(msg, true)
     } catch {
       reply = servfail(msg)
     }
-    if (reply) udp.send(reply, rinfo.port, rinfo.address)
-  })
-  return new Promise((resolve, reject) => {
-    udp.once('error', reject)
-    udp.bind(0, '127.0.0.1', () => {
-      const port = udp.address().port
-      tcp.once('error', reject)
-      tcp.listen(port, '127.0.0.1', () => {
-        server.port = port
-        resolve(server)
-      })
-    })
+    if (reply) sock.send(reply, rinfo.port, rinfo.address)
+  }
+  return listenOnOnePort(tcp, onMessage).then(({ udp: bound, port }) => {
+    udp = bound
+    server.port = port
+    return server
   })
 }
 
@@ -190,7 +213,7 @@ export function responseTo(q: ReceivedQuery, fields: Partial<dnsPacket.Packet> =
  * answer late or from elsewhere. `onQuery` runs for each question received.
  */
 export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Promise<ScriptedDnsServer> {
-  const udp = dgram.createSocket('udp4')
+  let udp: dgram.Socket | undefined
   const connections = new Set<net.Socket>()
   const received: ReceivedQuery[] = []
   const take = (transport: 'udp' | 'tcp', msg: Buffer, from: { address: string; port: number }, reply: ReceivedQuery['reply']): void => {
@@ -206,10 +229,10 @@ export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Pro
     received.push(q)
     onQuery(q)
   }
-  udp.on('message', (msg, rinfo) => {
+  const onMessage = (sock: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void => {
     const from = { address: rinfo.address, port: rinfo.port }
-    take('udp', msg, from, (m, to = from) => udp.send(m, to.port, to.address))
-  })
+    take('udp', msg, from, (m, to = from) => sock.send(m, to.port, to.address))
+  }
   const tcp = net.createServer((sock) => {
     connections.add(sock)
     sock.on('close', () => connections.delete(sock))
@@ -235,16 +258,13 @@ export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Pro
     close: () =>
       new Promise((resolve) => {
         for (const s of connections) s.destroy()
-        udp.close(() => tcp.close(() => resolve()))
+        udp!.close(() => tcp.close(() => resolve()))
       }),
   }
-  return new Promise((resolve, reject) => {
-    udp.once('error', reject)
-    udp.bind(0, '127.0.0.1', () => {
-      server.port = udp.address().port
-      tcp.once('error', reject)
-      tcp.listen(server.port, '127.0.0.1', () => resolve(server))
-    })
+  return listenOnOnePort(tcp, onMessage).then(({ udp: bound, port }) => {
+    udp = bound
+    server.port = port
+    return server
   })
 }
 
