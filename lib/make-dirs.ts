@@ -14,6 +14,14 @@ export function makeDirs(dir: string, mode: number): string | undefined {
     missing.unshift(d)
     if (d === path.dirname(d)) break
   }
-  for (const d of missing) fs.mkdirSync(d, { mode })
+  for (const d of missing) {
+    try {
+      fs.mkdirSync(d, { mode })
+    } catch (err) {
+      // Another process made it between our look and our mkdir (spawned
+      // processes starting together on a fresh install): it is there.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw err
+    }
+  }
   return missing[0]
 }

@@ -556,12 +556,22 @@ export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, R
     return this.writeTransaction((db) => this.rateLimitTables(db).step(step))
   }
 
+  /**
+   * Reads of the request path outside a write transaction. busy_timeout is
+   * 0 after open, and a WAL read can still meet SQLITE_BUSY (another
+   * process recovering the WAL index at a cold start, a checkpoint
+   * restarting the log): waited for like a lock, not a failure.
+   */
+  private read<T>(fn: (db: BetterSqlite3.Database) => T): Promise<T> {
+    return this.withLockWaits(() => this.run((db) => this.whenUnlocked(() => fn(db))))
+  }
+
   async listOverrides(now: number): Promise<OverrideEntry[]> {
-    return this.run((db) => this.rateLimitTables(db).listOverrides(now))
+    return this.read((db) => this.rateLimitTables(db).listOverrides(now))
   }
 
   async lastCommit(): Promise<number> {
-    return this.run((db) => this.rateLimitTables(db).lastCommit())
+    return this.read((db) => this.rateLimitTables(db).lastCommit())
   }
 
   async listUsage(match: (id: string) => boolean, now: number, slots: number): Promise<UsageListing[]> {
