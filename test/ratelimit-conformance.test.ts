@@ -5,16 +5,13 @@
 // explicitly (a backend must take each step's `now` as given: Redis with
 // its test clock). After the table, what only SQLite does.
 import t from 'tap'
-import path from 'node:path'
 import Database from 'better-sqlite3'
 import { SqliteStore } from '../lib/store/sqlite'
-import { RedisStore } from '../lib/store/redis'
-import { parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistStore, type StoreAdmin } from '../lib/store/types'
 import { NO_AMOUNTS, type RateLimitAdmin, type RateLimitStore, type StepResult, type UsageListing } from '../lib/ratelimit/types'
 import { amounts, ident, limit, mk, RCPT_FIRST, RCPT_MORE } from './helpers/ratelimit'
 import { slotIndex, slotStart } from '../lib/ratelimit/window'
-import { startRedisServer } from './helpers/redis-server'
+import { sqliteStorePath, STORE_BACKENDS } from './helpers/store-backends'
 
 export type RateLimitBackendStore = RateLimitStore & RateLimitAdmin & Pick<StoreAdmin, 'purgeAll'> & Pick<GreylistStore, 'close'>
 
@@ -24,26 +21,10 @@ export interface Backend {
   open(t: tap.Test): Promise<((dir: string) => RateLimitBackendStore) | null>
 }
 
-const sqlitePath = (dir: string): string => path.join(dir, 'db', 'store.sqlite')
+const sqlitePath = sqliteStorePath
 
-export const BACKENDS: Backend[] = [
-  {
-    name: 'sqlite',
-    open: async () => (dir) => new SqliteStore({ path: sqlitePath(dir), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined }),
-  },
-  {
-    name: 'redis',
-    open: async (t) => {
-      const server = await startRedisServer(t)
-      if (!server) return null
-      const endpoint = parseRedisUrl(server.url) as RedisEndpoint
-      // One server for the table; each case its own key prefix, so a fresh store. With a test clock the
-      // scripts take each step's `now` as given, as SQLite does.
-      let cases = 0
-      return () => new RedisStore({ endpoint, prefix: `case${++cases}:`, timeoutMs: 2000, privacy: false, log: () => undefined, clock: () => 0 })
-    },
-  },
-]
+/** Every backend: each must be a rate-limit store too. */
+export const BACKENDS: Backend[] = STORE_BACKENDS
 
 type Case = [string, (t: tap.Test, s: RateLimitBackendStore) => Promise<void>]
 

@@ -3,12 +3,9 @@
 // a clock (the Redis store gets a test clock at 0 instead of its server's
 // TIME, so that expiry times such as 50 are in the future).
 import t from 'tap'
-import path from 'node:path'
-import { SqliteStore } from '../lib/store/sqlite'
-import { RedisStore } from '../lib/store/redis'
-import { parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
 import type { GreylistStore, GreylistView, StoreAdmin } from '../lib/store/types'
-import { startRedisServer } from './helpers/redis-server'
+import { sqliteStorePath, STORE_BACKENDS } from './helpers/store-backends'
+import { SqliteStore } from '../lib/store/sqlite'
 
 type Store = GreylistStore & StoreAdmin
 
@@ -18,23 +15,7 @@ interface Backend {
   open(t: Tap.Test): Promise<((dir: string) => Store) | null>
 }
 
-const BACKENDS: Backend[] = [
-  {
-    name: 'sqlite',
-    open: async () => (dir) => new SqliteStore({ path: path.join(dir, 'db', 'store.sqlite'), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined }),
-  },
-  {
-    name: 'redis',
-    open: async (t) => {
-      const server = await startRedisServer(t)
-      if (!server) return null
-      const endpoint = parseRedisUrl(server.url) as RedisEndpoint
-      // One server for the table; each case its own key prefix, so a fresh store.
-      let cases = 0
-      return () => new RedisStore({ endpoint, prefix: `case${++cases}:`, timeoutMs: 2000, privacy: false, log: () => undefined, clock: () => 0 })
-    },
-  },
-]
+const BACKENDS: Backend[] = STORE_BACKENDS
 
 const triplet = (first: number, passed = 0) => ({ first, last: first, passed, count: 1 })
 const client = (count: number, at: number) => ({ count, last: at, lastCounted: at })
@@ -142,7 +123,7 @@ for (const backend of BACKENDS) {
 
 t.test('sqlite: an entry another process adds is looked up from the next upkeep step on (ten seconds of activity)', async (t) => {
   const dir = t.testdir()
-  const make = (): SqliteStore => new SqliteStore({ path: path.join(dir, 'db', 'store.sqlite'), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined })
+  const make = (): SqliteStore => new SqliteStore({ path: sqliteStorePath(dir), busyTimeoutMs: 500, renameCorrupt: false, log: () => undefined })
   const server = make()
   const ops = make()
   t.teardown(() => (server.close(), ops.close()))
