@@ -503,3 +503,33 @@ t.test('runtime: stored overrides are read on demand; a failure keeps the last o
   t.same(logs.at(-1), [2, 'rate-limit overrides in the store not read: locked'])
   t.equal(rt.overrides().stored.size, 1, 'the last ones kept')
 })
+
+t.test('check: exempt only at RCPT; fewer recipients than exempt ones; the over field of an unknown id', async (t) => {
+  const h = harness()
+  await checkRateLimit(request({ protocol_state: 'END-OF-MESSAGE', recipient: 'postmaster@example.com', recipient_count: '1' }), h.ctx, NOW)
+  t.same(h.store.steps.map((s) => s.op), ['commit'], 'END-OF-MESSAGE names the one recipient of a message: it is counted all the same')
+  for (const r of ['abuse@a', 'abuse@b']) await checkRateLimit(request({ instance: 'e', recipient: r }), h.ctx, NOW)
+  t.equal((await checkRateLimit(request({ instance: 'e', protocol_state: 'END-OF-MESSAGE', recipient_count: '1' }), h.ctx, NOW)).reason, 'exempt-recipient', 'a recipient_count below the exempt count (a milter dropped some) is no count below 0')
+  t.equal(h.store.steps.length, 1)
+  h.store.answers.push({ ok: false, exceeded: exceeded({ id: 'sasl:someone-else' }) })
+  const v = await checkRateLimit(request({}), h.ctx, NOW)
+  t.same(v.fields, { keys: 'sasl:alice', limit: '30msg/1m', over: 'sasl:someone-else' })
+  t.match(h.logs.at(-1)?.[1], /^rate limit 30msg\/1m exceeded for sasl:someone-else: /)
+})
+
+t.test('check: a refused new message leaves the connection remembering none', async (t) => {
+  const h = harness()
+  h.store.commitTime = 1
+  await checkRateLimit(request({ instance: 'a' }), h.ctx, NOW)
+  h.store.answers.push({}, { ok: false, exceeded: exceeded() })
+  t.equal((await checkRateLimit(request({ instance: 'b' }), h.ctx, NOW)).reason, 'exceeded')
+  t.same(h.store.steps.map((s) => `${s.op} ${s.instance}`), ['hold a', 'release a', 'hold b'])
+  t.same(h.ctx.connection, { instance: '', ids: [] }, 'a is released, b holds nothing')
+  await checkRateLimit(request({ instance: 'c' }), h.ctx, NOW)
+  t.same(h.store.steps.map((s) => `${s.op} ${s.instance}`).slice(3), ['hold c'], 'so the next message releases nothing')
+})
+
+t.test('identity: a key that only looks like a class, a null sender not at the start', async (t) => {
+  t.match(parseRateKey('saslx', IDS), { error: /a key is sasl:USER/ }, 'no colon: no class, whatever its first letters')
+  t.match(parseRateKey('sender:x<>@192.0.2.1', IDS), { key: { cls: 'sender', value: 'x<>@192.0.2.1', id: 'sender:x<>@192.0.2.1' } }, 'an address, not a null-sender key')
+})
