@@ -70,6 +70,8 @@ t.test('window: used sums the last S slots; old slots are dropped on write; at m
   t.equal(busy.counts.length, 6, 'never more than S slots')
   t.equal(used(busy, 229, 6), 25 + 26 + 27 + 28 + 29 + 30)
   t.same(add(c, 105, 6, 0), c, 'adding nothing changes nothing')
+  t.same(add(c, 108, 6, 0), c, 'not even the padding up to a later slot')
+  t.same(add(EMPTY, 5, 6, 0), EMPTY, 'nor makes an empty counter one of a zero')
 })
 
 t.test('window: a clock behind the counter counts in its latest slot, and slots ahead count', async (t) => {
@@ -105,6 +107,8 @@ t.test('window: expiry and the compact text', async (t) => {
   t.same(parseCounter(''), EMPTY)
   for (const junk of ['x', '100:', ':1', '100:1,,2', '100:1,a', '1e5:1', '100:-1']) t.same(parseCounter(junk), EMPTY, `${JSON.stringify(junk)} reads as empty`)
   t.same(parseCounter('-3:7'), { first: -3, counts: [7] }, 'slots before 1970 (tests with small times)')
+  t.same(parseCounter('1234567890123456:1234567890123456,7'), { first: 1234567890123456, counts: [1234567890123456, 7] }, '16 digits')
+  for (const long of ['12345678901234567:1', '1:12345678901234567', '1:2,12345678901234567']) t.same(parseCounter(long), EMPTY, `${long}: more than 16 digits reads as empty`)
 })
 
 // ---- the step decision ----
@@ -424,4 +428,28 @@ t.test('step: counters of every limit, at the step\'s own slots', async (t) => {
   t.equal(m.usedAt('c:x', 'msg', 3600, 1060), 2)
   t.equal(m.usedAt('c:x', 'rcpt', 86400, 1060), 5)
   t.same(m.lastWrites!.identities[0].usage.map((u) => formatCounter(u.counter)), ['100:1,0,0,0,0,1', '1:2', '0:5'], 'one counter per limit: slots 100 and 105 of the minute, slot 1 of the hour, slot 0 of the day')
+})
+
+t.test('step: edges of hits, retryAt, duplicate counters and huge amounts', async (t) => {
+  const m = new Memory()
+  m.step(mk('hold', 'h', 0, [ident('c:x', ['1msg/10m'], RCPT_FIRST(), RCPT_MORE)]))
+  const at = (now: number): StepResult => m.step(mk('hold', 'n', now, [ident('c:x', ['1msg/10m'], RCPT_FIRST(), RCPT_MORE)]))
+  t.equal(at(10).exceeded?.firstInWindow, true)
+  t.equal(at(610).exceeded?.firstInWindow, false, 'exactly a window after the last: still quiet')
+  t.equal(at(1211).exceeded?.firstInWindow, true, 'more than a window after it: logged again')
+
+  // 1 counted (slot 0 leaves at 86400), 3 held elsewhere, 9 asked of 10: without the holds it fits exactly.
+  const r = new Memory()
+  r.step(mk('commit', 'old', 0, [ident('c:x', ['10rcpt/1d'], amounts(1, 1))]))
+  r.step(mk('hold', 'h', 100, [ident('c:x', ['10rcpt/1d'], amounts(3, 1), RCPT_MORE)]))
+  const refused = r.step(mk('hold', 'n', 200, [ident('c:x', ['10rcpt/1d'], amounts(9, 1), RCPT_MORE)]))
+  t.same(refused.exceeded && [refused.exceeded.used, refused.exceeded.held, refused.exceeded.asked, refused.exceeded.retryAt], [1, 3, 9, 200 + HOLD_TIME], 'the holds gone is enough: the usage need not leave')
+
+  const d = new Memory()
+  d.step(mk('commit', 'a', 100, [ident('c:x', ['1msg/1h', '5msg/1h'], amounts(1, 1))]))
+  t.same(d.lastWrites!.identities[0].usage.map((u) => formatCounter(u.counter)), ['0:1'], 'two limits on one counter count once')
+  t.equal(d.usedAt('c:x', 'msg', 3600, 100), 1)
+
+  const big = new Memory()
+  t.same(big.step(mk('hold', 'a', 100, [ident('c:x', ['1msg/1h'], { rcpt: 1, msg: 1, bytes: 2 ** 60 }, RCPT_MORE)])).added, [{ rcpt: 1, msg: 1, bytes: Number.MAX_SAFE_INTEGER }], 'cut to the largest exact integer')
 })

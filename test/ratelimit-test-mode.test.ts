@@ -1,8 +1,10 @@
 // What --test-mode says about rate limiting: limits per class, the override
 // file, and where Postfix's restrictions put the check.
 import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
 import { loadConfig, type Config } from '../lib/config'
-import { rateLimitNotes, type Postconf } from '../lib/ratelimit/test-mode'
+import { rateLimitNotes, systemPostconf, type Postconf } from '../lib/ratelimit/test-mode'
 
 function config(over: Record<string, string>): Config {
   const l = loadConfig({ cli: { ratelimit_enabled: 'yes', ...over }, configPath: '/dev/null', env: {}, readFile: () => '' })
@@ -54,4 +56,46 @@ t.test('the override file: entries counted, bad lines and an unreadable file rep
   t.ok(r.notes.includes('postconf could not be run: the Postfix restrictions were not checked'))
   const missing = rateLimitNotes(config({ ratelimit_overrides: '/etc/o' }), postfix(GOOD), noFile)
   t.match(missing.warnings[0], /overrides \/etc\/o: ENOENT/)
+})
+
+t.test('postconf: the value of one parameter, trimmed; null when postconf fails', async (t) => {
+  // A postconf of our own first on PATH: it echoes its arguments, and fails for one name.
+  const dir = t.testdir({ postconf: '#!/bin/sh\n[ "$2" = missing ] && exit 1\necho "  $1 $2  "\n' })
+  fs.chmodSync(path.join(dir, 'postconf'), 0o755)
+  const saved = process.env.PATH
+  process.env.PATH = `${dir}:${saved}`
+  t.teardown(() => void (process.env.PATH = saved))
+  t.equal(systemPostconf('smtpd_recipient_restrictions'), '-h smtpd_recipient_restrictions')
+  t.equal(systemPostconf('missing'), null)
+})
+
+t.test('restrictions: options in braces stay with their entry; a permit after the check is fine', async (t) => {
+  const r = rateLimitNotes(config({ ratelimit_sasl_limits: '30msg/1m' }), postfix({
+    smtpd_recipient_restrictions: 'reject_non_fqdn_sender,check_policy_service {unix:private/policy, permit_mynetworks}, permit_mynetworks,permit_sasl_authenticated',
+    smtpd_end_of_data_restrictions: 'permit_mynetworks,\n check_policy_service\tunix:private/policy',
+  }), noFile)
+  t.same(r.warnings, [], 'permit_mynetworks inside the braces is an option, not an entry before the check')
+  const before = rateLimitNotes(config({ ratelimit_sasl_limits: '30msg/1m' }), postfix({
+    smtpd_recipient_restrictions: 'permit_sasl_authenticated,check_policy_service {unix:private/policy}',
+    smtpd_end_of_data_restrictions: 'check_policy_service unix:private/policy',
+  }), noFile)
+  t.same(before.warnings, ['smtpd_recipient_restrictions: permit_sasl_authenticated comes before check_policy_service, so those clients are never rate-limited; put the check first'])
+  const none = rateLimitNotes(config({}), postfix({ smtpd_recipient_restrictions: 'permit_mynetworks, reject_unauth_destination' }), noFile)
+  t.same(none.warnings, [
+    'smtpd_recipient_restrictions has no check_policy_service: nothing is held at RCPT',
+    'smtpd_end_of_data_restrictions has no check_policy_service: held mail is never counted; add: smtpd_end_of_data_restrictions = check_policy_service <the same service as in smtpd_recipient_restrictions> (or set ratelimit_commit_at = data)',
+  ])
+  const noEod = rateLimitNotes(config({}), (name) => (name === 'smtpd_recipient_restrictions' ? 'check_policy_service x' : null), noFile)
+  t.same(noEod.warnings.length, 1, 'postconf failing for the end-of-data parameter: no check there')
+  t.same(none.notes, ['sasl limits: none', 'sender limits: none', 'client limits: none', 'global limits: none'])
+})
+
+t.test('limits per class: unlimited is said; sender or client limits alone warn without ratelimit_networks', async (t) => {
+  const r = rateLimitNotes(config({ ratelimit_sasl_limits: 'unlimited', ratelimit_client_limits: '5msg/1m' }), postfix(GOOD), noFile)
+  t.same(r.notes.slice(0, 4), ['sasl limits: unlimited', 'sender limits: none', 'client limits: 5msg/1m', 'global limits: none'])
+  t.same(r.warnings, ['ratelimit_sender_limits and ratelimit_client_limits apply only to clients in ratelimit_networks, which is empty: they limit nobody'])
+  const unlimitedSender = rateLimitNotes(config({ ratelimit_sender_limits: 'unlimited' }), postfix(GOOD), noFile)
+  t.same(unlimitedSender.warnings, [], 'unlimited limits nobody anyway')
+  const withNetworks = rateLimitNotes(config({ ratelimit_sender_limits: '5msg/1m', ratelimit_networks: '192.0.2.0/24' }), postfix(GOOD), noFile)
+  t.same(withNetworks.warnings, [])
 })
