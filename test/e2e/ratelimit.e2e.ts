@@ -164,8 +164,11 @@ for (const policyMode of MODES) {
     reply(t, two.rcpt[0]?.reply, 250, RCPT_OK, 'next message: its first recipient (the fourth)')
     reply(t, two.rcpt[1]?.reply, 450, rateLimited('grace@example.test', '4rcpt/1h', 'client:192.0.2.20'), 'next message: its second recipient (the fifth)')
     reply(t, two.data, 250, QUEUED, 'next message: sent to the accepted recipient')
-    const copies = await waitFor(async () => (await pf.delivered(0, 0)).filter((m) => m.e2eId === two.id), 10000)
+    // Wait for the copy itself: an empty list is truthy, so waiting on the filter alone returned before delivery.
+    const mine = async (): Promise<Awaited<ReturnType<typeof pf.delivered>>> => (await pf.delivered(0, 0)).filter((m) => m.e2eId === two.id)
+    await waitFor(async () => (await mine()).length >= 1, 10000)
     await waitFor(async () => (await pf.delivered(0, 0)).length >= 4, 10000)
+    const copies = await mine()
     t.same(copies.map((m) => m.header('Delivered-To')[0]), ['frank@example.test'], 'next message: delivered to the fourth recipient only')
     t.same(usage(t, pf, 'client:192.0.2.20'), { '4rcpt/1h': [4, 0] }, 'ratelimit show: the refused recipient neither counted nor held')
 
