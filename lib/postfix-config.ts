@@ -61,8 +61,8 @@ export interface Facts {
   findings: Finding[]
   /** The user's primary group (daemon mode's Group=). */
   userGroup: string
-  /** The directory of db_path, which the daemon's unit must be allowed to write. */
-  dbDir: string
+  /** The directory of db_path, which the daemon's unit must be allowed to write; null with store = redis (no file). */
+  dbDir: string | null
   /** The shipped systemd units (daemon mode), or null when they cannot be read. */
   units: { socket: string; service: string } | null
   /** Rate limiting is on: the check goes before the permit_* entries and into smtpd_end_of_data_restrictions. */
@@ -114,6 +114,7 @@ const MODE_LINES: Record<Mode, (f: Facts) => ModeLines> = {
               User: f.userName,
               Group: f.userGroup,
               ExecStart: [...commandLine(f), '--listen', 'systemd'].map(shellWord).join(' '),
+              // null drops the line: a missing directory there would stop the unit from starting.
               ReadWritePaths: f.dbDir,
             }),
           },
@@ -122,15 +123,16 @@ const MODE_LINES: Record<Mode, (f: Facts) => ModeLines> = {
   }),
 }
 
-/** A shipped unit without its comment lines (a blank line before each [Section]), `key=value` settings replaced. */
-function unitLines(text: string, set: Record<string, string>): string[] {
+/** A shipped unit without its comment lines (a blank line before each [Section]), `key=value` settings replaced (null: removed). */
+function unitLines(text: string, set: Record<string, string | null>): string[] {
   return text
     .split('\n')
     .filter((l) => !l.startsWith('#') && l.trim() !== '')
     .flatMap((l, i) => (l.startsWith('[') && i > 0 ? ['', l] : [l]))
-    .map((l) => {
+    .flatMap((l) => {
       const key = /^(\w+)=/.exec(l)?.[1]
-      return key !== undefined && set[key] !== undefined ? `${key}=${set[key]}` : l
+      if (key === undefined || set[key] === undefined) return [l]
+      return set[key] === null ? [] : [`${key}=${set[key]}`]
     })
 }
 
@@ -283,7 +285,7 @@ export interface PostfixConfigRequest {
     configFile: string
     configFileFound: boolean
     errors: string[]
-    config: { spf_enabled: boolean; greylist_enabled: boolean; ratelimit_enabled?: boolean; db_path: string }
+    config: { spf_enabled: boolean; greylist_enabled: boolean; ratelimit_enabled?: boolean; db_path: string; store?: string }
   }
   /** POLICYD_TS_ variables of this shell that the service will not have. */
   ignoredEnv: string[]
@@ -325,7 +327,7 @@ export function gatherFacts(req: PostfixConfigRequest, sys: System): Facts {
     programArgs,
     findings,
     userGroup: user?.group ?? req.userName,
-    dbDir: path.dirname(path.resolve(req.loaded.config.db_path)),
+    dbDir: req.loaded.config.store === 'redis' ? null : path.dirname(path.resolve(req.loaded.config.db_path)),
     units: socket !== null && service !== null ? { socket, service } : null,
     ratelimit: req.loaded.config.ratelimit_enabled === true,
   }
@@ -465,6 +467,7 @@ function checkPackage(packageDir: string, user: SpawnUser, sys: System): Finding
 
 function checkDatabase(config: PostfixConfigRequest['loaded']['config'], userName: string, user: SpawnUser | null, sys: System): Finding[] {
   if (!config.greylist_enabled && !config.ratelimit_enabled) return [{ kind: 'ok', text: 'greylisting and rate limiting are off: no database is needed' }]
+  if (config.store === 'redis') return [{ kind: 'ok', text: 'store = redis: no database file on this host (policyd-ts store check asks the Redis server)' }]
   const file = path.resolve(config.db_path)
   const dir = path.dirname(file)
   const install = `install -d -o ${userName} -g ${user?.group ?? userName} -m 0700 ${dir}`

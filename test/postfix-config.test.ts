@@ -146,6 +146,20 @@ t.test('daemon mode: no master.cf entry, the relative socket with default_action
   t.ok(service.includes('ReadWritePaths=/srv/mta'), 'the database directory of this configuration')
   t.same(section(text, 'then, as root').slice(0, 2), ['systemctl daemon-reload', 'systemctl enable --now policyd-ts.socket'])
   t.match(renderPostfixConfig(facts({ mode: 'daemon', units: null })), /cannot be read: the units ship there/)
+
+  const redis = renderPostfixConfig(facts({ mode: 'daemon', dbDir: null, units: { socket: shipped('policyd-ts.socket'), service: shipped('policyd-ts.service') } }))
+  const redisService = section(redis, '/etc/systemd/system/policyd-ts.service')
+  t.notOk(redisService.some((l) => l.startsWith('ReadWritePaths=')), 'store = redis: no ReadWritePaths (a missing /var/mta would stop the unit)')
+  t.ok(redisService.includes('ProtectSystem=strict'), 'the other settings stay')
+})
+
+t.test('store = redis: no database directory to check or to make', async (t) => {
+  const f = gatherFacts(request({}, { store: 'redis' }), fakeSystem(BASE_FILES, USERS))
+  t.same(problems(f), [], 'a missing /var/mta is no problem')
+  t.same(fixes(f), [])
+  t.ok(f.findings.some((x) => x.kind === 'ok' && /^store = redis: no database file on this host/.test(x.text)))
+  t.equal(f.dbDir, null)
+  t.equal(gatherFacts(request(), fakeSystem(BASE_FILES, USERS)).dbDir, '/var/mta', 'the SQLite store: the directory of db_path')
 })
 
 t.test('mayAccess decides by owner, then group, then others, as the kernel does', async (t) => {
