@@ -37,6 +37,8 @@ export interface Logger {
   logStateChange(topic: string, state: string, level: number, msg: string): void
   enabled(level: number): boolean
   setLevel(level: number): void
+  /** Write out what waits for log_file and close it: the next line opens it afresh (after a rotation, the new file). */
+  reopen(): void
   close(): Promise<void>
 }
 
@@ -249,6 +251,11 @@ class SyslogLogger implements Logger {
       // The file is opened afresh next time (it may have been rotated away).
       this.closeFile()
     }
+  }
+
+  reopen(): void {
+    this.flushFile()
+    this.closeFile()
   }
 
   private closeFile(): void {

@@ -37,6 +37,7 @@ export async function spfQuery(q: SpfQuery, loaded: LoadedConfig, hostname: stri
     logStateChange: (_topic, _state, level, msg) => log(level, msg),
     enabled: (level) => level <= Math.max(config.debugLevel, 0),
     setLevel: () => undefined,
+    reopen: () => undefined,
     close: async () => undefined,
   }
   const app = new App({ loaded: { ...loaded, config }, log: logger, hostname })

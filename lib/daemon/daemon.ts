@@ -178,6 +178,8 @@ export async function startDaemon(args: DaemonArgs): Promise<Daemon | number> {
 
   const reload = (): void => {
     if (stopping) return
+    // logrotate's postrotate sends HUP: lines from here on go to the new file.
+    log.reopen()
     let next: LoadedConfig
     try {
       next = readConfig(args.options, args.configPath)
