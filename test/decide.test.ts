@@ -243,6 +243,29 @@ t.test('whitelisted clients and recipients pass, and the decision names the entr
   t.same(greylisted.winner?.fields, { key: '192.0.2.0/24', left: 300 })
 })
 
+t.test('entries of policyd-ts greylist whitelist: each key kind passes, and the decision names the entry', async (t) => {
+  const store = new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
+  const { ctx } = context(t, config(), store)
+  const cases: Array<[string, Record<string, string>, string]> = [
+    ['client\t192.0.2.10', { client_address: '192.0.2.10' }, 'client:192.0.2.10'],
+    ['client\t198.51.100.0/24', { client_address: '198.51.100.7' }, 'client:198.51.100.0/24'],
+    ['sender\tcarol@example.net', { sender: 'Carol@Example.NET' }, 'sender:carol@example.net'],
+    ['sender\t<>', { sender: '' }, 'sender:<>'],
+    ['recipient\tvip@example.org', { recipient: 'VIP@example.org' }, 'recipient:vip@example.org'],
+  ]
+  let n = 0
+  for (const [key, over, shown] of cases) {
+    await store.setWhitelist({ key, expires: Infinity, note: '', setAt: T0 })
+    // A request that matches no other entry: unknown client, other sender and recipient, unless the case sets them.
+    const d = await decide(req({ client_address: '203.0.113.5', sender: 'x@elsewhere.example', recipient: 'y@example.org', instance: `w${n++}`, ...over }), ctx, T0)
+    t.equal(d.action, 'DUNNO', `${shown}: passes`)
+    t.same(d.winner && { reason: d.winner.reason, fields: d.winner.fields }, { reason: 'store-whitelist', fields: { whitelist: shown } }, `${shown}: named in the decision`)
+    t.ok(await store.deleteWhitelist(key))
+  }
+  const none = await decide(req({ client_address: '203.0.113.5', sender: '', instance: 'w-none' }), ctx, T0)
+  t.match(none.action, /^DEFER_IF_PERMIT /, 'with the entries gone, the null sender is greylisted again')
+})
+
 t.test('auto-whitelisting: logged once, when the client gets there; its passes in the decision; answered from memory after', async (t) => {
   const real = new SqliteStore({ path: path.join(t.testdir(), 'db', 'g.sqlite'), busyTimeoutMs: 100, renameCorrupt: true, log: () => undefined })
   let calls = 0

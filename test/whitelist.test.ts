@@ -177,6 +177,16 @@ t.test('client lines: what each is read as (regex, network, name or bad), and ho
   for (const [name, addr, want] of cases) t.equal(list.match(name, addr === null ? null : parseIp(addr)), want, `${name} ${addr}`)
 })
 
+t.test('a regex needs a slash at both ends: longer lines with one slash are bad lines, not regexes', async (t) => {
+  const clients = parseClientWhitelist('mx.example/\n/mx.example\n', 'f')
+  t.same(clients.errors, ['f:1: not a host name, address, network or /regex/: mx.example/', 'f:2: not a host name, address, network or /regex/: /mx.example'])
+  t.equal(clients.list.size, 0)
+  t.equal(clients.list.match('mx.example', null), null, 'neither is read as a regex that matches mx.example')
+  const rcpts = parseRecipientWhitelist('example.org/\n/example.org\n', 'f')
+  t.same(rcpts.errors, ['f:1: not a domain, user@, user@domain or /regex/: example.org/', 'f:2: not a domain, user@, user@domain or /regex/: /example.org'])
+  t.equal(rcpts.list.match('vip@example.org'), null)
+})
+
 t.test('a client name matches only a real, confirmed name; networks alone need no name', async (t) => {
   const names = parseClientWhitelist('unknown\nexample.com\n', 'f').list
   t.equal(names.match('unknown', null), null, "Postfix's 'unknown' (no confirmed name) matches no name entry")
