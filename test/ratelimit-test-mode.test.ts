@@ -113,3 +113,8 @@ t.test('restrictions: what stands in braces, nested or glued, names no entry', a
   ], 'the entries around a group still count')
   t.same(warnings('check_policy_service x', 'reject_unauth_pipelining, check_policy_service'), [], 'the last entry counts')
 })
+
+t.test('client limits unlimited and sender limits none: nobody to warn about', async (t) => {
+  const r = rateLimitNotes(config({ ratelimit_client_limits: 'unlimited' }), postfix(GOOD), noFile)
+  t.same(r.warnings, [])
+})
