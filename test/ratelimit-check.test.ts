@@ -533,3 +533,15 @@ t.test('identity: a key that only looks like a class, a null sender not at the s
   t.match(parseRateKey('saslx', IDS), { error: /a key is sasl:USER/ }, 'no colon: no class, whatever its first letters')
   t.match(parseRateKey('sender:x<>@192.0.2.1', IDS), { key: { cls: 'sender', value: 'x<>@192.0.2.1', id: 'sender:x<>@192.0.2.1' } }, 'an address, not a null-sender key')
 })
+
+t.test('check with greylist_privacy: the log and the over field name the exceeding identity in clear', async (t) => {
+  const h = harness(config({ greylist_privacy: 'yes', ratelimit_global_limits: '100msg/1m' }))
+  const ids = { sasl: identityId('sasl', 'alice', true), global: identityId('global', '*', true) }
+  for (const [cls, name] of [['global', 'global:*'], ['sasl', 'sasl:alice']] as const) {
+    h.store.answers.push({ ok: false, exceeded: exceeded({ id: ids[cls] }) })
+    const v = await checkRateLimit(request({ instance: `m-${cls}` }), h.ctx, NOW)
+    t.same(v.fields, { keys: 'sasl:alice,global:*', limit: '30msg/1m', over: name }, cls)
+    t.match(h.logs.at(-1)?.[1], new RegExp(`^rate limit 30msg/1m exceeded for ${name.replace('*', '\\*')}: `), `${cls}: the log`)
+    t.same(h.store.steps.at(-1)?.identities.map((i) => i.id), [ids.sasl, ids.global], 'the store sees digests only')
+  }
+})
