@@ -40,6 +40,24 @@ t.test('window: slot boundaries', async (t) => {
   t.equal(off, 0, 'every slot begins at its slotStart')
 })
 
+/** The largest double below x (x > 0). */
+function justBelow(x: number): number {
+  const v = new DataView(new ArrayBuffer(8))
+  v.setFloat64(0, x)
+  v.setBigUint64(0, v.getBigUint64(0) - 1n)
+  return v.getFloat64(0)
+}
+
+t.test('window: a time just before a slot begins is in the slot before, where the division rounds up', async (t) => {
+  // 86400 s in 7 slots: slot k begins at k * 86400 / 7, a fraction.
+  const k = 198845
+  const now = justBelow(slotStart(k, 86400, 7))
+  t.ok(now < slotStart(k, 86400, 7))
+  t.equal(Math.floor((now * 7) / 86400), k, 'the plain division rounds into slot k')
+  t.equal(slotIndex(now, 86400, 7), k - 1, 'slot k has not begun')
+  t.equal(slotIndex(slotStart(k, 86400, 7), 86400, 7), k)
+})
+
 t.test('window: an event leaves between W - W/S and W after it', async (t) => {
   // W 60 s in 6 slots of 10 s; 1000 begins slot 100.
   const atStart = counted([1000], 60, 6)
@@ -72,6 +90,14 @@ t.test('window: used sums the last S slots; old slots are dropped on write; at m
   t.same(add(c, 105, 6, 0), c, 'adding nothing changes nothing')
   t.same(add(c, 108, 6, 0), c, 'not even the padding up to a later slot')
   t.same(add(EMPTY, 5, 6, 0), EMPTY, 'nor makes an empty counter one of a zero')
+})
+
+t.test('window: add leaves the counter it was given as it was', async (t) => {
+  const c: SlotCounter = { first: 100, counts: [1, 0, 2] }
+  t.same(add(c, 102, 6, 5), { first: 100, counts: [1, 0, 7] }, 'counted in the latest slot')
+  t.same(add(c, 104, 6, 1), { first: 100, counts: [1, 0, 2, 0, 1] }, 'padded up to a later slot')
+  t.same(c, { first: 100, counts: [1, 0, 2] }, 'the stored row is not changed behind the store\'s back')
+  t.same(parseCounter(formatCounter({ first: 7, counts: [12, 0, 345, 6789] })), { first: 7, counts: [12, 0, 345, 6789] }, 'later slots of several digits read back')
 })
 
 t.test('window: a clock behind the counter counts in its latest slot, and slots ahead count', async (t) => {
