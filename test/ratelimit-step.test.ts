@@ -479,3 +479,51 @@ t.test('step: edges of hits, retryAt, duplicate counters and huge amounts', asyn
   const big = new Memory()
   t.same(big.step(mk('hold', 'a', 100, [ident('c:x', ['1msg/1h'], { rcpt: 1, msg: 1, bytes: 2 ** 60 }, RCPT_MORE)])).added, [{ rcpt: 1, msg: 1, bytes: Number.MAX_SAFE_INTEGER }], 'cut to the largest exact integer')
 })
+
+t.test('step release: a hold is gone only when every unit is back at 0', async (t) => {
+  const limits = ['9msg/1h']
+  // What is left after the release: each unit alone above 0 keeps the hold.
+  const cases: Array<[string, ReturnType<typeof amounts>, ReturnType<typeof amounts>]> = [
+    ['recipients left', amounts(3, 1, 0), amounts(0, 1, 0)],
+    ['the message left', amounts(2, 1, 0), amounts(2, 0, 0)],
+    ['bytes left', amounts(1, 1, 500), amounts(1, 1, 0)],
+  ]
+  for (const [name, held, back] of cases) {
+    const m = new Memory()
+    m.step(mk('hold', 'a', 100, [ident('c:x', limits, held, RCPT_MORE)]))
+    m.step(mk('release', 'a', 101, [ident('c:x', limits, back)]))
+    t.same(m.hold('c:x', 'a'), { rcpt: held.rcpt - back.rcpt, msg: held.msg - back.msg, bytes: held.bytes - back.bytes, expires: 100 + HOLD_TIME }, name)
+  }
+})
+
+t.test('step: a quota used up by holds alone refuses a new message that asks 0 of its unit', async (t) => {
+  const m = new Memory()
+  const limits = ['100B/1h']
+  t.equal(m.step(mk('hold', 'a', 100, [ident('sasl:u', limits, RCPT_FIRST(100), RCPT_MORE)])).ok, true)
+  const noSize = m.step(mk('hold', 'b', 101, [ident('sasl:u', limits, RCPT_FIRST(0), RCPT_MORE)]))
+  t.same(noSize.exceeded && [noSize.exceeded.used, noSize.exceeded.held, noSize.exceeded.asked], [0, 100, 0], 'held 100 of 100: no room, not even for 0')
+})
+
+t.test('step commit without a hold: a used-up quota refuses it even when it asks 0 of the unit', async (t) => {
+  const m = new Memory()
+  const limits = ['1KB/1h', '10rcpt/1h']
+  message(m, 'a', 100, 'sasl:u', limits, 1, 1024)
+  const r = m.step(mk('commit', 'b', 200, [ident('sasl:u', limits, amounts(1, 1, 0))]))
+  t.same([r.ok, r.exceeded?.limit.text, r.exceeded?.asked], [false, '1KB/1h', 0])
+  t.equal(m.usedAt('sasl:u', 'rcpt', 3600, 200), 1, 'nothing more counted')
+})
+
+t.test('step writes: only a commit sets the last commit time; only a message with a hold deletes one', async (t) => {
+  const m = new Memory()
+  const limits = ['9msg/1h']
+  m.step(mk('hold', 'a', 100, [ident('c:x', limits, RCPT_FIRST(), RCPT_MORE)]))
+  t.equal(m.lastWrites!.lastCommit, undefined, 'a hold')
+  m.step(mk('release', 'a', 101, [ident('c:x', limits, RCPT_MORE)]))
+  t.equal(m.lastWrites!.lastCommit, undefined, 'a release')
+  m.step(mk('commit', 'b', 102, [ident('c:x', limits, amounts(1, 1))]))
+  t.equal(m.lastWrites!.lastCommit, 102, 'a commit')
+  t.equal(m.lastWrites!.identities[0].hold, undefined, 'no hold of b: none to delete')
+  m.step(mk('commit', 'a', 103, [ident('c:x', limits, amounts(1, 1))]))
+  t.equal(m.lastWrites!.identities[0].hold, null, 'a\'s hold is deleted')
+  t.equal(m.lastCommit, 103)
+})
