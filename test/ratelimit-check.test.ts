@@ -545,3 +545,15 @@ t.test('check with greylist_privacy: the log and the over field name the exceedi
     t.same(h.store.steps.at(-1)?.identities.map((i) => i.id), [ids.sasl, ids.global], 'the store sees digests only')
   }
 })
+
+t.test('check DATA: a hold that added to one identity only still has an effect that gives that back', async (t) => {
+  // The message was held at RCPT on the user; the global limit is newer (or its hold expired): only global adds at DATA.
+  const h = harness(config({ ratelimit_global_limits: '100msg/1m' }))
+  const added = { rcpt: 2, msg: 1, bytes: 300 }
+  h.store.answers.push({ added: [NO_AMOUNTS, added], hadHold: true })
+  const v = await checkRateLimit(request({ protocol_state: 'DATA', recipient_count: '2', size: '300' }), h.ctx, NOW)
+  t.equal(v.reason, 'held')
+  t.ok(v.effect, 'something was added: refused by another check, it goes back')
+  await v.effect?.release()
+  t.same(h.store.steps[1]?.identities.map((s) => [s.id, s.first]), [['sasl:alice', NO_AMOUNTS], ['global:*', added]])
+})
