@@ -557,3 +557,8 @@ t.test('check DATA: a hold that added to one identity only still has an effect t
   await v.effect?.release()
   t.same(h.store.steps[1]?.identities.map((s) => [s.id, s.first]), [['sasl:alice', NO_AMOUNTS], ['global:*', added]])
 })
+
+t.test('identity: a request without the sasl_username attribute is not a SASL user', async (t) => {
+  const attrs = new Map(Object.entries({ request: 'smtpd_access_policy', protocol_state: 'RCPT', instance: 'i1', client_address: '198.51.100.1', sender: 'a@example.org', recipient: 'bob@example.com' }))
+  t.same(requestIdentities(toPolicyRequest(attrs), IDS).map((i) => i.id), ['global:*'])
+})
