@@ -562,3 +562,12 @@ t.test('identity: a request without the sasl_username attribute is not a SASL us
   const attrs = new Map(Object.entries({ request: 'smtpd_access_policy', protocol_state: 'RCPT', instance: 'i1', client_address: '198.51.100.1', sender: 'a@example.org', recipient: 'bob@example.com' }))
   t.same(requestIdentities(toPolicyRequest(attrs), IDS).map((i) => i.id), ['global:*'])
 })
+
+t.test('overrides: a user name without a domain matches its own entry only', async (t) => {
+  const { entries } = parseOverrideFile('sasl:e 5msg/1m\nsasl:@example.org 6msg/1m\n', 'o', IDS)
+  const table = new OverrideTable(entries)
+  const user = (name: string): ReturnType<typeof requestIdentities>[number] => requestIdentities(request({ sasl_username: name }), IDS)[0]
+  t.equal(table.match(user('alice')), undefined, 'not the entry of user "e", its last letter')
+  t.equal(table.match(user('e'))?.source, 'o:1')
+  t.equal(table.match(user('bob@example.org'))?.source, 'o:2', 'a user with a domain: its domain\'s entry')
+})
