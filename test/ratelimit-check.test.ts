@@ -571,3 +571,10 @@ t.test('overrides: a user name without a domain matches its own entry only', asy
   t.equal(table.match(user('e'))?.source, 'o:1')
   t.equal(table.match(user('bob@example.org'))?.source, 'o:2', 'a user with a domain: its domain\'s entry')
 })
+
+t.test('runtime: an exempt recipient is matched with the setting that exempts it', async (t) => {
+  const rt = new RateLimitRuntime(config({ ratelimit_exempt_recipients: 'hostmaster@, abuse@example.org' }), () => t.fail('no log'))
+  t.equal(rt.exempt.match('Hostmaster@example.com'), 'ratelimit_exempt_recipients hostmaster@')
+  t.equal(rt.exempt.match('abuse@example.org'), 'ratelimit_exempt_recipients abuse@example.org')
+  t.equal(rt.exempt.match('alice@example.org'), null)
+})
