@@ -533,3 +533,48 @@ t.test('identity: a key that only looks like a class, a null sender not at the s
   t.match(parseRateKey('saslx', IDS), { error: /a key is sasl:USER/ }, 'no colon: no class, whatever its first letters')
   t.match(parseRateKey('sender:x<>@192.0.2.1', IDS), { key: { cls: 'sender', value: 'x<>@192.0.2.1', id: 'sender:x<>@192.0.2.1' } }, 'an address, not a null-sender key')
 })
+
+t.test('check with greylist_privacy: the log and the over field name the exceeding identity in clear', async (t) => {
+  const h = harness(config({ greylist_privacy: 'yes', ratelimit_global_limits: '100msg/1m' }))
+  const ids = { sasl: identityId('sasl', 'alice', true), global: identityId('global', '*', true) }
+  for (const [cls, name] of [['global', 'global:*'], ['sasl', 'sasl:alice']] as const) {
+    h.store.answers.push({ ok: false, exceeded: exceeded({ id: ids[cls] }) })
+    const v = await checkRateLimit(request({ instance: `m-${cls}` }), h.ctx, NOW)
+    t.same(v.fields, { keys: 'sasl:alice,global:*', limit: '30msg/1m', over: name }, cls)
+    t.match(h.logs.at(-1)?.[1], new RegExp(`^rate limit 30msg/1m exceeded for ${name.replace('*', '\\*')}: `), `${cls}: the log`)
+    t.same(h.store.steps.at(-1)?.identities.map((i) => i.id), [ids.sasl, ids.global], 'the store sees digests only')
+  }
+})
+
+t.test('check DATA: a hold that added to one identity only still has an effect that gives that back', async (t) => {
+  // The message was held at RCPT on the user; the global limit is newer (or its hold expired): only global adds at DATA.
+  const h = harness(config({ ratelimit_global_limits: '100msg/1m' }))
+  const added = { rcpt: 2, msg: 1, bytes: 300 }
+  h.store.answers.push({ added: [NO_AMOUNTS, added], hadHold: true })
+  const v = await checkRateLimit(request({ protocol_state: 'DATA', recipient_count: '2', size: '300' }), h.ctx, NOW)
+  t.equal(v.reason, 'held')
+  t.ok(v.effect, 'something was added: refused by another check, it goes back')
+  await v.effect?.release()
+  t.same(h.store.steps[1]?.identities.map((s) => [s.id, s.first]), [['sasl:alice', NO_AMOUNTS], ['global:*', added]])
+})
+
+t.test('identity: a request without the sasl_username attribute is not a SASL user', async (t) => {
+  const attrs = new Map(Object.entries({ request: 'smtpd_access_policy', protocol_state: 'RCPT', instance: 'i1', client_address: '198.51.100.1', sender: 'a@example.org', recipient: 'bob@example.com' }))
+  t.same(requestIdentities(toPolicyRequest(attrs), IDS).map((i) => i.id), ['global:*'])
+})
+
+t.test('overrides: a user name without a domain matches its own entry only', async (t) => {
+  const { entries } = parseOverrideFile('sasl:e 5msg/1m\nsasl:@example.org 6msg/1m\n', 'o', IDS)
+  const table = new OverrideTable(entries)
+  const user = (name: string): ReturnType<typeof requestIdentities>[number] => requestIdentities(request({ sasl_username: name }), IDS)[0]
+  t.equal(table.match(user('alice')), undefined, 'not the entry of user "e", its last letter')
+  t.equal(table.match(user('e'))?.source, 'o:1')
+  t.equal(table.match(user('bob@example.org'))?.source, 'o:2', 'a user with a domain: its domain\'s entry')
+})
+
+t.test('runtime: an exempt recipient is matched with the setting that exempts it', async (t) => {
+  const rt = new RateLimitRuntime(config({ ratelimit_exempt_recipients: 'hostmaster@, abuse@example.org' }), () => t.fail('no log'))
+  t.equal(rt.exempt.match('Hostmaster@example.com'), 'ratelimit_exempt_recipients hostmaster@')
+  t.equal(rt.exempt.match('abuse@example.org'), 'ratelimit_exempt_recipients abuse@example.org')
+  t.equal(rt.exempt.match('alice@example.org'), null)
+})

@@ -119,3 +119,19 @@ function limitsOf(text: string): Limit[] {
   if ('error' in parsed || parsed.limits === 'unlimited') throw new Error(text)
   return [...parsed.limits]
 }
+
+t.test('errors quote the limit as written, without the blanks around it', async (t) => {
+  const padded: Array<[string, RegExp]> = [
+    ['  30 messages/1m\t', /^"30 messages\/1m" is not a limit/],
+    [' 5msg/0s ', /^"5msg\/0s": the period must be at least one second$/],
+    [' 5msg/367d ', /^"5msg\/367d": the period is longer than 366d$/],
+    [' 1048577GB/1d ', /^"1048577GB\/1d": the count is too large$/],
+  ]
+  for (const [text, expected] of padded) t.match(error(text), expected, JSON.stringify(text))
+})
+
+t.test('lists: several blanks, or a tab, between limits separate them as one does', async (t) => {
+  const two = { limits: [limit('30msg/1m'), limit('1000rcpt/1d')] }
+  t.same(parseLimitSet('30msg/1m   1000rcpt/1d'), two)
+  t.same(parseLimitSet('30msg/1m \t1000rcpt/1d, '), two)
+})

@@ -6,6 +6,8 @@ import { loadConfig, type Config } from '../lib/config'
 import { formatAmount, identityView, parseSince, rateOpsStoreOf, runRateLimit } from '../lib/ops/ratelimit'
 import { identityId } from '../lib/ratelimit/identity'
 import type { UsageListing } from '../lib/ratelimit/types'
+import { usageListing } from '../lib/ratelimit/usage-listing'
+import { add, formatCounter, slotIndex } from '../lib/ratelimit/window'
 import { FakeRateLimitAdmin } from './helpers/ratelimit-admin-fake'
 
 const NOW = 1_800_000_000
@@ -387,4 +389,23 @@ t.test('identityView and formatAmount', async (t) => {
   const view = identityView('global:*', [use('global:*', 'bytes', 86400, 1536)], { limits: [{ count: 0, unit: 'msg', window: 60, text: '0msg/1m' }, { count: 1024 ** 3, unit: 'bytes', window: 86400, text: '1GB/1d' }], source: 's' })
   t.same(view.usage.map((r) => [r.limit, r.used, r.full]), [['0msg/1m', 0, 1], ['1GB/1d', 1536, 1536 / 1024 ** 3]], 'a zero limit is full from the start')
   t.same([formatAmount('bytes', 500), formatAmount('bytes', 1536), formatAmount('bytes', 1024 ** 3), formatAmount('bytes', 5 * 1024 ** 2 + 1), formatAmount('rcpt', 12345)], ['500B', '1.5KB', '1GB', '5MB', '12345'])
+})
+
+t.test('usageListing: a counter that counts nothing now is listed while its identity holds; sorted by id before unit', async (t) => {
+  const slots = 6
+  const counter = (at: number, window: number, amount: number): string => formatCounter(add({ first: 0, counts: [] }, slotIndex(at, window, slots), slots, amount))
+  // Counted at NOW - 2h in a 1h window: nothing of it counts at NOW.
+  const stale = counter(NOW - 7200, 3600, 2)
+  const held = new Map([['sasl:a', { rcpt: 3, msg: 1, bytes: 0 }]])
+  t.same(usageListing([{ id: 'sasl:a', unit: 'rcpt', window: 3600, counts: stale }], held, NOW, slots), [
+    { id: 'sasl:a', unit: 'rcpt', window: 3600, used: 0, held: 3 },
+  ], 'its counter, with the holds of its unit; no window-0 rows for it')
+  t.same(usageListing([{ id: 'sasl:a', unit: 'rcpt', window: 3600, counts: stale }], new Map(), NOW, slots), [], 'nothing counted, nothing held: not listed')
+  const rows = [
+    { id: 'sasl:a', unit: 'msg' as const, window: 60, counts: counter(NOW, 60, 1) },
+    { id: 'sasl:b', unit: 'bytes' as const, window: 60, counts: counter(NOW, 60, 5) },
+  ]
+  const expected = [{ id: 'sasl:a', unit: 'msg', window: 60, used: 1, held: 0 }, { id: 'sasl:b', unit: 'bytes', window: 60, used: 5, held: 0 }]
+  t.same(usageListing(rows, new Map(), NOW, slots), expected, 'a later id with an earlier unit still comes later')
+  t.same(usageListing(rows.slice().reverse(), new Map(), NOW, slots), expected, 'whatever the order of the rows')
 })

@@ -40,6 +40,24 @@ t.test('window: slot boundaries', async (t) => {
   t.equal(off, 0, 'every slot begins at its slotStart')
 })
 
+/** The largest double below x (x > 0). */
+function justBelow(x: number): number {
+  const v = new DataView(new ArrayBuffer(8))
+  v.setFloat64(0, x)
+  v.setBigUint64(0, v.getBigUint64(0) - 1n)
+  return v.getFloat64(0)
+}
+
+t.test('window: a time just before a slot begins is in the slot before, where the division rounds up', async (t) => {
+  // 86400 s in 7 slots: slot k begins at k * 86400 / 7, a fraction.
+  const k = 198845
+  const now = justBelow(slotStart(k, 86400, 7))
+  t.ok(now < slotStart(k, 86400, 7))
+  t.equal(Math.floor((now * 7) / 86400), k, 'the plain division rounds into slot k')
+  t.equal(slotIndex(now, 86400, 7), k - 1, 'slot k has not begun')
+  t.equal(slotIndex(slotStart(k, 86400, 7), 86400, 7), k)
+})
+
 t.test('window: an event leaves between W - W/S and W after it', async (t) => {
   // W 60 s in 6 slots of 10 s; 1000 begins slot 100.
   const atStart = counted([1000], 60, 6)
@@ -72,6 +90,14 @@ t.test('window: used sums the last S slots; old slots are dropped on write; at m
   t.same(add(c, 105, 6, 0), c, 'adding nothing changes nothing')
   t.same(add(c, 108, 6, 0), c, 'not even the padding up to a later slot')
   t.same(add(EMPTY, 5, 6, 0), EMPTY, 'nor makes an empty counter one of a zero')
+})
+
+t.test('window: add leaves the counter it was given as it was', async (t) => {
+  const c: SlotCounter = { first: 100, counts: [1, 0, 2] }
+  t.same(add(c, 102, 6, 5), { first: 100, counts: [1, 0, 7] }, 'counted in the latest slot')
+  t.same(add(c, 104, 6, 1), { first: 100, counts: [1, 0, 2, 0, 1] }, 'padded up to a later slot')
+  t.same(c, { first: 100, counts: [1, 0, 2] }, 'the stored row is not changed behind the store\'s back')
+  t.same(parseCounter(formatCounter({ first: 7, counts: [12, 0, 345, 6789] })), { first: 7, counts: [12, 0, 345, 6789] }, 'later slots of several digits read back')
 })
 
 t.test('window: a clock behind the counter counts in its latest slot, and slots ahead count', async (t) => {
@@ -452,4 +478,52 @@ t.test('step: edges of hits, retryAt, duplicate counters and huge amounts', asyn
 
   const big = new Memory()
   t.same(big.step(mk('hold', 'a', 100, [ident('c:x', ['1msg/1h'], { rcpt: 1, msg: 1, bytes: 2 ** 60 }, RCPT_MORE)])).added, [{ rcpt: 1, msg: 1, bytes: Number.MAX_SAFE_INTEGER }], 'cut to the largest exact integer')
+})
+
+t.test('step release: a hold is gone only when every unit is back at 0', async (t) => {
+  const limits = ['9msg/1h']
+  // What is left after the release: each unit alone above 0 keeps the hold.
+  const cases: Array<[string, ReturnType<typeof amounts>, ReturnType<typeof amounts>]> = [
+    ['recipients left', amounts(3, 1, 0), amounts(0, 1, 0)],
+    ['the message left', amounts(2, 1, 0), amounts(2, 0, 0)],
+    ['bytes left', amounts(1, 1, 500), amounts(1, 1, 0)],
+  ]
+  for (const [name, held, back] of cases) {
+    const m = new Memory()
+    m.step(mk('hold', 'a', 100, [ident('c:x', limits, held, RCPT_MORE)]))
+    m.step(mk('release', 'a', 101, [ident('c:x', limits, back)]))
+    t.same(m.hold('c:x', 'a'), { rcpt: held.rcpt - back.rcpt, msg: held.msg - back.msg, bytes: held.bytes - back.bytes, expires: 100 + HOLD_TIME }, name)
+  }
+})
+
+t.test('step: a quota used up by holds alone refuses a new message that asks 0 of its unit', async (t) => {
+  const m = new Memory()
+  const limits = ['100B/1h']
+  t.equal(m.step(mk('hold', 'a', 100, [ident('sasl:u', limits, RCPT_FIRST(100), RCPT_MORE)])).ok, true)
+  const noSize = m.step(mk('hold', 'b', 101, [ident('sasl:u', limits, RCPT_FIRST(0), RCPT_MORE)]))
+  t.same(noSize.exceeded && [noSize.exceeded.used, noSize.exceeded.held, noSize.exceeded.asked], [0, 100, 0], 'held 100 of 100: no room, not even for 0')
+})
+
+t.test('step commit without a hold: a used-up quota refuses it even when it asks 0 of the unit', async (t) => {
+  const m = new Memory()
+  const limits = ['1KB/1h', '10rcpt/1h']
+  message(m, 'a', 100, 'sasl:u', limits, 1, 1024)
+  const r = m.step(mk('commit', 'b', 200, [ident('sasl:u', limits, amounts(1, 1, 0))]))
+  t.same([r.ok, r.exceeded?.limit.text, r.exceeded?.asked], [false, '1KB/1h', 0])
+  t.equal(m.usedAt('sasl:u', 'rcpt', 3600, 200), 1, 'nothing more counted')
+})
+
+t.test('step writes: only a commit sets the last commit time; only a message with a hold deletes one', async (t) => {
+  const m = new Memory()
+  const limits = ['9msg/1h']
+  m.step(mk('hold', 'a', 100, [ident('c:x', limits, RCPT_FIRST(), RCPT_MORE)]))
+  t.equal(m.lastWrites!.lastCommit, undefined, 'a hold')
+  m.step(mk('release', 'a', 101, [ident('c:x', limits, RCPT_MORE)]))
+  t.equal(m.lastWrites!.lastCommit, undefined, 'a release')
+  m.step(mk('commit', 'b', 102, [ident('c:x', limits, amounts(1, 1))]))
+  t.equal(m.lastWrites!.lastCommit, 102, 'a commit')
+  t.equal(m.lastWrites!.identities[0].hold, undefined, 'no hold of b: none to delete')
+  m.step(mk('commit', 'a', 103, [ident('c:x', limits, amounts(1, 1))]))
+  t.equal(m.lastWrites!.identities[0].hold, null, 'a\'s hold is deleted')
+  t.equal(m.lastCommit, 103)
 })

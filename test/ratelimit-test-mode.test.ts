@@ -99,3 +99,22 @@ t.test('limits per class: unlimited is said; sender or client limits alone warn 
   const withNetworks = rateLimitNotes(config({ ratelimit_sender_limits: '5msg/1m', ratelimit_networks: '192.0.2.0/24' }), postfix(GOOD), noFile)
   t.same(withNetworks.warnings, [])
 })
+
+t.test('restrictions: what stands in braces, nested or glued, names no entry', async (t) => {
+  const warnings = (recipient: string, eod = 'check_policy_service unix:private/policy'): string[] =>
+    rateLimitNotes(config({ ratelimit_sasl_limits: '30msg/1m' }), postfix({ smtpd_recipient_restrictions: recipient, smtpd_end_of_data_restrictions: eod }), noFile).warnings
+  // An inline access table before the check: its values may be restriction names.
+  t.same(warnings('check_sender_access inline:{ { postmaster@example.org = permit_mynetworks } }, check_policy_service unix:private/policy'), [], 'nested braces')
+  t.same(warnings('check_sender_access inline:{ { a@example.org = OK }, b@example.org = permit_sasl_authenticated }, check_policy_service unix:private/policy'), [], 'an outer group around an inner one')
+  t.same(warnings('check_client_access { hash:/etc/postfix/clients, permit_mynetworks } check_policy_service unix:private/policy'), [], 'a group of several words')
+  t.same(warnings('check_policy_service{ unix:private/policy }permit_sasl_authenticated'), [], 'a group ends its entry')
+  t.same(warnings('permit_mynetworks { x } check_policy_service unix:private/policy'), [
+    'smtpd_recipient_restrictions: permit_mynetworks comes before check_policy_service, so those clients are never rate-limited; put the check first',
+  ], 'the entries around a group still count')
+  t.same(warnings('check_policy_service x', 'reject_unauth_pipelining, check_policy_service'), [], 'the last entry counts')
+})
+
+t.test('client limits unlimited and sender limits none: nobody to warn about', async (t) => {
+  const r = rateLimitNotes(config({ ratelimit_client_limits: 'unlimited' }), postfix(GOOD), noFile)
+  t.same(r.warnings, [])
+})

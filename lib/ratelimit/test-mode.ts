@@ -15,9 +15,24 @@ export function systemPostconf(name: string): string | null {
   return r.status === 0 ? r.stdout.trim() : null
 }
 
-/** Restriction entries of a postconf value, in order (commas and blanks separate them; `{ ... }` options kept with their entry). */
+/** Innermost `{ ... }`: the options of an entry, never entries themselves. */
+const OPTIONS = /\{[^{}]*\}/g
+
+/**
+ * Restriction entries of a postconf value, in order: commas and blanks
+ * separate them, and what stands in braces is dropped, nested ones too
+ * (`check_sender_access inline:{ { a@example.org = permit_mynetworks } }`
+ * names no permit_mynetworks entry). Each pass removes at least one pair of
+ * braces, so the loop ends.
+ */
 function entries(value: string): string[] {
-  return value.replace(/\{[^}]*\}/g, (m) => m.replace(/[\s,]+/g, ' ')).split(/[\s,]+/).filter((x) => x !== '')
+  let flat = value
+  let before: string
+  do {
+    before = flat
+    flat = flat.replace(OPTIONS, ' ')
+  } while (flat !== before)
+  return flat.split(/[\s,]+/).filter((x) => x !== '')
 }
 
 export function rateLimitNotes(config: Config, postconf: Postconf, readFile: (path: string) => string): { notes: string[]; warnings: string[] } {
