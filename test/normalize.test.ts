@@ -164,6 +164,7 @@ t.test('normalizeSender: BATV and SRS only at the start of the local part; SRS u
     // A tag is exactly 4 digits and 6 hex digits: a user that starts like one is not the tag.
     ['prvs=2024abcdefsales=0123abc123@example.com', '2024abcdefsales@example.com'],
     ['prvs=0123abc123=2024abcdefsales@example.com', '2024abcdefsales@example.com'],
+    ['prvs=sales2024abcdef=0123abc123@example.com', 'sales2024abcdef@example.com'],
     [
       'SRS0=a=b=d1.example=SRS0=a=b=d2.example=SRS0=a=b=d3.example=SRS0=a=b=d4.example=alice@fw.example',
       'srs0=a=b=d4.example=alice@d3.example',
