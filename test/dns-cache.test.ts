@@ -146,3 +146,27 @@ t.test('an MX answer is kept for its TTL, not the negative TTL', async (t) => {
   const answer = await expiresAfter(t, h, 'mx.example', 'MX', 300_000)
   t.same(answer.mx, [{ preference: 10, exchange: 'mail.example' }])
 })
+
+t.test('an expired entry is dropped when asked again: a failure then leaves none, a new answer is the newest entry', async (t) => {
+  let flakyAsked = 0
+  const h = await harness(t, {
+    'flaky.example': (q) => (++flakyAsked === 1 ? { answers: [a(q.question.name, 1)] } : { flags: 2 }),
+    'one.example': (q) => ({ answers: [a(q.question.name, 1)] }),
+    'two.example': (q) => ({ answers: [a(q.question.name, 300)] }),
+    'three.example': (q) => ({ answers: [a(q.question.name, 300)] }),
+  }, 2)
+  await h.resolver.query('flaky.example', 'A')
+  t.equal(h.resolver.stats().cacheEntries, 1)
+  h.clock.now = T0 + 1000
+  t.equal((await h.resolver.query('flaky.example', 'A')).rcode, 'SERVFAIL')
+  t.equal(h.resolver.stats().cacheEntries, 0, 'the expired answer is gone')
+  h.clock.now = T0
+  await h.resolver.query('one.example', 'A')
+  await h.resolver.query('two.example', 'A')
+  h.clock.now = T0 + 1000
+  await h.resolver.query('one.example', 'A')
+  t.equal(h.asked('one.example'), 2)
+  await h.resolver.query('three.example', 'A')
+  t.ok(h.resolver.cached('one.example', 'A'), 'the refreshed entry is newer than two.example')
+  t.equal(h.resolver.cached('two.example', 'A'), undefined, 'two.example is now the oldest, and went')
+})

@@ -3,9 +3,10 @@
 // the question's id, name and type; the source port changes every
 // QUERIES_PER_SOCKET queries.
 import type dgram from 'node:dgram'
+import fs from 'node:fs'
 import type * as dnsPacket from 'dns-packet'
 import t from 'tap'
-import { createResolver, QUERIES_PER_SOCKET, sameAddress } from '../lib/dns/resolver'
+import { createResolver, QUERIES_PER_SOCKET, sameAddress, type DnsAnswer } from '../lib/dns/resolver'
 import { openUdpSender, responseTo, startScriptedDnsServer, type ReceivedQuery, type ScriptedDnsServer } from './helpers/dns-server'
 
 function aRecord(name: string, address: string): dnsPacket.Answer {
@@ -130,8 +131,71 @@ t.test('query ids are random, also after the pool of random bytes is read again'
 t.test('the server address compared as an address, not as text', async (t) => {
   t.ok(sameAddress('2001:db8::1', '2001:DB8:0:0::1'), 'rinfo writes IPv6 compressed and in lower case')
   t.ok(sameAddress('fe80::1%eth0', 'fe80::1'), 'a zone index is not part of the address')
+  t.ok(sameAddress('fe80::1%eth0', 'fe80::1%eth0'), 'the same text, zone index included')
   t.ok(sameAddress('127.0.0.1', '127.0.0.1'))
   t.notOk(sameAddress('127.0.0.2', '127.0.0.1'))
   t.notOk(sameAddress('2001:db8::2', '2001:db8::1'))
   t.notOk(sameAddress('not an address', '127.0.0.1'))
+})
+
+t.test('an id still pending is not given to another query', async (t) => {
+  const held: ReceivedQuery[] = []
+  const { server, resolver } = await resolverFor(t, (q) => held.push(q))
+  // The random pool made to repeat its first id: the second query, asked while the first waits, must skip it.
+  const realRead = fs.readSync
+  fs.readSync = ((fd: number, buffer: NodeJS.ArrayBufferView) => {
+    const pool = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.byteLength)
+    for (let i = 0; i < pool.length; i += 2) pool.writeUInt16BE(i === 0 ? 0x4242 : 0x4242 + i / 2 - 1, i)
+    return pool.length
+  }) as typeof fs.readSync
+  let answers: Promise<DnsAnswer>[]
+  try {
+    answers = [resolver.query('first.example', 'A'), resolver.query('second.example', 'A')]
+  } finally {
+    fs.readSync = realRead
+  }
+  await received(server, 2)
+  t.same(held.map((q) => q.packet.id), [0x4242, 0x4243], 'the repeated id skipped')
+  for (const q of held) q.reply(answerWith(q, '192.0.2.1'))
+  t.same((await Promise.all(answers)).map((a) => a.rcode), ['NOERROR', 'NOERROR'], 'each answered on its own id')
+})
+
+/** Open files of this process that are /dev/urandom (Linux). */
+function urandomFds(): number {
+  return fs.readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`) === '/dev/urandom'
+    } catch {
+      return false
+    }
+  }).length
+}
+
+t.test('the random source is closed after each read', { skip: process.platform === 'linux' ? false : 'needs /proc/self/fd (Linux)' }, async (t) => {
+  const { resolver } = await resolverFor(t, (q) => q.reply(answerWith(q, '192.0.2.1')))
+  const before = urandomFds()
+  // The first query reads the pool.
+  t.equal((await resolver.query('a.example', 'A')).rcode, 'NOERROR')
+  t.equal(urandomFds(), before)
+})
+
+t.test('a used socket retired while a newer one takes the queries: the newer one stays in use', async (t) => {
+  let late: ReceivedQuery | undefined
+  const { server, resolver } = await resolverFor(t, (q) => {
+    if (q.question.name === 'late.example') late = q
+    else q.reply(answerWith(q, '192.0.2.1'))
+  })
+  const lateAnswer = resolver.query('late.example', 'A')
+  for (let i = 1; i < QUERIES_PER_SOCKET; i++) await resolver.query(`q${i}.example`, 'A')
+  // The first socket has carried its share but waits for late.example: the next query opens a new one.
+  await resolver.query('new1.example', 'A')
+  t.equal(resolver.stats().sockets, 2)
+  await received(server, QUERIES_PER_SOCKET + 1)
+  late!.reply(answerWith(late!, '192.0.2.1'))
+  t.equal((await lateAnswer).rcode, 'NOERROR')
+  t.equal(resolver.stats().sockets, 1, 'the first socket closed')
+  await resolver.query('new2.example', 'A')
+  t.equal(resolver.stats().sockets, 1, 'and the next query on the newer socket')
+  const ports = server.received.slice(-2).map((q) => q.from.port)
+  t.equal(ports[0], ports[1], 'from the same port')
 })

@@ -158,3 +158,7 @@ t.test('server addresses: each IPv4 octet 0-255, four of them, nothing else', as
   for (const bad of ['..1.2.3', '1.2.3.260', '1.2.3.1.5', '1.2.3.10.', '1.2.3.4.']) t.equal(parseServer(bad), null, bad)
   for (const good of ['0.0.0.0', '10.199.249.255', '1.22.100.9']) t.same(parseServer(good), { host: good, port: 53, family: 4 }, good)
 })
+
+t.test('server addresses: the bracketed IPv6 form is the whole text', async (t) => {
+  for (const bad of ['x[2001:db8::1]', 'x[2001:db8::1]:53', '[2001:db8::1]x', '[2001:db8::1]:53x', '[2001:db8::1]:123456']) t.equal(parseServer(bad), null, bad)
+})

@@ -46,6 +46,7 @@ t.test('silent servers: `tries` passes over the list, in order, then TIMEOUT', a
   t.equal((await r.query('a.example', 'A')).rcode, 'TIMEOUT')
   t.same(order, [0, 1, 0, 1, 0, 1])
   t.equal(r.stats().queries, 6)
+  t.equal(r.stats().timeouts, 6, 'each try unanswered counted')
 })
 
 t.test('two tries by default, at least one', async (t) => {
@@ -74,7 +75,9 @@ t.test('every server failing: the last failure is the answer', async (t) => {
   const both = await servers(t, [rcode(RCODE.REFUSED), rcode(RCODE.SERVFAIL)])
   t.equal((await resolver(t, both.list).query('a.example', 'A')).rcode, 'SERVFAIL')
   const last = await servers(t, [rcode(RCODE.SERVFAIL), silent])
-  t.equal((await resolver(t, last.list).query('a.example', 'A')).rcode, 'TIMEOUT')
+  const lastResolver = resolver(t, last.list)
+  t.equal((await lastResolver.query('a.example', 'A')).rcode, 'TIMEOUT')
+  t.equal(lastResolver.stats().timeouts, 2, 'only the unanswered tries count as timeouts')
 })
 
 t.test('a truncated answer is asked again over TCP; the TCP answer must be to the question', async (t) => {

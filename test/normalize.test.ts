@@ -161,6 +161,10 @@ t.test('normalizeSender: BATV and SRS only at the start of the local part; SRS u
     // A local part without a domain is left as it is (lower case, numbers folded).
     ['prvs=1234abcdef=Alice', 'prvs=1234abcdef=alice'],
     ['+tag@example.com', '+tag@example.com'],
+    // A tag is exactly 4 digits and 6 hex digits: a user that starts like one is not the tag.
+    ['prvs=2024abcdefsales=0123abc123@example.com', '2024abcdefsales@example.com'],
+    ['prvs=0123abc123=2024abcdefsales@example.com', '2024abcdefsales@example.com'],
+    ['prvs=sales2024abcdef=0123abc123@example.com', 'sales2024abcdef@example.com'],
     [
       'SRS0=a=b=d1.example=SRS0=a=b=d2.example=SRS0=a=b=d3.example=SRS0=a=b=d4.example=alice@fw.example',
       'srs0=a=b=d4.example=alice@d3.example',

@@ -78,25 +78,31 @@ function servfail(msg: Buffer): Buffer | null {
 }
 
 /**
- * A TCP server and a UDP socket on one port of 127.0.0.1: the TCP port is
+ * A TCP server and a UDP socket on one port of `host`: the TCP port is
  * taken first (port 0: the kernel picks one no socket uses, not even a
  * client's ephemeral port), then UDP on that number; when UDP is taken
  * there, both start over on another (bounded). Picking the UDP port first
  * collided with client connections of other tests holding that TCP port.
+ * A fixed `port` gets one attempt.
  */
-async function listenOnOnePort(tcp: net.Server, onMessage: (udp: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo) => void): Promise<{ udp: dgram.Socket; port: number }> {
+async function listenOnOnePort(
+  tcp: net.Server,
+  onMessage: (udp: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo) => void,
+  host: string = '127.0.0.1',
+  fixedPort: number = 0,
+): Promise<{ udp: dgram.Socket; port: number }> {
   let lastError: Error | undefined
-  for (let attempt = 0; attempt < 20; attempt++) {
+  for (let attempt = 0; attempt < (fixedPort === 0 ? 20 : 1); attempt++) {
     await new Promise<void>((resolve, reject) => {
       tcp.once('error', reject)
-      tcp.listen(0, '127.0.0.1', () => (tcp.off('error', reject), resolve()))
+      tcp.listen(fixedPort, host, () => (tcp.off('error', reject), resolve()))
     })
     const port = (tcp.address() as net.AddressInfo).port
-    const udp = dgram.createSocket('udp4')
+    const udp = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4')
     udp.on('message', (msg, rinfo) => onMessage(udp, msg, rinfo))
     const bound = await new Promise<Error | null>((resolve) => {
       udp.once('error', resolve)
-      udp.bind(port, '127.0.0.1', () => resolve(null))
+      udp.bind(port, host, () => resolve(null))
     })
     if (bound === null) return { udp, port }
     lastError = bound
@@ -192,6 +198,8 @@ export interface ReceivedQuery {
   from: { address: string; port: number }
   /** Sends an encoded message from the server's own socket back to the asker, or (UDP) to `to`; TCP: on the question's connection. */
   reply(message: Buffer, to?: { address: string; port: number }): void
+  /** TCP: the question's connection, for tests that write raw bytes, close or reset it. */
+  connection?: net.Socket
 }
 
 export interface ScriptedDnsServer {
@@ -211,12 +219,14 @@ export function responseTo(q: ReceivedQuery, fields: Partial<dnsPacket.Packet> =
  * A DNS server on 127.0.0.1 (UDP, and TCP on the same port) whose test
  * decides what each question gets: an answer, nothing, a wrong answer, an
  * answer late or from elsewhere. `onQuery` runs for each question received.
+ * `at`: another loopback address (`::1`) or a fixed port (53).
  */
-export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Promise<ScriptedDnsServer> {
+export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void, at: { host?: string; port?: number } = {}): Promise<ScriptedDnsServer> {
+  const host = at.host ?? '127.0.0.1'
   let udp: dgram.Socket | undefined
   const connections = new Set<net.Socket>()
   const received: ReceivedQuery[] = []
-  const take = (transport: 'udp' | 'tcp', msg: Buffer, from: { address: string; port: number }, reply: ReceivedQuery['reply']): void => {
+  const take = (transport: 'udp' | 'tcp', msg: Buffer, from: { address: string; port: number }, reply: ReceivedQuery['reply'], connection?: net.Socket): void => {
     let packet: dnsPacket.Packet
     try {
       packet = dnsPacket.decode(msg)
@@ -225,7 +235,7 @@ export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Pro
     }
     const question = packet.questions?.[0]
     if (!question) return
-    const q: ReceivedQuery = { transport, packet, question, from, reply }
+    const q: ReceivedQuery = { transport, packet, question, from, reply, connection }
     received.push(q)
     onQuery(q)
   }
@@ -247,13 +257,13 @@ export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Pro
           const head = Buffer.alloc(2)
           head.writeUInt16BE(m.length)
           sock.write(Buffer.concat([head, m]))
-        })
+        }, sock)
       }
     })
   })
   const server: ScriptedDnsServer = {
     port: 0,
-    address: '127.0.0.1',
+    address: host,
     received,
     close: () =>
       new Promise((resolve) => {
@@ -261,7 +271,7 @@ export function startScriptedDnsServer(onQuery: (q: ReceivedQuery) => void): Pro
         udp!.close(() => tcp.close(() => resolve()))
       }),
   }
-  return listenOnOnePort(tcp, onMessage).then(({ udp: bound, port }) => {
+  return listenOnOnePort(tcp, onMessage, host, at.port).then(({ udp: bound, port }) => {
     udp = bound
     server.port = port
     return server
