@@ -29,6 +29,11 @@ const ZONE: Zone = {
   'mapped.example': [{ TXT: 'v=spf1 ip6:::ffff:192.0.2.1 -all' }],
   'mapped-net.example': [{ TXT: 'v=spf1 ip6:::ffff:192.0.2.0/120 -all' }],
   'not-mapped.example': [{ TXT: 'v=spf1 ip6:::ff00:c000:201 -all' }],
+  // Targets that expand to no domain name (the local part alone): errors for redirect= and include:, no match for a: and exists:.
+  'redirect-bad.example': [{ TXT: 'v=spf1 redirect=%{l}' }],
+  'include-bad.example': [{ TXT: 'v=spf1 include:%{l} -all' }],
+  'a-bad.example': [{ TXT: 'v=spf1 a:%{l} -all' }],
+  'exists-bad.example': [{ TXT: 'v=spf1 exists:%{l} -all' }],
 }
 
 let dns: DnsServer
@@ -139,4 +144,17 @@ t.test('a pass is broad (authenticates nobody) below /8 for IPv4 and /16 for IPv
     t.equal(r.broad, broad, `${mechanism} from ${ip}: ${broad ? 'broad' : 'narrow'}`)
   }
   dns.setZone(ZONE)
+})
+
+t.test('the reason of a permerror names what is wrong; a target that is no domain name matches nothing', async (t) => {
+  const badIp = await check('300.1.2.3', 'alice@example.org')
+  t.same([badIp.result, badIp.reason], ['permerror', 'bad client address 300.1.2.3'])
+  const redirect = await check('192.0.2.1', 'alice@redirect-bad.example')
+  t.same([redirect.result, redirect.reason], ['permerror', 'redirect to an invalid domain alice'])
+  const include = await check('192.0.2.1', 'alice@include-bad.example')
+  t.same([include.result, include.reason], ['permerror', 'include of an invalid domain alice'])
+  for (const domain of ['a-bad.example', 'exists-bad.example']) {
+    const r = await check('192.0.2.1', `alice@${domain}`)
+    t.equal(r.result, 'fail', `${domain}: the mechanism does not match, -all fails (${r.reason})`)
+  }
 })
