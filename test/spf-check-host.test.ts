@@ -34,6 +34,11 @@ const ZONE: Zone = {
   'include-bad.example': [{ TXT: 'v=spf1 include:%{l} -all' }],
   'a-bad.example': [{ TXT: 'v=spf1 a:%{l} -all' }],
   'exists-bad.example': [{ TXT: 'v=spf1 exists:%{l} -all' }],
+  'mx-bad.example': [{ TXT: 'v=spf1 mx:%{l} -all' }],
+  // Not looked up at all, so three of them are no three void lookups (the limit is 2).
+  'a-bad3.example': [{ TXT: 'v=spf1 a:%{l} a:%{l} a:%{l} -all' }],
+  'mx-bad3.example': [{ TXT: 'v=spf1 mx:%{l} mx:%{l} mx:%{l} -all' }],
+  'exists-bad3.example': [{ TXT: 'v=spf1 exists:%{l} exists:%{l} exists:%{l} -all' }],
 }
 
 let dns: DnsServer
@@ -153,7 +158,7 @@ t.test('the reason of a permerror names what is wrong; a target that is no domai
   t.same([redirect.result, redirect.reason], ['permerror', 'redirect to an invalid domain alice'])
   const include = await check('192.0.2.1', 'alice@include-bad.example')
   t.same([include.result, include.reason], ['permerror', 'include of an invalid domain alice'])
-  for (const domain of ['a-bad.example', 'exists-bad.example']) {
+  for (const domain of ['a-bad.example', 'mx-bad.example', 'exists-bad.example', 'a-bad3.example', 'mx-bad3.example', 'exists-bad3.example']) {
     const r = await check('192.0.2.1', `alice@${domain}`)
     t.equal(r.result, 'fail', `${domain}: the mechanism does not match, -all fails (${r.reason})`)
   }
