@@ -78,6 +78,8 @@ interface Harness {
   dbPath: string
   logs: string[]
   ask: (over?: Record<string, string>, now?: number) => Promise<string>
+  /** The SPF verdict of the decision: check, severity, reason and fields, as the decision line logs them. */
+  verdict: (over?: Record<string, string>, now?: number) => Promise<unknown>
 }
 
 /** Milliseconds added to the real clock: tests move time on instead of sleeping. */
@@ -108,14 +110,19 @@ function harness(t: Tap.Test, over: Record<string, string> = {}, resolver?: Reso
     },
   }
   let n = 0
-  const ask = async (o: Record<string, string> = {}, now = 1_800_000_000): Promise<string> => {
+  const run = async (o: Record<string, string>, now: number) => {
     const req = toPolicyRequest(new Map(Object.entries({
       request: 'smtpd_access_policy', protocol_state: 'RCPT', client_address: '192.0.2.10', client_name: 'unknown',
       helo_name: 'mail.example.net', sender: 'alice@pass.test', recipient: 'bob@example.org', instance: `i${n++}`, ...o,
     })))
-    return (await decide(req, ctx, now)).action
+    return decide(req, ctx, now)
   }
-  return { ctx, logs, ask, dbPath: path.join(dbDir, 'g.sqlite') }
+  const ask = async (o: Record<string, string> = {}, now = 1_800_000_000): Promise<string> => (await run(o, now)).action
+  const verdict = async (o: Record<string, string> = {}, now = 1_800_000_000): Promise<unknown> => {
+    const spf = (await run(o, now)).verdicts.find((v) => v.check === 'spf')
+    return spf && { check: spf.check, severity: spf.severity, reason: spf.reason, fields: spf.fields ?? {} }
+  }
+  return { ctx, logs, ask, verdict, dbPath: path.join(dbDir, 'g.sqlite') }
 }
 
 const WHY = 'Please see http://www.openspf.net/Why?s='
@@ -467,4 +474,25 @@ t.test('greylist_spf_key: a pass by an ip4 /8 or ip6 /16 authenticates the domai
     'spf:slash8.test/a@slash8.test/bob@example.org',
     'spf:slash8.test/b@slash8.test/bob@example.org',
   ])
+})
+
+t.test('the SPF verdict as the decision line logs it: check, severity, reason and fields', async (t) => {
+  const { verdict } = harness(t)
+  const v = (severity: string, reason: string, fields: Record<string, string> = {}) => ({ check: 'spf', severity, reason, fields })
+  const cases: Array<[Record<string, string>, ReturnType<typeof v>]> = [
+    [{}, v('prepend', 'mailfrom-pass', { spf_helo: 'none', spf_mailfrom: 'pass' })],
+    [{ sender: 'alice@fail2.test' }, v('reject', 'mailfrom-fail', { spf_helo: 'none', spf_mailfrom: 'fail' })],
+    [{ sender: 'alice@softfail.test' }, v('prepend', 'mailfrom-softfail', { spf_helo: 'none', spf_mailfrom: 'softfail' })],
+    [{ sender: 'alice@broad.test' }, v('prepend', 'mailfrom-pass', { spf_helo: 'none', spf_mailfrom: 'pass', spf_broad: '+all' })],
+    [{ sender: '', helo_name: '' }, v('dunno', 'no-sender-no-helo')],
+    [{ client_address: '' }, v('dunno', 'no-client-address')],
+    [{ protocol_state: 'CONNECT' }, v('dunno', 'not-checked-in-this-state')],
+    [{ sender: '', helo_name: 'helo.pass.test' }, v('prepend', 'helo-pass', { spf_helo: 'pass' })],
+    [{ sender: '', helo_name: 'fail.test' }, v('reject', 'helo-fail', { spf_helo: 'fail' })],
+  ]
+  for (const [over, want] of cases) t.same(await verdict(over), want, JSON.stringify(over))
+  const notPass = harness(t, { Reject_Not_Pass_Domains: 'softfail.test' })
+  t.same(await notPass.verdict({ sender: 'alice@softfail.test' }), v('reject', 'mailfrom-softfail-receiver-policy', { spf_helo: 'none', spf_mailfrom: 'softfail' }), 'rejected by Reject_Not_Pass_Domains, not by the record')
+  const dry = harness(t, { TestOnly: '0' })
+  t.same(await dry.verdict({ sender: 'alice@fail2.test' }), v('dunno', 'test-only-would-reject:mailfrom-fail', { spf_helo: 'none', spf_mailfrom: 'fail' }), 'TestOnly = 0: what it would have done')
 })
