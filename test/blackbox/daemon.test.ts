@@ -129,29 +129,21 @@ t.test('HUP after log_file was rotated away: the lines that follow go to a new f
   const logFile = path.join(dir, 'policyd-ts.log')
   const c = await connect(d.socketPath)
   await c.ask(rcptRequest({ instance: 'before.1', recipient: 'before@example.org' }))
-  await waitUntil(() => /recipient=before@example\.org/.test(readOrEmpty(logFile)), 5000)
+  await waitUntil(() => /recipient=before@example\.org/.test(d.log()), 5000)
   fs.renameSync(logFile, `${logFile}.1`) // what logrotate does, then its postrotate sends HUP
   await c.ask(rcptRequest({ instance: 'between.1', recipient: 'between@example.org' }))
   d.child.kill('SIGHUP')
-  await waitUntil(() => /configuration reloaded/.test(readOrEmpty(logFile)), 5000)
+  await waitUntil(() => /configuration reloaded/.test(d.log()), 5000)
   await c.ask(rcptRequest({ instance: 'after.1', recipient: 'after@example.org' }))
-  await waitUntil(() => /recipient=after@example\.org/.test(readOrEmpty(logFile)), 5000)
+  await waitUntil(() => /recipient=after@example\.org/.test(d.log()), 5000)
   const rotated = fs.readFileSync(`${logFile}.1`, 'utf8')
-  const fresh = readOrEmpty(logFile)
+  const fresh = d.log()
   t.match(rotated, /recipient=before@example\.org/, 'the rotated file keeps the lines before the rotation')
   t.match(rotated, /recipient=between@example\.org/, 'a line written before the HUP is in the rotated file, not lost')
   t.notMatch(rotated, /recipient=after@example\.org/, 'nothing after the HUP goes to the rotated file')
   t.match(fresh, /recipient=after@example\.org/, 'the lines after the HUP are in the new file')
   t.notMatch(fresh, /recipient=before@example\.org/)
 })
-
-function readOrEmpty(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8')
-  } catch {
-    return ''
-  }
-}
 
 async function waitUntil(ok: () => boolean, timeoutMs: number): Promise<void> {
   const end = Date.now() + timeoutMs
