@@ -14,6 +14,8 @@ import { toPolicyRequest } from '../lib/request'
 import { SqliteStore } from '../lib/store/sqlite'
 import { createGreylistWhitelists } from '../lib/greylist/lists'
 import { createSpfContext } from '../lib/spf/context'
+import { actionFor, checkSpf } from '../lib/spf/check'
+import { toPolicy } from '../lib/spf/policy'
 import type { Resolver } from '../lib/dns/resolver'
 import { startDnsServer, type DnsServer, type Zone } from './helpers/dns-server'
 
@@ -53,6 +55,12 @@ const ZONE: Zone = {
   // Either side of the broad-pass boundary: /8 and /16 still name senders, /7 and /15 do not.
   'slash8.test': [{ TXT: 'v=spf1 ip4:192.0.0.0/8 ip6:2001::/16 -all' }],
   'slash7.test': [{ TXT: 'v=spf1 ip4:192.0.0.0/7 ip6:2000::/15 -all' }],
+  // Passes only when %{o}, the sender's domain, is the checked domain: a HELO name or a Domain_Whitelist entry stands for postmaster@itself.
+  'macro.test': [{ TXT: 'v=spf1 exists:%{o}.ok.test -all' }],
+  'macro.test.ok.test': [{ A: '127.0.0.2' }],
+  // v=spf1 -all written with more white space: still a domain that sends no mail.
+  'nomail-spaces.test': [{ TXT: 'v=spf1   -all' }],
+  'nomail-trailing.test': [{ TXT: 'v=spf1 -all ' }],
 }
 
 let dns: DnsServer
@@ -495,4 +503,142 @@ t.test('the SPF verdict as the decision line logs it: check, severity, reason an
   t.same(await notPass.verdict({ sender: 'alice@softfail.test' }), v('reject', 'mailfrom-softfail-receiver-policy', { spf_helo: 'none', spf_mailfrom: 'softfail' }), 'rejected by Reject_Not_Pass_Domains, not by the record')
   const dry = harness(t, { TestOnly: '0' })
   t.same(await dry.verdict({ sender: 'alice@fail2.test' }), v('dunno', 'test-only-would-reject:mailfrom-fail', { spf_helo: 'none', spf_mailfrom: 'fail' }), 'TestOnly = 0: what it would have done')
+})
+
+/**
+ * The harness with its resolver's calls written down, `name/TYPE` in the order made: queries, and cache reads.
+ * The names in `servfail` are answered SERVFAIL at once (a temperror without waiting for a timeout).
+ */
+function tappedHarness(t: Tap.Test, over: Record<string, string> = {}, servfail: string[] = []): Harness & { queries: string[]; cacheReads: string[] } {
+  const h = harness(t, over)
+  const spf = h.ctx.spf!()
+  const real = spf.resolver
+  const queries: string[] = []
+  const cacheReads: string[] = []
+  spf.resolver = {
+    query: (name, type) => {
+      queries.push(`${name}/${type}`)
+      return servfail.includes(name) ? Promise.resolve({ rcode: 'SERVFAIL', records: [], mx: [] }) : real.query(name, type)
+    },
+    cached: (name, type) => {
+      cacheReads.push(`${name}/${type}`)
+      return real.cached(name, type)
+    },
+    stats: () => real.stats(),
+    close: () => real.close(),
+  }
+  return { ...h, queries, cacheReads }
+}
+
+t.test('the SPF verdict of restrictions, dry runs, exemptions, Per_User and unsent headers', async (t) => {
+  const v = (severity: string, reason: string, fields: Record<string, string> = {}) => ({ check: 'spf', severity, reason, fields })
+  const both = (helo: string, mailfrom: string): Record<string, string> => ({ spf_helo: helo, spf_mailfrom: mailfrom })
+  const dir = t.testdir({
+    // The line without a recipient must not be taken for requests that have none (DATA).
+    userconf: 'strict@example.org,Mail_From_reject=Softfail\n,Mail_From_reject=Softfail\n',
+  })
+  const perUser = `text,${path.join(dir, 'userconf')}`
+  const rows: Array<[Record<string, string>, Record<string, string>, ReturnType<typeof v>]> = [
+    [{ Mail_From_pass_restriction: 'passed_spf' }, {}, v('restriction', 'mailfrom-pass-restriction', both('none', 'pass'))],
+    [{ HELO_pass_restriction: 'helo_passed' }, { sender: '', helo_name: 'helo.pass.test' }, v('restriction', 'helo-pass-restriction', { spf_helo: 'pass' })],
+    [{ TestOnly: '0', Mail_From_pass_restriction: 'passed_spf' }, {}, v('dunno', 'test-only-would-restriction:mailfrom-pass-restriction', both('none', 'pass'))],
+    [{ TestOnly: '0', TempError_Defer: 'yes' }, { sender: 'a@servfail.test' }, v('dunno', 'test-only-would-defer:mailfrom-temperror', both('none', 'temperror'))],
+    [{ TempError_Defer: 'yes' }, { sender: 'a@servfail.test' }, v('defer', 'mailfrom-temperror', both('none', 'temperror'))],
+    [{ TempError_Defer: 'yes' }, { helo_name: 'servfail.test' }, v('defer', 'helo-temperror', { spf_helo: 'temperror' })],
+    [{ HELO_reject: 'No_Check', Mail_From_reject: 'No_Check' }, {}, v('dunno', 'no-identity-checked')],
+    [{ Prospective: '192.0.2.10' }, { client_address: '203.0.113.5' }, v('dunno', 'mailfrom-pass-prospective', both('none', 'pass'))],
+    [{ Header_Type: 'None' }, {}, v('dunno', 'mailfrom-pass-no-header', both('none', 'pass'))],
+    [{ Whitelist: '192.0.2.0/28' }, { sender: 'a@fail2.test' }, v('prepend', 'Whitelist', { spf_bypass: 'Whitelist:192.0.2.0/28' })],
+    [{ Domain_Whitelist: 'macro.test' }, { sender: 'a@fail2.test' }, v('prepend', 'Domain_Whitelist', { spf_bypass: 'Domain_Whitelist:macro.test' })],
+    [{}, { sender: '', helo_name: 'macro.test' }, v('prepend', 'helo-pass', { spf_helo: 'pass' })],
+    [{ Reject_Not_Pass_Domains: 'fail2.test' }, { sender: 'a@fail2.test' }, v('reject', 'mailfrom-fail-receiver-policy', both('none', 'fail'))],
+    [{ Mail_From_reject: 'SPF_Not_Pass' }, { sender: 'a@fail2.test' }, v('reject', 'mailfrom-fail', both('none', 'fail'))],
+    [{ Mail_From_reject: 'Softfail' }, { sender: 'a@fail2.test' }, v('reject', 'mailfrom-fail', both('none', 'fail'))],
+    [{}, { sender: 'a@fail2.test', protocol_state: 'BDAT' }, v('reject', 'mailfrom-fail', both('none', 'fail'))],
+    [{}, { sender: 'a@fail2.test', protocol_state: 'END-OF-MESSAGE' }, v('reject', 'mailfrom-fail', both('none', 'fail'))],
+    [{ Per_User: perUser }, { sender: 'a@softfail.test', recipient: 'strict@example.org' }, v('reject', 'mailfrom-softfail', { ...both('none', 'softfail'), spf_per_user: 'yes' })],
+    [{ Per_User: perUser }, { sender: 'a@softfail.test', recipient: '', protocol_state: 'DATA' }, v('prepend', 'mailfrom-softfail', both('none', 'softfail'))],
+  ]
+  for (const [over, req, want] of rows) {
+    const { verdict } = tappedHarness(t, over, ['servfail.test'])
+    t.same(await verdict(req), want, `${JSON.stringify(over)} ${JSON.stringify(req)}`)
+  }
+})
+
+t.test('header values: receiver= without a recipient or its domain, a HELO name with its final dot, no HELO name nor sender domain', async (t) => {
+  const { ask } = harness(t)
+  const header = (helo: string, from: string, receiver: string): string =>
+    `PREPEND Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=${helo}; envelope-from="${from}"; receiver=${receiver}`
+  t.equal(await ask({ protocol_state: 'MAIL', recipient: '' }), header('mail.example.net', 'alice@pass.test', 'none'), 'checked at MAIL FROM: no recipient yet')
+  t.equal(await ask({ recipient: 'Postmaster' }), header('mail.example.net', 'alice@pass.test', 'postmaster'), 'RCPT TO:<Postmaster> has no domain')
+  t.equal(await ask({ helo_name: 'Mail.Example.NET.' }), header('mail.example.net', 'alice@pass.test', 'example.org'))
+  t.equal(
+    await ask({ sender: 'alice', helo_name: '' }),
+    'PREPEND Received-SPF: None (mailfrom) identity=mailfrom; client-ip=192.0.2.10; helo=unknown; envelope-from=alice; receiver=example.org',
+    'neither a HELO name nor a sender domain: unknown',
+  )
+})
+
+t.test('No_Mail: a v=spf1 -all record with other white space is still one', async (t) => {
+  const { ask } = harness(t, { No_Mail: 'yes' })
+  for (const domain of ['nomail-spaces.test', 'nomail-trailing.test']) {
+    t.equal(await ask({ sender: `a@${domain}` }), `550 5.7.23 Message rejected due to: SPF fail - not authorized. ${WHY}mfrom;id=a@${domain};ip=192.0.2.10;r=example.org`, domain)
+  }
+})
+
+t.test("the sender's record is asked for first, while the HELO check waits, and only when both are checked", async (t) => {
+  // `exact`: the whole list; otherwise its start (whether the MAIL FROM check finds the early answer already there is a race).
+  const rows: Array<[Record<string, string>, Record<string, string>, string[], boolean]> = [
+    [{}, {}, ['pass.test/TXT', 'mail.example.net/TXT'], false],
+    [{}, { helo_name: 'pass.test' }, ['pass.test/TXT'], true],
+    [{ HELO_reject: 'No_Check' }, {}, ['pass.test/TXT'], true],
+    [{ Mail_From_reject: 'No_Check' }, { helo_name: 'helo.pass.test' }, ['helo.pass.test/TXT', 'helo.pass.test/A'], true],
+    [{}, { sender: '', helo_name: 'helo.pass.test' }, ['helo.pass.test/TXT', 'helo.pass.test/A'], true],
+  ]
+  for (const [over, req, want, exact] of rows) {
+    const { ask, queries } = tappedHarness(t, over)
+    await ask(req)
+    t.same(exact ? queries : queries.slice(0, want.length), want, `${JSON.stringify(over)} ${JSON.stringify(req)}`)
+  }
+})
+
+t.test('a Per_User recipient of a message reuses the SPF results of its earlier recipients', async (t) => {
+  const dir = t.testdir({ userconf: 'strict@example.org,Mail_From_reject=Softfail\n' })
+  const { ask, cacheReads } = tappedHarness(t, { Per_User: `text,${path.join(dir, 'userconf')}` })
+  t.match(await ask({ instance: 'u1', sender: 'a@softfail.test', recipient: 'other@example.org' }), /^PREPEND Received-SPF: Softfail/)
+  const first = cacheReads.length
+  t.ok(first > 0, 'the 1st recipient: SPF checked')
+  t.match(await ask({ instance: 'u1', sender: 'a@softfail.test', recipient: 'strict@example.org' }), /^550 5\.7\.23/)
+  t.equal(cacheReads.length, first, 'the 2nd recipient: not checked again, not even from the DNS cache')
+})
+
+t.test('a request without an instance is not remembered', async (t) => {
+  const { ask, ctx } = harness(t)
+  const messages = ctx.spf!().messages
+  t.match(await ask({ instance: '' }), /^PREPEND Received-SPF: Pass/)
+  t.match(await ask({ instance: '' }), /^PREPEND Received-SPF: Pass/, 'each such request gets its header')
+  t.equal(messages.size, 0)
+  await ask({ instance: 'n1' })
+  t.equal(messages.size, 1)
+})
+
+t.test('a pass for the Prospective address authenticates no sender domain for greylisting', async (t) => {
+  const request = (o: Record<string, string>) => toPolicyRequest(new Map(Object.entries({
+    request: 'smtpd_access_policy', protocol_state: 'RCPT', client_address: '203.0.113.5', helo_name: 'mail.example.net',
+    sender: 'alice@pass.test', recipient: 'bob@example.org', instance: 'g1', ...o,
+  })))
+  const real = harness(t)
+  t.equal((await checkSpf(request({ client_address: '192.0.2.10' }), real.ctx.spf!())).authenticatedDomain, 'pass.test', 'the real client: pass.test')
+  const prospective = harness(t, { Prospective: '192.0.2.10' })
+  const got = await checkSpf(request({}), prospective.ctx.spf!())
+  t.equal(got.verdict.reason, 'mailfrom-pass-prospective')
+  t.equal(got.authenticatedDomain, undefined)
+})
+
+t.test('actionFor: a rule that rejects no result (No_Check) leaves every result to the header', async (t) => {
+  const policy = { ...toPolicy(config()), mailFromReject: 'No_Check' as const, heloReject: 'No_Check' as const }
+  for (const result of ['fail', 'softfail', 'neutral', 'none'] as const) {
+    t.same(actionFor('mailfrom', { result, reason: '', domain: 'x.test' }, policy, 'x.test'), { action: 'prepend', local: false }, result)
+    t.same(actionFor('helo', { result, reason: '', domain: 'x.test' }, policy, 'x.test'), { action: 'prepend', local: false }, result)
+  }
 })
