@@ -4,10 +4,11 @@ import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
 import { loadConfig, type Config } from '../lib/config'
+import { createSpfContext } from '../lib/spf/context'
 import { inDomainList, openPerUser, parsePerUser, toPolicy } from '../lib/spf/policy'
 
 function config(cli: Record<string, string> = {}): Config {
-  const l = loadConfig({ cli, configPath: '/dev/null', env: {}, readFile: () => '', parseDotenv: () => () => ({}) })
+  const l = loadConfig({ cli, configPath: '/dev/null', env: {}, readFile: () => '' })
   if (l.errors.length) throw new Error(l.errors.join('; '))
   return l.config
 }
@@ -26,6 +27,8 @@ t.test('toPolicy: the keys in the form the check uses', async (t) => {
   t.same(p.rejectNotPassDomains, ['strict.example'])
   t.same(p.skipAddresses.map((c) => `${c.net.text}/${c.prefix}`), ['127.0.0.0/8', '::1/128'])
   t.same(p.whitelist.map((c) => `${c.net.text}/${c.prefix}`), ['192.0.2.0/24'])
+  // loadConfig drops such items already; a value given another way must not put a hole into the list.
+  t.same(toPolicy({ ...config(), Whitelist: ['not-a-network', '198.51.100.7'] }).whitelist.map((c) => `${c.net.text}/${c.prefix}`), ['198.51.100.7/32'])
 })
 
 t.test('inDomainList: the domain itself or below it, on a label boundary, any case, a final dot ignored', async (t) => {
@@ -88,4 +91,34 @@ t.test('Per_User file: read once a second at most, its problems logged, any case
   now += 1000
   t.equal(per.policyFor('a@example.org'), null)
   t.match(logs.at(-1), [0, `Per_User file ${file} unreadable, no per-user settings: `])
+})
+
+t.test('Per_User lines: blank and indented comment lines skipped; a key without "=" has the empty value', async (t) => {
+  const base = config({ Reason_Message: 'Global: {spf}', Reject_Not_Pass_Domains: 'strict.example' })
+  const text = ['   ', '\t# indented comment', 'a@example.org, Reason_Message | Reject_Not_Pass_Domains ', ''].join('\n')
+  const { policies, errors } = parsePerUser(text, base, 'f')
+  t.same(errors, [])
+  t.same([...policies.keys()], ['a@example.org'])
+  t.equal(policies.get('a@example.org')!.reasonMessage, '')
+  t.same(policies.get('a@example.org')!.rejectNotPassDomains, [])
+})
+
+t.test('Per_User = text , /path: blanks on both sides of the comma', async (t) => {
+  const dir = t.testdir({ userconf: 'a@example.org,Mail_From_reject=Softfail\n' })
+  const file = path.join(dir, 'userconf')
+  const logs: string[] = []
+  const per = openPerUser(config({ Per_User: `text , ${file}` }), (_l, m) => logs.push(m), () => 0)
+  t.equal(per.policyFor('a@example.org')?.mailFromReject, 'Softfail')
+  t.same(logs, [`Per_User file ${file} read: 1 recipients`])
+})
+
+t.test('createSpfContext: a Per_User file only when Per_User is set', async (t) => {
+  const dir = t.testdir({ userconf: 'a@example.org,Mail_From_reject=Softfail\n' })
+  const make = (perUser: string): ReturnType<typeof createSpfContext> => {
+    const ctx = createSpfContext(config({ Per_User: perUser, dns_servers: '127.0.0.1:53' }), { hostname: 'mx.example.org', log: () => {}, now: () => 0 })
+    t.teardown(() => ctx.resolver.close())
+    return ctx
+  }
+  t.equal(make('').perUser, null)
+  t.equal(make(`text,${path.join(dir, 'userconf')}`).perUser?.policyFor('a@example.org')?.mailFromReject, 'Softfail')
 })
