@@ -168,6 +168,29 @@ export const CASES: Case[] = [
     t.same((await s.listHits(16)).map((h) => h.id), ['a:1'])
     t.same(await s.listHits(21), [])
   }],
+  ['hits: most recent first, then by identity, then by limit (bytes of UTF-8)', async (t, s) => {
+    const refuse = (id: string, lim: string, now: number): Promise<StepResult> => s.rateLimit(mk('hold', 'y', now, [ident(id, [lim], RCPT_FIRST(), RCPT_MORE)]))
+    for (const [id, lim, now] of [['a:1', '0msg/1m', 10], ['b:2', '0msg/1d', 20], ['b:2', '0msg/1h', 30], ['a:1', '0msg/1h', 30], ['a:1', '0msg/1d', 30], ['c:3', '0msg/1h', 40], ['A:1', '0msg/1h', 30], ['é:1', '0msg/1h', 30]] as const) {
+      t.equal((await refuse(id, lim, now)).ok, false, `${id} ${lim} at ${now}: refused`)
+    }
+    t.same((await s.listHits(0)).map((h) => [h.last, h.id, h.limit]), [
+      [40, 'c:3', '0msg/1h'],
+      [30, 'A:1', '0msg/1h'],
+      [30, 'a:1', '0msg/1d'],
+      [30, 'a:1', '0msg/1h'],
+      [30, 'b:2', '0msg/1h'],
+      [30, 'é:1', '0msg/1h'],
+      [20, 'b:2', '0msg/1d'],
+      [10, 'a:1', '0msg/1m'],
+    ])
+  }],
+  ['held bytes are listed: beside a byte counter, and alone (window 0)', async (t, s) => {
+    await s.rateLimit(mk('commit', 'a', 100, [ident('c:b', ['1GB/1d'], amounts(1, 1, 500))]))
+    t.equal((await s.rateLimit(mk('hold', 'b', 100, [ident('c:b', ['1GB/1d'], RCPT_FIRST(2000), RCPT_MORE)]))).ok, true)
+    t.equal((await s.rateLimit(mk('hold', 'c', 100, [ident('c:h', ['9msg/1h'], RCPT_FIRST(300), RCPT_MORE)]))).ok, true)
+    t.equal((await s.rateLimit(mk('hold', 'd', 100, [ident('c:h', ['9msg/1h'], RCPT_FIRST(40), RCPT_MORE)]))).ok, true)
+    t.same(await s.listUsage(all, 100, 6), [usage('c:b', 'bytes', 86400, 500, 2000), usage('c:h', 'bytes', 0, 0, 340), usage('c:h', 'msg', 0, 0, 2), usage('c:h', 'rcpt', 0, 0, 2)])
+  }],
   ['overrides: set, replaced, listed while live, deleted', async (t, s) => {
     await s.setOverride({ key: 'sasl:alice@example.org', limits: '5000rcpt/1d', expires: Infinity, note: 'vip', setAt: 1 })
     await s.setOverride({ key: 'client:192.0.2.0/24', limits: 'unlimited', expires: 500, note: '', setAt: 2 })
@@ -398,4 +421,45 @@ t.test('sqlite: the upkeep step purges a bounded number of rate-limit rows per t
   t.equal(await s.purgeExpired(5000, 1), 0, 'the holds end too')
   t.same([rows('rl_hold'), rows('rl_override')], [1, 1])
   t.equal(await s.purgeExpired(5000, 0), 0, 'a limit of 0 purges nothing')
+})
+
+t.test('sqlite: the upkeep step keeps each table\'s end rule: a counter or a hit goes after its expiry, a hold or an override at it', async (t) => {
+  const dir = t.testdir()
+  const s = sqlite(dir)
+  t.teardown(() => s.close())
+  await s.rateLimit(mk('commit', 'a', 0, [ident('u', ['1msg/1m'], amounts(1, 1))])) // the counter expires at 70
+  await s.rateLimit(mk('hold', 'h', 0, [ident('h', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)])) // the hold expires at 3600
+  await s.rateLimit(mk('hold', 'x', 10, [ident('x', ['0msg/1h'], RCPT_FIRST(), RCPT_MORE)])) // a hit, expires a week later: 604810
+  await s.setOverride({ key: 'o', limits: 'unlimited', expires: 500, note: '', setAt: 0 })
+  const raw = new Database(sqlitePath(dir), { readonly: true })
+  t.teardown(() => raw.close())
+  const rows = (): number[] => ['rl_usage', 'rl_hold', 'rl_hit', 'rl_override'].map((table) => raw.prepare(`SELECT count(*) FROM ${table}`).pluck().get() as number)
+  const walk: Array<[number, number, number[]]> = [
+    [69, 0, [1, 1, 1, 1]],
+    [70, 0, [1, 1, 1, 1]],
+    [70.5, 1, [0, 1, 1, 1]],
+    [499, 0, [0, 1, 1, 1]],
+    [500, 1, [0, 1, 1, 0]],
+    [3599, 0, [0, 1, 1, 0]],
+    [3600, 1, [0, 0, 1, 0]],
+    [604810, 0, [0, 0, 1, 0]],
+    [604811, 1, [0, 0, 0, 0]],
+  ]
+  for (const [now, gone, left] of walk) {
+    t.equal(await s.purgeExpired(now, 100), gone, `at ${now}: ${gone} gone`)
+    t.same(rows(), left, `at ${now}: rows left (usage, holds, hits, overrides)`)
+  }
+})
+
+t.test('sqlite: a cursor missing from meta (a database edited by hand): the upkeep step works on, from the first key', async (t) => {
+  const dir = t.testdir()
+  const s = sqlite(dir)
+  t.teardown(() => s.close())
+  await s.rateLimit(mk('hold', 'i', 0, [ident('a', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)]))
+  await s.rateLimit(mk('hold', 'i', 4000, [ident('b', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)]))
+  const raw = new Database(sqlitePath(dir))
+  t.teardown(() => raw.close())
+  raw.prepare("DELETE FROM meta WHERE name = 'rl_hold_cursor'").run()
+  t.equal(await s.purgeExpired(5000, 1), 1, 'a: expired at 3600')
+  t.same(raw.prepare('SELECT id FROM rl_hold').pluck().all(), ['b'])
 })

@@ -15,7 +15,8 @@ import { toPolicyRequest } from '../lib/request'
 import { createGreylistWhitelists } from '../lib/greylist/lists'
 import { CAS_RETRIES, RedisStore, classifyRedisError, type RedisStoreOptions } from '../lib/store/redis'
 import { BUCKET_SECONDS } from '../lib/store/redis-scripts'
-import { describeEndpoint, parseRedisUrl, type RedisEndpoint } from '../lib/store/redis-url'
+import { execPipeline } from '../lib/store/redis-ratelimit'
+import { describeEndpoint, parseRedisUrl, redisUrlProblem, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistView } from '../lib/store/types'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
 import { isolatedArgs, rcptRequest, startPolicy } from './helpers/policy-process'
@@ -76,6 +77,37 @@ t.test('redis_url: the three schemes, what they mean, and what the configuration
   t.same(parseRedisUrl('unix:///run/redis/redis.sock?db=2'), { tls: false, path: '/run/redis/redis.sock', db: 2 })
   t.equal(describeEndpoint(parseRedisUrl('rediss://u:secret@[::1]/4') as RedisEndpoint), 'rediss://u@[::1]:6379/4', 'never the password')
   for (const bad of ['http://x', 'redis://', 'redis://x/db', 'redis://x/1?timeout=3', 'unix://relative', 'not a url']) t.ok('error' in parseRedisUrl(bad), bad)
+  // The database number: digits only, at most 7 of them and at most 1000000; an empty path or '/' is database 0.
+  const db = (url: string): number | string => {
+    const parsed = parseRedisUrl(url)
+    return 'error' in parsed ? parsed.error : parsed.db
+  }
+  const notDb = (path: string): string => `has path ${path}, which is not /DB (a database number)`
+  const dbTable: Array<[string, number | string]> = [
+    ['redis://127.0.0.1', 0],
+    ['redis://127.0.0.1/', 0],
+    ['redis://127.0.0.1/7', 7],
+    ['redis://127.0.0.1/15', 15],
+    ['redis://127.0.0.1/1000000', 1_000_000],
+    ['redis://127.0.0.1/1000001', notDb('/1000001')],
+    ['redis://127.0.0.1/00000001', notDb('/00000001')],
+    ['redis://127.0.0.1/1.5', notDb('/1.5')],
+    ['redis://127.0.0.1/1e3', notDb('/1e3')],
+    ['redis://127.0.0.1/0x1', notDb('/0x1')],
+    ['redis://127.0.0.1/2x', notDb('/2x')],
+    ['unix:///run/redis.sock', 0],
+    ['unix:///run/redis.sock?db=12', 12],
+    ['unix:///run/redis.sock?db=', 'has a db= that is not a database number'],
+    ['unix:///run/redis.sock?db=1.5', 'has a db= that is not a database number'],
+    ['unix://localhost/run/redis.sock', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
+    ['unix://relative', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
+    ['unix:///', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
+  ]
+  for (const [url, want] of dbTable) t.equal(db(url), want, url)
+  t.equal(redisUrlProblem('not a url'), 'redis_url: "not a url" is not a URL (redis://HOST:PORT/DB, rediss://..., unix:///PATH)')
+  t.equal(redisUrlProblem('redis://127.0.0.1/1'), null)
+  // describeEndpoint: a unix socket names its database only when it is not 0, as the URL would.
+  for (const url of ['unix:///run/redis.sock', 'unix:///run/redis.sock?db=3']) t.equal(describeEndpoint(parseRedisUrl(url) as RedisEndpoint), url)
   const problems = (cli: Record<string, string>): string[] =>
     loadConfig({ cli, configPath: '/dev/null', env: {}, readFile: () => '', parseDotenv: () => () => ({}) }).errors
   t.same(problems({ store: 'redis', redis_url: 'unix:///run/redis.sock', redis_sentinels: '10.0.0.1:26379, [2001:db8::1]:26379', redis_prefix: 'mx-a:', redis_timeout: '250ms' }), [])
@@ -97,6 +129,10 @@ t.test('a StoreError of another copy of lib/store/types (the start-up bundle\'s,
   t.ok(new second.StoreError('unavailable', 'x') instanceof first.StoreError, 'so decide.ts answers fail_action for it')
   t.notOk(new Error('x') instanceof first.StoreError)
   t.notOk(null instanceof first.StoreError)
+  // The mark is a registered symbol: a copy built apart (another bundle) finds it by its name alone.
+  const foreign = Object.assign(new Error('x'), { failure: 'busy', [Symbol.for('policyd-ts.StoreError')]: true })
+  t.ok(foreign instanceof first.StoreError, 'an error marked under the registered name')
+  for (const value of [undefined, null, 'policyd-ts.StoreError', 0, true, {}, { failure: 'busy' }]) t.notOk((value as unknown) instanceof first.StoreError, `not a StoreError: ${String(value)}`)
   class Held extends first.StoreError {}
   t.ok(new Held('busy', 'x') instanceof first.StoreError)
   t.notOk(new first.StoreError('busy', 'x') instanceof Held, 'a subclass keeps the prototype test')
@@ -481,6 +517,40 @@ t.test('rate limits: TTLs follow the rows\' expiry; the ops commands see the key
   t.equal(await s.purgeAll(commit.now), 0, 'nothing has expired')
   t.equal(await s.resetUsage(() => true), 1)
   t.same(await server.command('KEYS', 'test:{r}:[uhax]:*'), '', 'every key of the identity is gone')
+})
+
+t.test('rate limits: the stored forms: a permanent override ends at "inf"; a hold whose amounts are gone counts as nothing', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  await s.setOverride({ key: 'sasl:vip', limits: 'unlimited', expires: Infinity, note: 'for good', setAt: 5 })
+  await s.setOverride({ key: 'sasl:until', limits: '9msg/1h', expires: 7200, note: '', setAt: 6 })
+  // END<TAB>SET-AT<TAB>LIMITS<TAB>NOTE, as the Lua scripts and other versions read it.
+  t.equal(await server.command('HGET', 'test:{r}:o', 'sasl:vip'), 'inf\t5\tunlimited\tfor good')
+  t.equal(await server.command('HGET', 'test:{r}:o', 'sasl:until'), '7200\t6\t9msg/1h\t')
+  await s.rateLimit(mk('commit', 'm0', 100, [ident('c:x', ['9msg/1h'], amounts(1, 1))]))
+  await s.rateLimit(mk('hold', 'm1', 100, [ident('c:x', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)]))
+  await s.rateLimit(mk('hold', 'm2', 100, [ident('c:x', ['9msg/1h'], RCPT_FIRST(), RCPT_MORE)]))
+  t.same((await s.listUsage(() => true, 100, SLOTS)).map((u) => [u.unit, u.used, u.held]), [['msg', 1, 2]])
+  await server.command('HDEL', 'test:{r}:a:c:x', 'm1')
+  t.same((await s.listUsage(() => true, 100, SLOTS)).map((u) => [u.unit, u.used, u.held]), [['msg', 1, 1]], 'm1 without its amounts: nothing held')
+})
+
+t.test('execPipeline: an error of any command rejects; a transaction discarded by WATCH is a StoreError', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const { Redis } = await import('ioredis')
+  const c = new Redis({ host: '127.0.0.1', port: server.port, maxRetriesPerRequest: 0 })
+  t.teardown(() => c.disconnect())
+  await server.command('SET', 'text', 'x')
+  t.same(await execPipeline(c.pipeline([['get', 'text'], ['strlen', 'text']])), ['x', 1])
+  await t.rejects(execPipeline(c.pipeline([['get', 'text'], ['hgetall', 'text']])), /WRONGTYPE/)
+  await c.watch('text')
+  await server.command('SET', 'text', 'changed')
+  const err = await execPipeline(c.multi().set('text', 'mine')).catch((e: unknown) => e)
+  t.ok(err instanceof StoreError, 'a StoreError')
+  t.same(err instanceof StoreError && [err.failure, err.message], ['error', 'transaction discarded'])
+  t.equal(await server.command('GET', 'text'), 'changed', 'nothing written')
 })
 
 t.test('rate limits: a host with another greylist_privacy is refused, before the script writes anything; so is an identity named twice', async (t) => {
