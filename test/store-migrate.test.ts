@@ -7,7 +7,8 @@ import path from 'node:path'
 import { loadConfig } from '../lib/config'
 import { evaluateTriplet } from '../lib/greylist/triplet'
 import { greylistParams } from '../lib/greylist/check'
-import { SqliteStore } from '../lib/store/sqlite'
+import Database from 'better-sqlite3'
+import { SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
 import { SqliteExport, type ExportedRows, type RowKind } from '../lib/store/sqlite-export'
 import { RedisStore } from '../lib/store/redis'
 import { RedisImporter, IMPORT_BATCH, type ImportCounts } from '../lib/store/redis-import'
@@ -21,6 +22,7 @@ import {
   runStoreMigrate,
   type MigrateIo,
   type MigrationSource,
+  type MigrationSummary,
   type MigrationTarget,
 } from '../lib/store/migrate'
 import type { StoreAdmin, WhitelistEntry } from '../lib/store/types'
@@ -71,8 +73,11 @@ function memoryAdmin(entries: WhitelistEntry[] = [], overrides?: OverrideEntry[]
 
 const triplet = (key: string, last: number, expires: number): ExportedRows['triplet'] => ({ key, first: last - 10, last, passed: 0, count: 1, expires })
 
-/** A target keeping rows in a map with the import script's rule (newer or same `last` kept, expired skipped). */
-function memoryTarget(admin: StoreAdmin, problem: string | null = null): MigrationTarget & { rows: Map<string, { last: number }>; calls: number } {
+/**
+ * A target keeping rows in a map with the import script's rule (newer or same `last` kept, expired by the
+ * target's own clock `serverNow` skipped).
+ */
+function memoryTarget(admin: StoreAdmin, problem: string | null = null, serverNow = -Infinity): MigrationTarget & { rows: Map<string, { last: number }>; calls: number } {
   const rows = new Map<string, { last: number }>()
   const target = {
     rows,
@@ -84,7 +89,8 @@ function memoryTarget(admin: StoreAdmin, problem: string | null = null): Migrati
       const c = { written: 0, kept: 0, expired: 0 }
       for (const r of batch) {
         const have = rows.get(`${kind}:${r.key}`)
-        if (have && have.last >= r.last) c.kept++
+        if (r.expires < serverNow) c.expired++
+        else if (have && have.last >= r.last) c.kept++
         else {
           c.written++
           if (!dryRun) rows.set(`${kind}:${r.key}`, { last: r.last })
@@ -96,12 +102,12 @@ function memoryTarget(admin: StoreAdmin, problem: string | null = null): Migrati
   return target
 }
 
-function memorySource(triplets: ExportedRows['triplet'][], admin: StoreAdmin, pageSizes: number[] = []): MigrationSource {
+function memorySource(triplets: ExportedRows['triplet'][], admin: StoreAdmin, pageSizes: number[] = [], clients: ExportedRows['client'][] = []): MigrationSource {
   return {
     admin,
     *pages<K extends RowKind>(kind: K, now: number, size: number): Generator<Array<ExportedRows[K]>> {
       pageSizes.push(size)
-      const all = kind === 'triplet' ? triplets.filter((r) => r.expires >= now) : []
+      const all = (kind === 'triplet' ? triplets : clients).filter((r) => r.expires >= now)
       for (let i = 0; i < all.length; i += size) yield all.slice(i, i + size) as Array<ExportedRows[K]>
     },
   }
@@ -183,6 +189,80 @@ t.test('a target whose format record differs is refused before anything is read'
   t.notOk(read)
 })
 
+t.test('migrate: rows the target finds expired are counted; an entry set earlier on the target is replaced, one set as late kept; one ending now stays behind', async (t) => {
+  const now = 100
+  const clients: ExportedRows['client'][] = [
+    { key: '192.0.2', count: 1, last: 90, lastCounted: 90, expires: 150 },
+    { key: '198.51.100', count: 1, last: 90, lastCounted: 90, expires: 900 },
+  ]
+  const source = memorySource(
+    [triplet('a', 90, 500), triplet('soon', 90, 150), triplet('later', 90, 300)],
+    memoryAdmin(
+      [entry('sender\tolder@x', 20), entry('sender\tsame@x', 20), entry('sender\tends-now@x', 20, now), entry('sender\tends-after@x', 20, now + 1)],
+      [override('sasl:older', 30), override('sasl:same', 30)],
+    ),
+    [],
+    clients,
+  )
+  const targetAdmin = memoryAdmin([entry('sender\tolder@x', 19), entry('sender\tsame@x', 20)], [override('sasl:older', 29), override('sasl:same', 30)])
+  // The target's clock is ahead of the reader's: what expires before 200 by it arrives expired.
+  const summary = await migrate(source, memoryTarget(targetAdmin, null, 200), { dryRun: false, from: 'sqlite', to: 'redis' }, io(now))
+  t.same([summary.triplets, summary.clients, summary.whitelist, summary.overrides], [
+    { written: 2, kept: 0, expired: 1 },
+    { written: 1, kept: 0, expired: 1 },
+    { written: 2, kept: 1 },
+    { written: 1, kept: 1 },
+  ])
+  t.same([...targetAdmin.wl.values()].map((e) => [e.key, e.setAt]).sort(), [['sender\tends-after@x', 20], ['sender\tolder@x', 20], ['sender\tsame@x', 20]], 'an entry whose expiry is now no longer applies (greylisting takes it while now < expires): not copied')
+  t.same([...targetAdmin.ov!.values()].map((e) => [e.key, e.setAt]), [['sasl:older', 30], ['sasl:same', 30]])
+})
+
+t.test('a progress line names the kind of rows and, in a dry run, says "to copy"', async (t) => {
+  const clients = Array.from({ length: PROGRESS_EVERY }, (_, i) => ({ key: `n${i}`, count: 1, last: 100, lastCounted: 100, expires: 500 }))
+  const out = io(100)
+  await migrate(memorySource([], memoryAdmin(), [], clients), memoryTarget(memoryAdmin()), { dryRun: true, from: 'sqlite', to: 'redis' }, out)
+  t.equal(out.errText, `policyd-ts store migrate: ${PROGRESS_EVERY} client networks read, ${PROGRESS_EVERY} to copy\n`)
+})
+
+t.test('a side with only one of listOverrides and setOverride keeps no overrides', async (t) => {
+  const full = (): StoreAdmin => memoryAdmin([], [override('sasl:alice', 1)])
+  const only = (method: 'listOverrides' | 'setOverride'): StoreAdmin => {
+    const admin = memoryAdmin([], [override('sasl:bob', 2)]) as unknown as Record<string, unknown>
+    delete admin[method === 'listOverrides' ? 'setOverride' : 'listOverrides']
+    return admin as unknown as StoreAdmin
+  }
+  const cases: Array<[string, StoreAdmin, StoreAdmin, string]> = [
+    ['the target lists only', full(), only('listOverrides'), 'redis'],
+    ['the target sets only', full(), only('setOverride'), 'redis'],
+    ['the source lists only', only('listOverrides'), full(), 'sqlite'],
+    ['the source sets only', only('setOverride'), full(), 'sqlite'],
+  ]
+  for (const [name, from, to, lacking] of cases) {
+    const summary = await migrate(memorySource([], from), memoryTarget(to), { dryRun: false, from: 'sqlite', to: 'redis' }, io(100))
+    t.same(summary.overrides, { notCopied: `the ${lacking} store keeps no rate-limit overrides in this version` }, name)
+  }
+})
+
+t.test('describeSummary: one line per kind with its counts, then what is never copied', async (t) => {
+  const summary: MigrationSummary = {
+    from: 'sqlite', to: 'redis', dryRun: false,
+    triplets: { written: 3, kept: 2, expired: 1 },
+    clients: { written: 6, kept: 5, expired: 4 },
+    whitelist: { written: 8, kept: 7 },
+    overrides: { written: 10, kept: 9 },
+    notCopied: ['what stays'],
+  }
+  t.equal(describeSummary(summary), [
+    'sqlite -> redis',
+    'triplets: 3 copied, 2 kept (as recent or newer on redis), 1 expired on the way',
+    'client networks: 6 copied, 5 kept (as recent or newer on redis), 4 expired on the way',
+    'whitelist entries: 8 copied, 7 kept (as recent or newer on redis)',
+    'rate-limit overrides: 10 copied, 9 kept (as recent or newer on redis)',
+    'not copied: what stays',
+    '',
+  ].join('\n'))
+})
+
 t.test('runStoreMigrate: usage errors exit 64 with a message, before any store is opened', async (t) => {
   const loaded = configOf({ db_path: '/nonexistent/never-opened.sqlite' })
   const cases: Array<[{ from?: string; to?: string }, RegExp]> = [
@@ -190,6 +270,8 @@ t.test('runStoreMigrate: usage errors exit 64 with a message, before any store i
     [{ from: 'sqlite' }, /give --from sqlite --to redis/],
     [{ from: 'redis', to: 'sqlite' }, /--from redis --to sqlite is not supported: on the way back, set store = sqlite/],
     [{ from: 'sqlite', to: 'sqlite' }, /the one migration is --from sqlite --to redis/],
+    [{ to: 'redis' }, /give --from sqlite --to redis/],
+    [{ from: 'redis', to: 'redis' }, /--from redis --to redis: the one migration is --from sqlite --to redis/],
   ]
   for (const [args, message] of cases) {
     const out = io(100)
@@ -213,6 +295,33 @@ t.test('runStoreMigrate: a missing database or an unreachable Redis exits 69 and
   t.equal(await runStoreMigrate(configOf(cli), { from: 'sqlite', to: 'redis', dryRun: false, json: false }, down), 69)
   t.match(down.errText, /^policyd-ts store migrate: redis redis:\/\/127\.0\.0\.1:1\/0: .*ECONNREFUSED/)
   t.equal(down.outText, '')
+})
+
+t.test('runStoreMigrate: waits db_busy_timeout (in seconds) for a lock on the database; never renames a corrupt one', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'db', 'store.sqlite')
+  await sqlite(t, file).listWhitelist()
+  // An older schema version: opening upgrades it, which needs the write lock this connection holds.
+  const holder = new Database(file)
+  holder.pragma(`user_version = ${SCHEMA_VERSION - 1}`)
+  holder.exec('BEGIN IMMEDIATE')
+  t.teardown(() => holder.close())
+  const cli = { db_path: file, redis_url: 'redis://127.0.0.1:1/0', redis_timeout: '200ms', db_busy_timeout: '200ms' }
+  const busy = io(100)
+  const started = performance.now()
+  t.equal(await runStoreMigrate(configOf(cli), { from: 'sqlite', to: 'redis', dryRun: false, json: false }, busy), 69)
+  t.ok(performance.now() - started >= 150, 'waited about db_busy_timeout')
+  t.match(busy.errText, /^policyd-ts store migrate: database .*: .*locked/)
+  holder.exec('ROLLBACK')
+
+  const corrupt = path.join(dir, 'corrupt.sqlite')
+  const garbage = Buffer.alloc(8192, 'not a database ')
+  fs.writeFileSync(corrupt, garbage)
+  const bad = io(100)
+  t.equal(await runStoreMigrate(configOf({ ...cli, db_path: corrupt }), { from: 'sqlite', to: 'redis', dryRun: false, json: false }, bad), 69)
+  t.match(bad.errText, /^policyd-ts store migrate: database .*corrupt\.sqlite/)
+  t.same(fs.readFileSync(corrupt), garbage, 'left where it is, as it was')
+  t.same(fs.readdirSync(dir).filter((f) => f.startsWith('corrupt')), ['corrupt.sqlite'], 'nothing renamed aside')
 })
 
 function sqlite(t: Tap.Test, file: string): SqliteStore {
@@ -249,6 +358,45 @@ t.test('SqliteExport: unexpired rows of each kind in key order, across pages; re
   fs.writeFileSync(other, '')
   t.throws(() => new SqliteExport(other), { message: /schema version 0: not a policyd-ts database/ })
   t.throws(() => new SqliteExport(path.join(dir, 'missing.sqlite')), { failure: 'unavailable', message: /missing\.sqlite/ })
+})
+
+t.test('SqliteExport: every key (also those sorting before letters), older and newer schema versions, files left as they were', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  const keys = ['!', '192.0.2.1/a@x/b@y', 'B', 'z']
+  for (const key of keys) await s.updateGreylist(key, `c-${key}`, () => ({ triplet: { row: { first: 1, last: 2, passed: 0, count: 1 }, expires: 100 }, result: null }))
+  s.close()
+  const reader = new SqliteExport(file)
+  t.same([...reader.pages('triplet', 100, 10)].flat().map((r) => r.key), keys)
+  // A write while the reader is open stays in the WAL; the store closes first, so the reader's connection is the file's last one.
+  const writer = sqlite(t, file)
+  await writer.setWhitelist({ key: 'sender\tx@y', expires: Infinity, note: '', setAt: 1 })
+  writer.close()
+  const before = fs.readFileSync(file)
+  t.ok(fs.existsSync(`${file}-wal`), 'the store left its write in the WAL (another connection was open)')
+  reader.close()
+  t.same(fs.readFileSync(file), before, 'a read-only reader never checkpoints the WAL into the file')
+  t.ok(fs.existsSync(`${file}-wal`))
+  t.throws(() => [...reader.pages('triplet', 100, 10)], { message: /database connection is not open/ }, 'closed: nothing more is read')
+
+  const raw = new Database(file)
+  raw.pragma(`user_version = ${SCHEMA_VERSION + 1}`)
+  raw.close()
+  t.throws(() => new SqliteExport(file), {
+    failure: 'unavailable',
+    message: `database ${file} has schema version ${SCHEMA_VERSION + 1}: newer than this policyd-ts supports (${SCHEMA_VERSION})`,
+  })
+  const old = new Database(file)
+  old.pragma('user_version = 1')
+  old.close()
+  const first = new SqliteExport(file)
+  t.same([...first.pages('triplet', 100, 10)].flat().map((r) => r.key), keys, 'version 1 has the same triplet and client tables')
+  first.close()
+
+  const missing = path.join(dir, 'missing.sqlite')
+  t.throws(() => new SqliteExport(missing), { failure: 'unavailable', message: /missing\.sqlite/ })
+  t.notOk(fs.existsSync(missing), 'a missing file is not created')
 })
 
 // ---- against a real redis-server
@@ -357,6 +505,10 @@ t.test('redis: many rows go in batches; the summary counts them all', async (t) 
   t.same(await target.importRows('triplet', rows, false), { written: rows.length, kept: 0, expired: 0 })
   t.equal(Number(await server.command('HGET', 'mig:{g}:n', 't')), rows.length)
   t.same(await target.importRows('triplet', rows, false), { written: 0, kept: rows.length, expired: 0 })
+  const stats = await server.command('INFO', 'commandstats')
+  const calls = (command: string): number => Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(stats)?.[1] ?? 0)
+  const batches = Math.ceil(rows.length / IMPORT_BATCH)
+  t.same([calls('eval'), calls('evalsha')], [1, 2 * batches - 1], 'one script call per batch; its text sent once on the connection, then only its SHA')
 })
 
 t.test('redis: a store keyed with another greylist_privacy is refused, by the command and by the script', async (t) => {
@@ -389,4 +541,34 @@ t.test('redis: --dry-run counts against what Redis holds and writes nothing, not
   t.equal(await server.command('DBSIZE'), '0')
   const real = await sqliteToRedis(file, importer(t, server, T0), T0)
   t.same([real.triplets, real.whitelist], [dry.triplets, dry.whitelist], 'the run does what the dry run said')
+})
+
+t.test('redis: runStoreMigrate copies db_path into redis_url and prints the summary as text or JSON; a differing format record exits 78', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  await s.setWhitelist({ key: 'sender\tnews@partner.example', expires: Infinity, note: 'newsletter', setAt: T0 })
+  s.close()
+  const cli = { db_path: file, redis_url: server.url, redis_prefix: 'cmd:' }
+  const args = { from: 'sqlite', to: 'redis', dryRun: false, json: false }
+  const dry = io(T0)
+  t.equal(await runStoreMigrate(configOf(cli), { ...args, dryRun: true }, dry), 0)
+  t.match(dry.outText, /^dry run, nothing written: sqlite -> redis\n(.*\n)*whitelist entries: 1 to copy, 0 kept/)
+  const json = io(T0)
+  t.equal(await runStoreMigrate(configOf(cli), { ...args, json: true }, json), 0)
+  t.ok(json.outText.endsWith('}\n'), 'one line')
+  t.match(JSON.parse(json.outText), { from: 'sqlite', to: 'redis', dryRun: false, whitelist: { written: 1, kept: 0 }, notCopied: [...NOT_COPIED] })
+  const text = io(T0)
+  t.equal(await runStoreMigrate(configOf(cli), args, text), 0)
+  t.equal(text.outText.split('\n')[0], 'sqlite -> redis')
+  t.match(text.outText, /^whitelist entries: 0 copied, 1 kept/m)
+
+  // A store written by a later key format, with the same greylist_privacy.
+  await server.command('HSET', 'cmd:{g}:meta', 'format', '2', 'privacy', 'no')
+  const refused = io(T0)
+  t.equal(await runStoreMigrate(configOf(cli), args, refused), 78)
+  t.equal(refused.errText, 'policyd-ts store migrate: refusing redis as the target: its greylisting keys (cmd:{g}:meta) have format 2 and greylist_privacy no, ' +
+    'this configuration format 1 and greylist_privacy no: copying would make keys no host reads; set greylist_privacy as the hosts sharing the store do, or use another redis_prefix\n')
+  t.equal(refused.outText, '')
 })
