@@ -545,6 +545,11 @@ t.test('the SPF verdict of restrictions, dry runs, exemptions, Per_User and unse
     [{ TestOnly: '0', TempError_Defer: 'yes' }, { sender: 'a@servfail.test' }, v('dunno', 'test-only-would-defer:mailfrom-temperror', both('none', 'temperror'))],
     [{ TempError_Defer: 'yes' }, { sender: 'a@servfail.test' }, v('defer', 'mailfrom-temperror', both('none', 'temperror'))],
     [{ TempError_Defer: 'yes' }, { helo_name: 'servfail.test' }, v('defer', 'helo-temperror', { spf_helo: 'temperror' })],
+    // No_Mail turns only a rejection into a header: a deferral stays one.
+    [{ No_Mail: 'yes', TempError_Defer: 'yes' }, { sender: 'a@servfail.test' }, v('defer', 'mailfrom-temperror', both('none', 'temperror'))],
+    [{ No_Mail: 'yes', TempError_Defer: 'yes' }, { helo_name: 'servfail.test' }, v('defer', 'helo-temperror', { spf_helo: 'temperror' })],
+    // HELO_pass_restriction is for a HELO pass only.
+    [{ HELO_pass_restriction: 'helo_passed' }, { sender: '', helo_name: 'nospf.test' }, v('prepend', 'helo-none', { spf_helo: 'none' })],
     [{ HELO_reject: 'No_Check', Mail_From_reject: 'No_Check' }, {}, v('dunno', 'no-identity-checked')],
     [{ Prospective: '192.0.2.10' }, { client_address: '203.0.113.5' }, v('dunno', 'mailfrom-pass-prospective', both('none', 'pass'))],
     [{ Header_Type: 'None' }, {}, v('dunno', 'mailfrom-pass-no-header', both('none', 'pass'))],
