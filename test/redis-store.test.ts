@@ -102,6 +102,12 @@ t.test('redis_url: the three schemes, what they mean, and what the configuration
     ['unix://localhost/run/redis.sock', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
     ['unix://relative', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
     ['unix:///', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
+    // An opaque path has no host: the path itself must be absolute.
+    ['unix:relative', 'must name an absolute socket path (unix:///run/redis/redis.sock)'],
+    ['http://x', 'has scheme http: (known: redis:, rediss:, unix:)'],
+    ['redis://', 'names no host'],
+    ['redis://x/1?timeout=3', 'has a query or fragment, which policyd-ts does not read'],
+    ['redis://x/1#timeout=3', 'has a query or fragment, which policyd-ts does not read'],
   ]
   for (const [url, want] of dbTable) t.equal(db(url), want, url)
   t.equal(redisUrlProblem('not a url'), 'redis_url: "not a url" is not a URL (redis://HOST:PORT/DB, rediss://..., unix:///PATH)')
