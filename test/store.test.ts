@@ -497,3 +497,211 @@ t.test("lockWaits 'yield' (the daemon): waiting for another process's lock leave
   t.ok(Date.now() - started >= 140, 'it did wait for the lock')
   t.ok(ticks >= 5, `timers ran while it waited (${ticks} ticks of 10 ms)`)
 })
+
+t.test('of several whitelist entries naming a request, the view holds the one that lasts longest; of equals, the first named', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  t.teardown(() => store.close())
+  const [a, b] = ['client\t192.0.2.0/24', 'sender\ta@example.net']
+  const cases: Array<[number, number, { key: string; expires: number }]> = [
+    [500, 900, { key: b, expires: 900 }],
+    [900, 500, { key: a, expires: 900 }],
+    [Infinity, 900, { key: a, expires: Infinity }],
+    [500, Infinity, { key: b, expires: Infinity }],
+    [700, 700, { key: a, expires: 700 }],
+  ]
+  for (const [expiresA, expiresB, want] of cases) {
+    await store.setWhitelist({ key: a, expires: expiresA, note: '', setAt: 1 })
+    await store.setWhitelist({ key: b, expires: expiresB, note: '', setAt: 1 })
+    const view = await store.updateGreylist('k', 'c', (v) => ({ result: v }), () => [a, '', b, ''])
+    t.same(view.whitelisted, want, `${a} until ${expiresA}, ${b} until ${expiresB}`)
+  }
+})
+
+/**
+ * Break the WAL index (-shm) of `file` as the next COMMIT sees it: every
+ * slot of its first hash table (bytes 16384-32767 of the first 32 KiB
+ * block) taken by frame 1, SQLite finds no free slot for the frames it
+ * appends and reports the database corrupt. (A COMMIT that writes the
+ * WAL's first frame clears the table first: the WAL must have frames.)
+ */
+function breakWalIndex(file: string): void {
+  const fd = fs.openSync(`${file}-shm`, 'r+')
+  const taken = Buffer.alloc(16384)
+  for (let i = 0; i < taken.length; i += 2) taken.writeUInt16LE(1, i)
+  fs.writeSync(fd, taken, 0, taken.length, 16384)
+  fs.closeSync(fd)
+}
+
+t.test('a COMMIT after the reply that finds the database corrupt: logged, the file goes aside, the next write commits before its reply', async (t) => {
+  const dir = t.testdir()
+  const { store, logs } = makeStore(dir)
+  t.teardown(() => store.close())
+  const file = dbFile(dir)
+  // A committed write, handed to the shared count (closing the store has
+  // nothing to hand over), then one answered whose COMMIT is still to run.
+  await store.updateGreylist('k0', 'c', writeRow('first'))
+  await store.counts()
+  t.equal(await store.updateGreylist('k1', 'c', writeRow('answered')), 'answered')
+  breakWalIndex(file)
+  store.commitPending()
+  const aside = fs.readdirSync(path.dirname(file)).filter((f) => f.includes('.corrupt-'))
+  t.equal(aside.length, 1, 'the file went aside')
+  t.same(logs.slice(1), [
+    `database ${file}: commit failed (corrupt): database disk image is malformed; the next requests commit before their reply`,
+    `database ${file}: database disk image is malformed; corrupt file renamed to ${path.join(path.dirname(file), aside[0])}, starting a fresh database`,
+  ])
+  await store.updateGreylist('k2', 'c', writeRow('fresh'))
+  t.same(committedKeys(dir), ['k2'], 'a fresh database, written before the reply')
+  await store.updateGreylist('k3', 'c', writeRow('fresh'))
+  t.same(committedKeys(dir), ['k2'], 'once a COMMIT went through, after the reply again')
+})
+
+t.test('a COMMIT after the reply that fails otherwise: logged, the database closed (not renamed), the next write fails before its reply', async (t) => {
+  const dir = t.testdir()
+  const { store, logs } = makeStore(dir)
+  t.teardown(() => store.close())
+  const file = dbFile(dir)
+  await store.counts()
+  // A deferred foreign key that the insert breaks: SQLite refuses the
+  // COMMIT itself (better-sqlite3 enforces foreign keys). A full disk does
+  // the same but needs a mount: test/blackbox/disk-full.test.ts.
+  const other = new Database(file)
+  other.exec(`CREATE TABLE parent (key TEXT PRIMARY KEY);
+    CREATE TABLE child (key TEXT REFERENCES parent (key) DEFERRABLE INITIALLY DEFERRED);
+    CREATE TRIGGER triplet_child AFTER INSERT ON triplet BEGIN INSERT INTO child VALUES (NEW.key); END`)
+  other.close()
+  logs.length = 0
+  t.equal(await store.updateGreylist('k1', 'c', writeRow('answered')), 'answered')
+  t.ok(fs.existsSync(`${file}-wal`), 'open: its WAL is there')
+  store.commitPending()
+  t.same(logs, [`database ${file}: commit failed (error): FOREIGN KEY constraint failed; the next requests commit before their reply`])
+  t.notOk(fs.existsSync(`${file}-wal`), 'closed: SQLite removed the WAL of its last connection')
+  t.same(fs.readdirSync(path.dirname(file)).filter((f) => f.includes('.corrupt-')), [], 'nothing renamed aside')
+  await t.rejects(store.updateGreylist('k2', 'c', writeRow('not answered')), { failure: 'error', message: `database ${file}: FOREIGN KEY constraint failed` }, 'committed before the reply: its failure is the reply')
+})
+
+t.test('a database without a saved purge cursor is purged from its first key', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  t.teardown(() => store.close())
+  for (const k of ['0-expired', 'A-expired', 'z-live']) await store.updateGreylist(k, 'c', () => ({ triplet: { row: row(1), expires: k.endsWith('expired') ? 1 : 99 }, result: null }))
+  await store.counts()
+  const db = new Database(dbFile(dir))
+  db.prepare("DELETE FROM meta WHERE name = 'triplet_cursor'").run()
+  db.close()
+  t.equal(await store.purgeExpired(50, 10), 2)
+  t.same(committedKeys(dir), ['z-live'])
+})
+
+t.test('a recount that fails is logged and skipped: the upkeep step stands', async (t) => {
+  const dir = t.testdir()
+  const file = dbFile(dir)
+  const first = makeStore(dir)
+  for (let i = 0; i < 200; i++) await first.store.updateGreylist(`key-${String(i).padStart(3, '0')}-${'x'.repeat(40)}`, 'c', writeRow('x'))
+  first.store.close()
+  // The last leaf page of the triplet table overwritten: a purge step
+  // reading the first keys does not reach it, the recount's COUNT(*) does.
+  const db = new Database(file, { readonly: true })
+  const leaves = db.prepare("SELECT pageno FROM dbstat WHERE name = 'triplet' AND pagetype = 'leaf' ORDER BY path").pluck().all() as number[]
+  const pageSize = db.pragma('page_size', { simple: true }) as number
+  db.close()
+  t.ok(leaves.length > 2, `several leaf pages (${leaves.length})`)
+  const fd = fs.openSync(file, 'r+')
+  fs.writeSync(fd, Buffer.alloc(pageSize, 0xa5), 0, pageSize, (leaves[leaves.length - 1] - 1) * pageSize)
+  fs.closeSync(fd)
+  const { store, logs } = makeStore(dir)
+  t.teardown(() => store.close())
+  t.equal(await store.purgeExpired(3, 1), 1, 'the first key purged')
+  const aside = fs.readdirSync(path.dirname(file)).filter((f) => f.includes('.corrupt-'))
+  t.same(logs, [
+    `database ${file}: database disk image is malformed; corrupt file renamed to ${path.join(path.dirname(file), aside[0])}, starting a fresh database`,
+    `row recount skipped: database ${file}: database disk image is malformed`,
+  ])
+})
+
+t.test('the health check of a database it cannot open says why', async (t) => {
+  const dir = t.testdir()
+  fs.writeFileSync(path.join(dir, 'db'), 'a file where the directory should be')
+  const { store } = makeStore(dir)
+  t.same(await store.check(), { ok: false, lines: [`database ${dbFile(dir)}: database directory ${path.join(dir, 'db')} is not a directory`] })
+})
+
+t.test('a database directory that cannot be made: a dangling symbolic link', async (t) => {
+  const dir = t.testdir()
+  fs.symlinkSync(path.join(dir, 'gone'), path.join(dir, 'db'))
+  const { store } = makeStore(dir)
+  const db = path.join(dir, 'db')
+  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), {
+    failure: 'unavailable',
+    message: `database directory ${db} does not exist and cannot be created: ENOENT: no such file or directory, stat '${db}'`,
+  })
+})
+
+t.test('a corrupt file that cannot be renamed aside (its name would be too long) stays, the failure logged', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, `${'g'.repeat(240)}.sqlite`)
+  fs.writeFileSync(file, 'not a database '.repeat(200), { mode: 0o600 })
+  const logs: string[] = []
+  const store = new SqliteStore({ path: file, busyTimeoutMs: 200, renameCorrupt: true, log: (_l, m) => logs.push(m) })
+  t.teardown(() => store.close())
+  await t.rejects(store.updateGreylist('k', 'c', () => ({ result: null })), { failure: 'corrupt', message: `database ${file}: file is not a database` })
+  const escaped = file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  t.match(logs, [new RegExp(`^database ${escaped}: file is not a database; cannot rename the corrupt file aside: ENAMETOOLONG: name too long, rename '${escaped}' -> '${escaped}\\.corrupt-\\d{4}-\\d\\d-\\d\\dT\\d{9}Z'$`)])
+  t.equal(logs.length, 1)
+  t.same(fs.readdirSync(dir), [path.basename(file)], 'left where it was')
+})
+
+/**
+ * A store opening `file` (schema version 0, so that it migrates) while
+ * another process moves it aside: `move` runs at the moment between this
+ * process's stat of the file and its COMMIT (the migration's, which logs
+ * its line before it commits), after the WAL index is broken so that this
+ * COMMIT finds the database corrupt.
+ */
+function openWhileMoved(t: { testdir(): string; teardown(fn: () => void): void }, move: (file: string) => void, extra: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}) {
+  const dir = t.testdir()
+  const file = path.join(dir, 'g.sqlite')
+  // The other process's connection, its frames in the WAL.
+  const other = new Database(file)
+  t.teardown(() => other.close())
+  other.pragma('journal_mode = WAL')
+  other.exec("CREATE TABLE other (x); INSERT INTO other VALUES ('old file')")
+  const logs: string[] = []
+  const store = new SqliteStore({
+    path: file, busyTimeoutMs: 200, renameCorrupt: true,
+    log: (_l, m) => {
+      if (logs.push(m) > 1) return
+      breakWalIndex(file)
+      for (const suffix of ['', '-wal', '-shm']) fs.renameSync(file + suffix, `${file}.aside${suffix}`)
+      move(file)
+    },
+    ...extra,
+  })
+  t.teardown(() => store.close())
+  const migrated = `database ${file} migrated from schema version 0 to ${SCHEMA_VERSION}`
+  return { dir, file, store, logs, other, migrated }
+}
+
+t.test('a corrupt file that another process moved aside, making a fresh one, while this one opened it: the fresh one is used at once', async (t) => {
+  const { dir, file, store, logs, other, migrated } = openWhileMoved(t, (file) => fs.writeFileSync(file, '', { mode: 0o600 }))
+  t.equal(await store.updateGreylist('k', 'c', writeRow('fresh')), 'fresh')
+  store.commitPending()
+  t.same(logs, [migrated, migrated], 'the old file found corrupt, not moved again (no log of it), the fresh one migrated')
+  const fresh = new Database(file, { readonly: true })
+  t.same(fresh.prepare('SELECT key FROM triplet').pluck().all(), ['k'], 'the write went to the fresh file')
+  fresh.close()
+  t.same(fs.readdirSync(dir).filter((f) => f.includes('corrupt')), [])
+  t.same(other.prepare('SELECT x FROM other').pluck().all(), ['old file'], 'the old file kept where the other process put it')
+})
+
+t.test('a corrupt file that another process moved aside, no fresh one made yet: the request fails, the next open makes one', async (t) => {
+  let now = 100
+  const { file, store, logs, migrated } = openWhileMoved(t, () => undefined, { now: () => now, reopenDelay: 5 })
+  await t.rejects(store.updateGreylist('k', 'c', writeRow('not answered')), { failure: 'corrupt', message: `database ${file}: database disk image is malformed` })
+  t.same(logs, [migrated, `database ${file}: database disk image is malformed; cannot rename the corrupt file aside: ENOENT: no such file or directory, stat '${file}'`])
+  t.notOk(fs.existsSync(file), 'no fresh file made at once')
+  now += 5
+  t.equal(await store.updateGreylist('k', 'c', writeRow('fresh')), 'fresh', 'after the reopen delay')
+  t.ok(fs.existsSync(file))
+})
