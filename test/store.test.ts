@@ -557,6 +557,27 @@ t.test('a COMMIT after the reply that finds the database corrupt: logged, the fi
   t.same(committedKeys(dir), ['k2'], 'once a COMMIT went through, after the reply again')
 })
 
+t.test('a process whose uncounted inserts die with a corrupt file: one rename logged, the fresh database counts only its own rows', async (t) => {
+  const dir = t.testdir()
+  const { store, logs } = makeStore(dir)
+  t.teardown(() => store.close())
+  const file = dbFile(dir)
+  // k0 committed but not yet handed to the shared count (no counts() call):
+  // that insert lived in the corrupt file and must not be handed to the new one.
+  await store.updateGreylist('k0', 'c', writeRow('first'))
+  t.equal(await store.updateGreylist('k1', 'c', writeRow('answered')), 'answered')
+  breakWalIndex(file)
+  store.commitPending()
+  const aside = fs.readdirSync(path.dirname(file)).filter((f) => f.includes('.corrupt-'))
+  t.equal(aside.length, 1, 'the file went aside once')
+  t.same(logs.slice(1), [
+    `database ${file}: commit failed (corrupt): database disk image is malformed; the next requests commit before their reply`,
+    `database ${file}: database disk image is malformed; corrupt file renamed to ${path.join(path.dirname(file), aside[0])}, starting a fresh database`,
+  ], 'no second attempt to rename')
+  await store.updateGreylist('k2', 'c', writeRow('fresh'))
+  t.same(await store.counts(), { triplets: 1, clients: 0 }, 'the fresh database holds one triplet and counts one')
+})
+
 t.test('a COMMIT after the reply that fails otherwise: logged, the database closed (not renamed), the next write fails before its reply', async (t) => {
   const dir = t.testdir()
   const { store, logs } = makeStore(dir)

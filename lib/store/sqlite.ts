@@ -769,6 +769,11 @@ export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, R
 
   /** Returns true when a fresh database may be tried at once. */
   private handleCorrupt(message: string): boolean {
+    // The inserts not yet handed to the shared counts lived in the corrupt
+    // file: close() must not try to hand them over (that would meet the
+    // corruption again, move the file from under this call, and give the
+    // fresh database the old file's count).
+    this.pendingDelta = { triplet: 0, client: 0 }
     this.close()
     if (!this.opts.renameCorrupt) return false
     const fs = require('node:fs') as typeof import('node:fs')
