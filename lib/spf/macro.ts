@@ -18,8 +18,6 @@ export interface MacroContext {
   upperHex?: boolean
 }
 
-const DELIMITERS = '.-+,/_='
-
 function ipNibbles(ip: ParsedIp, upper: boolean): string {
   if (ip.family === 4) return ip.text
   const text = Array.from(ip.bytes, (b) => `${(b >> 4).toString(16)}.${(b & 15).toString(16)}`).join('.')
@@ -120,5 +118,3 @@ export function truncateDomain(name: string): string {
   while (n.length > 253 && n.includes('.')) n = n.slice(n.indexOf('.') + 1)
   return n
 }
-
-export const MACRO_DELIMITERS = DELIMITERS
