@@ -13,12 +13,12 @@ import { BoundedMap } from '../lib/bounded-map'
 import { HeaderQueue } from '../lib/header-queue'
 import { toPolicyRequest } from '../lib/request'
 import { createGreylistWhitelists } from '../lib/greylist/lists'
-import { CAS_RETRIES, RedisStore, classifyRedisError, type RedisStoreOptions } from '../lib/store/redis'
+import { CAS_RETRIES, RedisStore, checkRedisStore, classifyRedisError, redisStoreOptions, type RedisStoreOptions } from '../lib/store/redis'
 import { BUCKET_SECONDS } from '../lib/store/redis-scripts'
 import { execPipeline } from '../lib/store/redis-ratelimit'
 import { describeEndpoint, parseRedisUrl, redisUrlProblem, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistView } from '../lib/store/types'
-import { startRedisServer, type RedisServer } from './helpers/redis-server'
+import { startRedisServer, startSentinels, type RedisServer } from './helpers/redis-server'
 import { isolatedArgs, rcptRequest, startPolicy } from './helpers/policy-process'
 import { connect, socketDir, startDaemon } from './helpers/daemon-process'
 import { amounts, HOLD_TIME, ident, mk, RCPT_FIRST, RCPT_MORE, SLOTS } from './helpers/ratelimit'
@@ -393,24 +393,14 @@ t.test('unix:// and Sentinel: the same store over a socket, and through a Sentin
 })
 
 t.test('rediss://: TLS to the server, its certificate verified (here by a private CA given as NODE_EXTRA_CA_CERTS)', async (t) => {
-  if (!fs.existsSync('/usr/bin/openssl')) return t.skip('/usr/bin/openssl is not installed: no certificates for a TLS server')
-  const pki = fs.mkdtempSync(path.join(os.tmpdir(), 'pts-pki-'))
-  t.teardown(() => fs.rmSync(pki, { recursive: true, force: true }))
-  const ssl = (...a: string[]): void => {
-    execFileSync('/usr/bin/openssl', a, { cwd: pki, stdio: 'ignore' })
-  }
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
-  ssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=policyd-ts test CA')
-  ssl('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1')
-  fs.writeFileSync(path.join(pki, 'san'), 'subjectAltName=IP:127.0.0.1\n')
-  ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san')
-  const server = await startRedisServer(t, { tls: { cert: path.join(pki, 'server.pem'), key: path.join(pki, 'server.key'), ca: path.join(pki, 'ca.pem') } })
-  if (!server) return
+  const tls = await startTlsServer(t)
+  if (!tls) return
+  const { server, ca } = tls
   t.match(server.url, /^rediss:/)
   const dir = t.testdir()
   const args = isolatedArgs(dir, ['--store', 'redis', '--redis_url', server.url])
   const bin = path.join(__dirname, '..', 'bin', 'policyd-ts')
-  const trusted = { PATH: process.env.PATH, NODE_EXTRA_CA_CERTS: path.join(pki, 'ca.pem') }
+  const trusted = { PATH: process.env.PATH, NODE_EXTRA_CA_CERTS: ca }
   const p = startPolicy(args, trusted)
   t.teardown(() => p.child.kill('SIGKILL'))
   p.send(rcptRequest())
@@ -421,6 +411,144 @@ t.test('rediss://: TLS to the server, its certificate verified (here by a privat
   const untrusted = spawnSync(process.execPath, [bin, 'store', 'check', ...args], { encoding: 'utf8', env: { PATH: process.env.PATH } })
   t.equal(untrusted.status, 69, 'a certificate no CA vouches for is refused')
   t.match(untrusted.stdout, /certificate/i)
+})
+
+t.test('rediss://: TLS even through Sentinel, and the certificate verified: a server whose CA this process does not trust is refused', async (t) => {
+  const tls = await startTlsServer(t)
+  if (!tls) return
+  const direct = await failure(read(store(t, tls.server)))
+  t.equal(direct.failure, 'unavailable')
+  // The chain's root is a CA this process does not know (plain text to a TLS port would end with the connection closed).
+  t.match(direct.message, /^redis rediss:\/\/127\.0\.0\.1:\d+\/0: self-signed certificate in certificate chain$/)
+  const sentinels = await startSentinels(t, tls.server.port, 1, { name: 'pts-tls', quorum: 1, downAfterMs: 60_000, failoverTimeoutMs: 60_000 })
+  if (!sentinels) return
+  // The Sentinel itself speaks plain text (redis_url's scheme is about the master); it names the TLS master.
+  const viaSentinel = await failure(read(store(t, tls.server, { sentinels: [{ host: '127.0.0.1', port: sentinels[0].port }], sentinelName: 'pts-tls' })))
+  t.equal(viaSentinel.failure, 'unavailable')
+  t.match(viaSentinel.message, /^redis sentinel pts-tls \(127\.0\.0\.1:\d+\): self-signed certificate in certificate chain$/)
+})
+
+t.test('check(): keys not written yet, a policy that may evict keys without TTL, a server that keeps its version and role to itself, a server down', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const where = `redis redis://127.0.0.1:${server.port}/0`
+  const s = store(t, server, { clock: () => 0 })
+  const counts = 'triplets: 0 (counted for greylist_max_entries: 0), client networks: 0, whitelist entries: 0'
+  const fresh = await s.check()
+  t.equal(fresh.ok, true)
+  t.match(fresh.lines[0], new RegExp(`^${escapeRegExp(where)}: Redis \\d+\\.\\d+\\.\\d+, role master, answered PING in \\d+\\.\\d ms$`))
+  t.same(fresh.lines.slice(1), ['keys under test:{g}: none written yet (the first greylisting write records their format)', counts])
+  const warning = (policy: string): string =>
+    `maxmemory-policy ${policy}: the server may evict greylisting keys without TTL (the whitelist, the counters); noeviction or a volatile-* policy keeps them`
+  const policies: Array<[string, string[]]> = [
+    ['allkeys-lru', [warning('allkeys-lru')]],
+    ['allkeys-random', [warning('allkeys-random')]],
+    ['volatile-lru', []],
+    ['noeviction', []],
+  ]
+  for (const [policy, want] of policies) {
+    await server.command('CONFIG', 'SET', 'maxmemory-policy', policy)
+    const h = await s.check()
+    t.same([h.ok, h.lines.slice(2)], [true, [counts, ...want]], policy)
+  }
+  // A proxy that answers INFO with its memory section only: no redis_version, no role.
+  const proxy = await infoHidingProxy(t, server.port)
+  const hidden = await store(t, server, { endpoint: parseRedisUrl(`redis://127.0.0.1:${proxy}/0`) as RedisEndpoint, clock: () => 0 }).check()
+  t.equal(hidden.ok, true)
+  t.match(hidden.lines[0], new RegExp(`^redis redis://127\\.0\\.0\\.1:${proxy}/0: server, role \\?, answered PING in \\d+\\.\\d ms$`))
+  await server.kill()
+  const down = await store(t, server, { clock: () => 0 }).check()
+  t.same(down, { ok: false, lines: [`${where}: connect ECONNREFUSED 127.0.0.1:${server.port}`] }, 'the reason is the one line: what stops greylisting')
+})
+
+t.test('a closed store refuses every request at once, and says so', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  await put(s, 'k', 50)
+  s.close()
+  for (const p of [read(s), s.counts(), s.listWhitelist()]) {
+    const closed = await failure(p)
+    t.same([closed.failure, closed.message], ['unavailable', `redis redis://127.0.0.1:${server.port}/0: store closed`])
+  }
+})
+
+t.test('--test-mode\'s check: notes and problems (what is wrong is the last line), the connection closed after; a bad redis_url is refused by name', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const cfg = config({ store: 'redis', redis_url: server.url, redis_prefix: 'tm:', greylist_privacy: 'no' })
+  const where = `redis redis://127.0.0.1:${server.port}/0`
+  const clients = async (): Promise<number> => Number(/connected_clients:(\d+)/.exec(await server.command('INFO', 'clients'))![1])
+  /** The store's connection is gone: only the helper's own one is left (bounded: 2 s). */
+  const closedAfter = async (): Promise<boolean> => {
+    const started = Date.now()
+    while (Date.now() - started < 2000) {
+      if ((await clients()) === 1) return true
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    return false
+  }
+  const counts = (n: number): string => `triplets: ${n} (counted for greylist_max_entries: ${n}), client networks: ${n}, whitelist entries: 0`
+  const fine = await checkRedisStore(cfg)
+  t.same(fine.problems, [])
+  t.same(fine.notes.slice(1), ['keys under tm:{g}: none written yet (the first greylisting write records their format)', counts(0)])
+  t.match(fine.notes[0], new RegExp(`^${escapeRegExp(where)}: Redis `))
+  t.ok(await closedAfter(), 'its connection closed')
+  // Another host wrote the keys with greylist_privacy on.
+  const hashed = store(t, server, { prefix: 'tm:', privacy: true, clock: () => 0 })
+  await put(hashed, 'k', 50)
+  hashed.close()
+  const refused = await checkRedisStore(cfg)
+  t.equal(refused.notes.length, 3)
+  t.match(refused.notes[0], new RegExp(`^${escapeRegExp(where)}: Redis `))
+  t.same(refused.notes.slice(1), ['keys under tm:{g}: format 1, greylist_privacy yes', counts(1)])
+  t.same(refused.problems, ['these are NOT this host\'s (format 1, greylist_privacy no): greylisting answers fail_action until they agree (or delete tm:{g}:meta to start afresh)'])
+  t.ok(await closedAfter(), 'its connection closed')
+  // The configuration refuses a bad redis_url before; the store's own refusal names the setting and the flaw.
+  const bad = { ...cfg, redis_url: 'http://127.0.0.1' }
+  const thrown = (() => {
+    try {
+      redisStoreOptions(bad, () => undefined)
+    } catch (err) {
+      return err
+    }
+  })()
+  t.ok(thrown instanceof StoreError)
+  t.same(thrown instanceof StoreError && [thrown.failure, thrown.message], ['error', 'redis_url: has scheme http: (known: redis:, rediss:, unix:)'])
+  await t.rejects(checkRedisStore(bad), { message: 'redis_url: has scheme http: (known: redis:, rediss:, unix:)' })
+})
+
+t.test('writes of one row only: the client row alone (the triplet untouched), the client row deleted', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  await put(s, 'k', 50, 'c')
+  await s.updateGreylist('k', 'c', () => ({ client: { row: { count: 2, last: 7, lastCounted: 5 }, expires: 60 }, result: null }))
+  const written = await read(s)
+  t.same([written.triplet, written.client], [row(1), { count: 2, last: 7, lastCounted: 5 }])
+  t.same(await s.listTriplets(() => true, 10), [{ key: 'k', ...row(1), expires: 50 }], 'the triplet row as it was')
+  await s.updateGreylist('k', 'c', () => ({ client: null, result: null }))
+  const deleted = await read(s)
+  t.same([deleted.triplet, deleted.client], [row(1), null])
+  t.same(await s.counts(), { triplets: 1, clients: 0 })
+})
+
+t.test('whitelist entries of one request: the one that lasts longest, whatever the order; of equals, the first named', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  const s = store(t, server, { clock: () => 0 })
+  const entries: Array<[string, number]> = [['short', 100], ['long', 300], ['also-long', 300], ['forever', Infinity]]
+  for (const [key, expires] of entries) await s.setWhitelist({ key, expires, note: '', setAt: 1 })
+  const table: Array<[string[], { key: string; expires: number } | undefined]> = [
+    [['short', 'long'], { key: 'long', expires: 300 }],
+    [['long', 'short'], { key: 'long', expires: 300 }],
+    [['none', 'short', 'none-either'], { key: 'short', expires: 100 }],
+    [['long', 'also-long'], { key: 'long', expires: 300 }],
+    [['also-long', 'long', 'short'], { key: 'also-long', expires: 300 }],
+    [['short', 'forever', 'long'], { key: 'forever', expires: Infinity }],
+    [['none'], undefined],
+  ]
+  for (const [keys, want] of table) t.same((await s.updateGreylist('k', 'c', (v) => ({ result: v }), () => keys)).whitelisted, want, keys.join(' '))
 })
 
 t.test('the binary: store = redis greylists; store check reports the server; a killed server gets fail_action, logged once', async (t) => {
@@ -603,6 +731,61 @@ async function startSentinel(t: Tap.Test, masterPort: number): Promise<number> {
     child.kill('SIGKILL')
   })
   return port
+}
+
+/** A TLS-only redis-server whose certificate a private CA signed (`ca`: its PEM file, which this process does not trust). */
+async function startTlsServer(t: Tap.Test): Promise<{ server: RedisServer; ca: string } | null> {
+  if (!fs.existsSync('/usr/bin/openssl')) {
+    t.skip('/usr/bin/openssl is not installed: no certificates for a TLS server')
+    return null
+  }
+  const pki = fs.mkdtempSync(path.join(os.tmpdir(), 'pts-pki-'))
+  t.teardown(() => fs.rmSync(pki, { recursive: true, force: true }))
+  const ssl = (...a: string[]): void => {
+    execFileSync('/usr/bin/openssl', a, { cwd: pki, stdio: 'ignore' })
+  }
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  ssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=policyd-ts test CA')
+  ssl('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1')
+  fs.writeFileSync(path.join(pki, 'san'), 'subjectAltName=IP:127.0.0.1\n')
+  ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san')
+  const ca = path.join(pki, 'ca.pem')
+  const server = await startRedisServer(t, { tls: { cert: path.join(pki, 'server.pem'), key: path.join(pki, 'server.key'), ca } })
+  return server && { server, ca }
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 to the server at `port` that turns each bare INFO
+ * into INFO memory: a server that keeps its version and role to itself. Closed in teardown.
+ */
+async function infoHidingProxy(t: Tap.Test, port: number): Promise<number> {
+  const net = await import('node:net')
+  const sockets = new Set<import('node:net').Socket>()
+  const bareInfo = /\*1\r\n\$4\r\ninfo\r\n/gi
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1')
+    for (const sock of [client, upstream]) {
+      sockets.add(sock)
+      sock.on('error', () => undefined)
+      sock.on('close', () => {
+        sockets.delete(sock)
+        client.destroy()
+        upstream.destroy()
+      })
+    }
+    client.on('data', (d: Buffer) => upstream.write(d.toString('latin1').replace(bareInfo, () => '*2\r\n$4\r\ninfo\r\n$6\r\nmemory\r\n'), 'latin1'))
+    upstream.pipe(client)
+  })
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r))
+  t.teardown(async () => {
+    for (const sock of sockets) sock.destroy()
+    await new Promise((r) => proxy.close(r))
+  })
+  return (proxy.address() as import('node:net').AddressInfo).port
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }
 
 function config(over: Record<string, string> = {}): Config {
