@@ -710,3 +710,113 @@ t.test('a corrupt file that another process moved aside, no fresh one made yet: 
   t.equal(await store.updateGreylist('k', 'c', writeRow('fresh')), 'fresh', 'after the reopen delay')
   t.ok(fs.existsSync(file))
 })
+
+t.test('the whitelist keys of a request are made only while the whitelist has entries, as found at each upkeep step', async (t) => {
+  const { store } = makeStore(t.testdir())
+  t.teardown(() => store.close())
+  const key = 'sender\ta@example.net'
+  let made = 0
+  const request = () => store.updateGreylist('k', 'c', (v) => ({ result: v.whitelisted }), () => {
+    made++
+    return ['', '', key, '']
+  })
+  t.equal(await request(), undefined)
+  await store.purgeExpired(0, 10)
+  t.equal(await request(), undefined)
+  t.equal(made, 0, 'an empty whitelist: no keys made, before and after an upkeep step')
+  await store.setWhitelist({ key, expires: Infinity, note: '', setAt: 1 })
+  t.same(await request(), { key, expires: Infinity })
+  t.equal(made, 1, 'made while it has an entry')
+  t.equal(await store.deleteWhitelist(key), true)
+  await store.purgeExpired(0, 10)
+  t.equal(await request(), undefined)
+  t.equal(made, 1, 'none made once an upkeep step found it empty again')
+})
+
+/** Another process's connection to the store in `dir`, holding the write lock (COMMIT or ROLLBACK on it lets go). */
+function holdWriteLock(t: { teardown(fn: () => void): void }, dir: string): Database.Database {
+  const other = new Database(dbFile(dir), { timeout: 0 })
+  t.teardown(() => other.close())
+  other.exec('BEGIN IMMEDIATE')
+  return other
+}
+
+/** A store in a new directory with one committed row (k0), so that its file and schema exist. */
+async function storeWithRow(t: { testdir(): string; teardown(fn: () => void): void }, extra: Partial<ConstructorParameters<typeof SqliteStore>[0]>) {
+  const dir = t.testdir()
+  const { store } = makeStore(dir, extra)
+  t.teardown(() => store.close())
+  await store.updateGreylist('k0', 'c', writeRow('first'))
+  store.commitPending()
+  return { dir, store }
+}
+
+const clientRow = (result: string, decided: { n: number }) => () => {
+  decided.n++
+  return { client: { row: { count: 1, last: 1, lastCounted: 1 }, expires: 9 }, result }
+}
+
+t.test('a request reads and decides once; while writers compete, a change of the client row alone still waits for the lock', async (t) => {
+  const { dir, store } = await storeWithRow(t, { busyTimeoutMs: 30 })
+  const decided = { n: 0 }
+  t.equal(await store.updateGreylist('k', 'c1', clientRow('a', decided)), 'a')
+  t.equal(decided.n, 1, 'no competition: one read (under the lock), one decision')
+  store.commitPending()
+  const other = holdWriteLock(t, dir)
+  await t.rejects(store.updateGreylist('k0', 'c', writeRow('locked')), { failure: 'busy' })
+  decided.n = 0
+  await t.rejects(store.updateGreylist('k', 'c2', clientRow('b', decided)), { failure: 'busy' }, 'not answered from the plain read: it has a row to write')
+  t.equal(decided.n, 1, 'decided on the plain read, then failed for the lock')
+  other.exec('COMMIT')
+  decided.n = 0
+  t.equal(await store.updateGreylist('k', 'c2', clientRow('c', decided)), 'c')
+  t.equal(decided.n, 2, 'decided on the plain read, then again under the lock')
+  t.same(other.prepare('SELECT key FROM client ORDER BY key').pluck().all(), ['c1', 'c2'], 'the client row written, before the reply')
+})
+
+t.test('competition for the lock is remembered for one second after the last wait, up to that exact moment', async (t) => {
+  const { dir, store } = await storeWithRow(t, { busyTimeoutMs: 10 })
+  // performance.now() is the clock of that memory: held still here.
+  let clock = 5000
+  Object.defineProperty(performance, 'now', { value: () => clock, configurable: true, writable: true })
+  t.teardown(() => delete (performance as { now?: unknown }).now)
+  const other = holdWriteLock(t, dir)
+  await t.rejects(store.updateGreylist('k1', 'c', writeRow('locked')), { failure: 'busy' })
+  other.exec('COMMIT')
+  const cases: Array<[number, string, boolean]> = [[5999.5, 'k2', true], [6000, 'k3', false]]
+  for (const [at, key, contended] of cases) {
+    clock = at
+    const decided = { n: 0 }
+    const write = () => {
+      decided.n++
+      return writeRow(key)()
+    }
+    t.equal(await store.updateGreylist(key, 'c', write), key)
+    t.equal(decided.n, contended ? 2 : 1, `at ${at} ms: ${contended ? 'a plain read first' : 'no plain read'}`)
+    t.equal(committedKeys(dir).includes(key), contended, `at ${at} ms: committed ${contended ? 'before' : 'after'} the reply`)
+    await tick()
+  }
+  t.same(committedKeys(dir), ['k0', 'k2', 'k3'])
+})
+
+t.test("lock waits in 'yield' mode: sleeps from 20 µs, each twice the last up to 2 ms, the last cut so they add up to the busy timeout", async (t) => {
+  const { dir, store } = await storeWithRow(t, { busyTimeoutMs: 10, lockWaits: 'yield' })
+  const other = holdWriteLock(t, dir)
+  const sleeps: number[] = []
+  const realSetTimeout = globalThis.setTimeout
+  globalThis.setTimeout = ((fn: () => void, ms: number) => {
+    if (new Error().stack?.includes(`store${path.sep}sqlite.ts`)) sleeps.push(ms)
+    return realSetTimeout(fn, ms)
+  }) as typeof setTimeout
+  try {
+    await t.rejects(store.updateGreylist('k1', 'c', writeRow('x')), { failure: 'busy', message: /locked by another process for 10 ms/ })
+  } finally {
+    globalThis.setTimeout = realSetTimeout
+  }
+  other.exec('ROLLBACK')
+  t.equal(sleeps[0], 0.02, 'the first sleep')
+  for (let i = 1; i < sleeps.length - 1; i++) t.equal(sleeps[i], Math.min(sleeps[i - 1] * 2, 2), `sleep ${i + 1}: ${sleeps[i]} ms`)
+  const last = sleeps[sleeps.length - 1]
+  t.ok(last > 0 && last < Math.min(sleeps[sleeps.length - 2] * 2, 2), `the last sleep cut short: ${last} ms`)
+  t.ok(Math.abs(sleeps.reduce((a, b) => a + b, 0) - 10) < 1e-9, `the sleeps add up to the busy timeout (${sleeps.length} of them)`)
+})
