@@ -4,18 +4,7 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import { classifyError, probeDatabase, RECOUNT_EVERY, SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
 import { StoreError, type GreylistView } from '../lib/store/types'
-
-function makeStore(dir: string, extra: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}) {
-  const logs: string[] = []
-  const store = new SqliteStore({
-    path: path.join(dir, 'db', 'greylist.sqlite'),
-    busyTimeoutMs: 200,
-    renameCorrupt: true,
-    log: (_l, m) => logs.push(m),
-    ...extra,
-  })
-  return { store, logs }
-}
+import { breakLeafPage, dbFile, makeStore } from './helpers/sqlite-store'
 
 const row = (first: number) => ({ first, last: first, passed: 0, count: 1 })
 
@@ -266,7 +255,6 @@ t.test('error classes', async (t) => {
   t.equal(classifyError(new StoreError('full', 'x')), 'full', 'a StoreError keeps its class')
 })
 
-const dbFile = (dir: string): string => path.join(dir, 'db', 'greylist.sqlite')
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 const writeRow = (result: string) => () => ({ triplet: { row: row(1), expires: 2 }, result })
 
@@ -607,14 +595,8 @@ t.test('a recount that fails is logged and skipped: the upkeep step stands', asy
   first.store.close()
   // The last leaf page of the triplet table overwritten: a purge step
   // reading the first keys does not reach it, the recount's COUNT(*) does.
-  const db = new Database(file, { readonly: true })
-  const leaves = db.prepare("SELECT pageno FROM dbstat WHERE name = 'triplet' AND pagetype = 'leaf' ORDER BY path").pluck().all() as number[]
-  const pageSize = db.pragma('page_size', { simple: true }) as number
-  db.close()
-  t.ok(leaves.length > 2, `several leaf pages (${leaves.length})`)
-  const fd = fs.openSync(file, 'r+')
-  fs.writeSync(fd, Buffer.alloc(pageSize, 0xa5), 0, pageSize, (leaves[leaves.length - 1] - 1) * pageSize)
-  fs.closeSync(fd)
+  const leaves = breakLeafPage(file, 'triplet', (pages) => pages[pages.length - 1])
+  t.ok(leaves > 2, `several leaf pages (${leaves})`)
   const { store, logs } = makeStore(dir)
   t.teardown(() => store.close())
   t.equal(await store.purgeExpired(3, 1), 1, 'the first key purged')
@@ -799,24 +781,44 @@ t.test('competition for the lock is remembered for one second after the last wai
   t.same(committedKeys(dir), ['k0', 'k2', 'k3'])
 })
 
-t.test("lock waits in 'yield' mode: sleeps from 20 µs, each twice the last up to 2 ms, the last cut so they add up to the busy timeout", async (t) => {
-  const { dir, store } = await storeWithRow(t, { busyTimeoutMs: 10, lockWaits: 'yield' })
-  const other = holdWriteLock(t, dir)
+/**
+ * Records the sleeps of a lock wait, passing each on to the real timer: in
+ * 'yield' mode the store's own setTimeout calls (told from others by the
+ * stack), in 'block' mode Atomics.wait (only the store calls it here).
+ */
+function recordSleeps(mode: 'yield' | 'block'): { sleeps: number[]; restore(): void } {
   const sleeps: number[] = []
-  const realSetTimeout = globalThis.setTimeout
-  globalThis.setTimeout = ((fn: () => void, ms: number) => {
-    if (new Error().stack?.includes(`store${path.sep}sqlite.ts`)) sleeps.push(ms)
-    return realSetTimeout(fn, ms)
-  }) as typeof setTimeout
-  try {
-    await t.rejects(store.updateGreylist('k1', 'c', writeRow('x')), { failure: 'busy', message: /locked by another process for 10 ms/ })
-  } finally {
-    globalThis.setTimeout = realSetTimeout
+  if (mode === 'yield') {
+    const real = globalThis.setTimeout
+    globalThis.setTimeout = ((fn: () => void, ms: number) => {
+      if (new Error().stack?.includes(`store${path.sep}sqlite.ts`)) sleeps.push(ms)
+      return real(fn, ms)
+    }) as typeof setTimeout
+    return { sleeps, restore: () => { globalThis.setTimeout = real } }
   }
-  other.exec('ROLLBACK')
-  t.equal(sleeps[0], 0.02, 'the first sleep')
-  for (let i = 1; i < sleeps.length - 1; i++) t.equal(sleeps[i], Math.min(sleeps[i - 1] * 2, 2), `sleep ${i + 1}: ${sleeps[i]} ms`)
-  const last = sleeps[sleeps.length - 1]
-  t.ok(last > 0 && last < Math.min(sleeps[sleeps.length - 2] * 2, 2), `the last sleep cut short: ${last} ms`)
-  t.ok(Math.abs(sleeps.reduce((a, b) => a + b, 0) - 10) < 1e-9, `the sleeps add up to the busy timeout (${sleeps.length} of them)`)
-})
+  const real = Atomics.wait
+  Atomics.wait = ((cell: Int32Array, index: number, value: number, ms?: number) => {
+    sleeps.push(ms as number)
+    return real(cell, index, value, ms)
+  }) as typeof Atomics.wait
+  return { sleeps, restore: () => { Atomics.wait = real } }
+}
+
+for (const mode of ['yield', 'block'] as const) {
+  t.test(`lock waits in '${mode}' mode: sleeps from 20 µs, each twice the last up to 2 ms, the last cut so they add up to the busy timeout`, async (t) => {
+    const { dir, store } = await storeWithRow(t, { busyTimeoutMs: 10, lockWaits: mode })
+    const other = holdWriteLock(t, dir)
+    const { sleeps, restore } = recordSleeps(mode)
+    try {
+      await t.rejects(store.updateGreylist('k1', 'c', writeRow('x')), { failure: 'busy' })
+    } finally {
+      restore()
+    }
+    other.exec('ROLLBACK')
+    t.equal(sleeps[0], 0.02, 'the first sleep')
+    for (let i = 1; i < sleeps.length - 1; i++) t.equal(sleeps[i], Math.min(sleeps[i - 1] * 2, 2), `sleep ${i + 1}: ${sleeps[i]} ms`)
+    const last = sleeps[sleeps.length - 1]
+    t.ok(last > 0 && last < Math.min(sleeps[sleeps.length - 2] * 2, 2), `the last sleep cut short: ${last} ms`)
+    t.ok(Math.abs(sleeps.reduce((a, b) => a + b, 0) - 10) < 1e-9, `the sleeps add up to the busy timeout (${sleeps.length} of them)`)
+  })
+}
