@@ -87,6 +87,27 @@ t.test('a close() whose hand-over met a held lock leaves the store closed: a sec
   t.same(await countsSeenAfresh(dir), { triplets: 0, clients: 0 }, 'the share is lost (a recount finds the row)')
 })
 
+t.test('a close() whose hand-over fails otherwise tries it once (it does not recurse through run() closing on the failure)', async (t) => {
+  const dir = t.testdir()
+  const { store } = makeStore(dir)
+  await store.updateGreylist('k', 'c', () => ({ triplet, result: null }))
+  store.commitPending()
+  // Without its count row the hand-over fails as an error, not busy:
+  // run() then closes the store, which must not start the hand-over again.
+  const other = new Database(dbFile(dir))
+  other.prepare("DELETE FROM meta WHERE name = 'triplet_count'").run()
+  other.close()
+  const spied = store as unknown as { upkeep(now: number, limit: number): number }
+  const upkeep = spied.upkeep
+  let handOvers = 0
+  spied.upkeep = function (this: unknown, now: number, limit: number) {
+    handOvers++
+    return upkeep.call(this, now, limit)
+  }
+  store.close()
+  t.equal(handOvers, 1)
+})
+
 t.test('addStats with nothing to add opens no database', async (t) => {
   const dir = t.testdir()
   const { store } = makeStore(dir)
