@@ -572,3 +572,104 @@ t.test('redis: runStoreMigrate copies db_path into redis_url and prints the summ
     'this configuration format 1 and greylist_privacy no: copying would make keys no host reads; set greylist_privacy as the hosts sharing the store do, or use another redis_prefix\n')
   t.equal(refused.outText, '')
 })
+
+// ---- the SQLite store's own schema migration, its open and its corrupt-file handling, and the --test-mode probe
+
+/** A raw connection, closed at the end of the test. */
+function rawDb(t: Tap.Test, file: string): Database.Database {
+  const db = new Database(file)
+  t.teardown(() => db.isOpen && db.close())
+  return db
+}
+
+/** What a request sees through the store, with `keys` as its whitelist keys. */
+const viewOf = (s: SqliteStore, keys: string[]) => s.updateGreylist('k', 'c', (view) => ({ result: view }), () => keys)
+
+t.test('sqlite open: an up-to-date database needs no write lock to open, and its whitelist entries apply from the first request', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const first = sqlite(t, file)
+  await first.setWhitelist({ key: 'sender\tnews@x', expires: Infinity, note: '', setAt: 1 })
+  first.close()
+  const holder = rawDb(t, file)
+  holder.exec('BEGIN IMMEDIATE')
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: false, log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  t.same((await s.listWhitelist()).map((e) => e.key), ['sender\tnews@x'], 'opened and read while another connection holds the write lock')
+  holder.exec('ROLLBACK')
+  const view = await viewOf(s, ['', '', 'sender\tnews@x', ''])
+  t.same(view.whitelisted, { key: 'sender\tnews@x', expires: Infinity })
+  t.same(log, [], 'nothing migrated')
+})
+
+t.test('sqlite open: another process that migrated the schema while this one waited for the lock is not migrated again', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const made = sqlite(t, file)
+  await made.counts()
+  made.close()
+  const older = rawDb(t, file)
+  older.pragma(`user_version = ${SCHEMA_VERSION - 1}`)
+  older.close()
+  // The other process: holds the write lock with the migration done but not
+  // yet committed (this one reads the older version), and commits a little later.
+  const { Worker } = await import('node:worker_threads')
+  const worker = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads')
+    const db = new (require(workerData.sqlite))(workerData.file)
+    db.exec('BEGIN IMMEDIATE')
+    db.pragma('user_version = ' + workerData.version)
+    parentPort.postMessage('locked')
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200)
+    db.exec('COMMIT')
+    db.close()
+  `, { eval: true, workerData: { sqlite: require.resolve('better-sqlite3'), file, version: SCHEMA_VERSION } })
+  const exited = new Promise((resolve) => worker.once('exit', resolve))
+  t.teardown(() => worker.terminate())
+  await new Promise((resolve, reject) => (worker.once('message', resolve), worker.once('error', reject)))
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 5000, renameCorrupt: false, log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  t.same(await s.counts(), { triplets: 0, clients: 0 }, 'opened after the other commit, at the current version')
+  t.same(log, [], 'no migration logged: there was none to do')
+  await exited
+  const version = rawDb(t, file).pragma('user_version', { simple: true })
+  t.equal(version, SCHEMA_VERSION)
+})
+
+t.test('sqlite: a corrupt file goes aside with its -wal and -shm files, under the same new name', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'store.sqlite')
+  // Another process's connection keeps its frames in the WAL (closing the
+  // last connection would fold them into the file and remove both files).
+  const other = rawDb(t, file)
+  other.pragma('journal_mode = WAL')
+  other.pragma('wal_autocheckpoint = 0')
+  other.exec('CREATE TABLE other (x)')
+  other.pragma('wal_checkpoint(TRUNCATE)')
+  other.exec("INSERT INTO other VALUES ('in the WAL')")
+  // The file's first page (the WAL holds only the table's) overwritten.
+  fs.writeFileSync(file, 'not a database '.repeat(300))
+  const wal = fs.readFileSync(`${file}-wal`)
+  const shmSize = fs.statSync(`${file}-shm`).size
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: true, log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  t.same(await s.counts(), { triplets: 0, clients: 0 }, 'a fresh database')
+  const aside = /corrupt file renamed to (\S+),/.exec(log.join('\n'))?.[1]
+  t.ok(aside, 'logged')
+  t.equal(fs.readFileSync(`${aside}`, 'utf8'), 'not a database '.repeat(300))
+  t.same(fs.readFileSync(`${aside}-wal`), wal, 'its WAL moved along')
+  t.equal(fs.statSync(`${aside}-shm`).size, shmSize, 'its WAL index moved along (the store\'s read marks changed its bytes)')
+})
+
+t.test('sqlite: an entry without an end is stored as a large finite time, and read back as one without an end', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  await s.setWhitelist({ key: 'sender\tnews@x', expires: Infinity, note: '', setAt: 1 })
+  await s.setWhitelist({ key: 'sender\tsoon@x', expires: 500, note: '', setAt: 1 })
+  t.same((await s.listWhitelist()).map((e) => [e.key, e.expires]), [['sender\tnews@x', Infinity], ['sender\tsoon@x', 500]])
+  s.close()
+  const stored = rawDb(t, file).prepare('SELECT key, expires FROM whitelist ORDER BY key').raw().all() as Array<[string, number]>
+  t.equal(stored[1][1], 500)
+  t.ok(Number.isFinite(stored[0][1]) && stored[0][1] >= 1e300, `stored as ${stored[0][1]}: a plain REAL every SQLite reader and writer of the file keeps`)
+})
