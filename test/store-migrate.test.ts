@@ -8,7 +8,7 @@ import { loadConfig } from '../lib/config'
 import { evaluateTriplet } from '../lib/greylist/triplet'
 import { greylistParams } from '../lib/greylist/check'
 import Database from 'better-sqlite3'
-import { SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
+import { SCHEMA_VERSION, SqliteStore, probeDatabase } from '../lib/store/sqlite'
 import { SqliteExport, type ExportedRows, type RowKind } from '../lib/store/sqlite-export'
 import { RedisStore } from '../lib/store/redis'
 import { RedisImporter, IMPORT_BATCH, type ImportCounts } from '../lib/store/redis-import'
@@ -672,4 +672,35 @@ t.test('sqlite: an entry without an end is stored as a large finite time, and re
   const stored = rawDb(t, file).prepare('SELECT key, expires FROM whitelist ORDER BY key').raw().all() as Array<[string, number]>
   t.equal(stored[1][1], 500)
   t.ok(Number.isFinite(stored[0][1]) && stored[0][1] >= 1e300, `stored as ${stored[0][1]}: a plain REAL every SQLite reader and writer of the file keeps`)
+})
+
+t.test('sqlite open: a file that cannot be made is reported as the open that failed', async (t) => {
+  const file = path.join(t.testdir(), `${'n'.repeat(300)}.sqlite`)
+  const s = sqlite(t, file)
+  await t.rejects(s.counts(), { failure: 'error', message: `database ${file}: ENAMETOOLONG: name too long, open '${file}'` })
+})
+
+t.test('probeDatabase (--test-mode): a new file is made in WAL mode, an existing one keeps its journal; the write is real and rolled back; the connection closed', async (t) => {
+  const dir = t.testdir()
+  const fresh = path.join(dir, 'new.sqlite')
+  t.same(probeDatabase(fresh, { busyTimeoutMs: 50, create: true }), { schemaVersion: 0 })
+  t.same(fs.readdirSync(dir), ['new.sqlite'], 'closed: the last connection removed its -wal and -shm')
+  const made = rawDb(t, fresh)
+  t.equal(made.pragma('journal_mode', { simple: true }), 'wal')
+  t.same(made.prepare("SELECT name FROM sqlite_master").pluck().all(), [], 'nothing left by the write')
+  made.close()
+
+  const existing = path.join(dir, 'existing.sqlite')
+  const old = rawDb(t, existing)
+  old.pragma('user_version = 2')
+  old.exec('CREATE TABLE kept (x)')
+  old.close()
+  t.same(probeDatabase(existing, { busyTimeoutMs: 50, create: false }), { schemaVersion: 2 })
+  const after = rawDb(t, existing)
+  t.equal(after.pragma('journal_mode', { simple: true }), 'delete', 'not switched to WAL by a probe')
+  // The probe's write fails where a write would: here its own table is there already.
+  after.exec('CREATE TABLE policyd_ts_test_mode (x)')
+  after.close()
+  t.throws(() => probeDatabase(existing, { busyTimeoutMs: 50, create: false }), { message: 'table policyd_ts_test_mode already exists' })
+  t.throws(() => probeDatabase(path.join(dir, 'missing.sqlite'), { busyTimeoutMs: 50, create: false }), { code: 'SQLITE_CANTOPEN' })
 })
