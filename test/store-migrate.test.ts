@@ -704,3 +704,56 @@ t.test('probeDatabase (--test-mode): a new file is made in WAL mode, an existing
   t.throws(() => probeDatabase(existing, { busyTimeoutMs: 50, create: false }), { message: 'table policyd_ts_test_mode already exists' })
   t.throws(() => probeDatabase(path.join(dir, 'missing.sqlite'), { busyTimeoutMs: 50, create: false }), { code: 'SQLITE_CANTOPEN' })
 })
+
+t.test('sqlite open: the migration waits db_busy_timeout for another process\'s write lock, not SQLite\'s default 5 s', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const made = sqlite(t, file)
+  await made.counts()
+  made.close()
+  const older = rawDb(t, file)
+  older.pragma(`user_version = ${SCHEMA_VERSION - 1}`)
+  older.close()
+  // The other process holds the lock until told to let go, or for 2 s at most
+  // (well within SQLite's default timeout, far beyond the 100 ms set here).
+  const release = new Int32Array(new SharedArrayBuffer(4))
+  const { Worker } = await import('node:worker_threads')
+  const worker = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads')
+    const db = new (require(workerData.sqlite))(workerData.file)
+    db.exec('BEGIN IMMEDIATE')
+    parentPort.postMessage('locked')
+    Atomics.wait(workerData.release, 0, 0, 2000)
+    db.exec('ROLLBACK')
+    db.close()
+  `, { eval: true, workerData: { sqlite: require.resolve('better-sqlite3'), file, release } })
+  const exited = new Promise((resolve) => worker.once('exit', resolve))
+  t.teardown(() => worker.terminate())
+  await new Promise((resolve, reject) => (worker.once('message', resolve), worker.once('error', reject)))
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 100, renameCorrupt: false, log: () => undefined })
+  t.teardown(() => s.close())
+  await t.rejects(s.counts(), { failure: 'busy' }, 'given up while the other process still held the lock')
+  Atomics.notify(release, 0)
+  await exited
+})
+
+t.test('sqlite open: a file moved away between its check and its open is not made again by SQLite', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const made = sqlite(t, file)
+  await made.counts()
+  made.close()
+  // Another process moves the file aside just after this one looked at it.
+  const statSync = fs.statSync
+  t.teardown(() => void (fs.statSync = statSync))
+  fs.statSync = ((p: string, ...rest: []) => {
+    const st = statSync(p, ...rest)
+    if (p === file) {
+      fs.statSync = statSync
+      fs.renameSync(file, `${file}.moved`)
+    }
+    return st
+  }) as typeof fs.statSync
+  const s = sqlite(t, file)
+  await t.rejects(s.counts(), { failure: 'unavailable', message: `database ${file}: unable to open database file` })
+  t.equal(fs.statSync, statSync, 'the move happened')
+  t.notOk(fs.existsSync(file), 'no empty database made in its place')
+})
