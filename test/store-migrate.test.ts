@@ -602,30 +602,47 @@ t.test('sqlite open: an up-to-date database needs no write lock to open, and its
   t.same(log, [], 'nothing migrated')
 })
 
-t.test('sqlite open: another process that migrated the schema while this one waited for the lock is not migrated again', async (t) => {
-  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+/** A store's database at `file`, one schema version older than this one's (opening it migrates, taking the write lock). */
+async function olderDatabase(t: Tap.Test, file: string): Promise<void> {
   const made = sqlite(t, file)
   await made.counts()
   made.close()
   const older = rawDb(t, file)
   older.pragma(`user_version = ${SCHEMA_VERSION - 1}`)
   older.close()
-  // The other process: holds the write lock with the migration done but not
-  // yet committed (this one reads the older version), and commits a little later.
+}
+
+/**
+ * Another process's connection, in a thread of its own so that it goes on
+ * while this one waits in SQLite: takes the write lock (and sets
+ * user_version to `version` in that transaction, if given), and after
+ * release() or `holdMs` commits (rolls back without `version`).
+ */
+async function lockElsewhere(t: Tap.Test, file: string, holdMs: number, version?: number): Promise<{ release: () => void; exited: Promise<unknown> }> {
+  const cell = new Int32Array(new SharedArrayBuffer(4))
   const { Worker } = await import('node:worker_threads')
   const worker = new Worker(`
     const { parentPort, workerData } = require('node:worker_threads')
     const db = new (require(workerData.sqlite))(workerData.file)
     db.exec('BEGIN IMMEDIATE')
-    db.pragma('user_version = ' + workerData.version)
+    if (workerData.version !== undefined) db.pragma('user_version = ' + workerData.version)
     parentPort.postMessage('locked')
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200)
-    db.exec('COMMIT')
+    Atomics.wait(workerData.cell, 0, 0, workerData.holdMs)
+    db.exec(workerData.version === undefined ? 'ROLLBACK' : 'COMMIT')
     db.close()
-  `, { eval: true, workerData: { sqlite: require.resolve('better-sqlite3'), file, version: SCHEMA_VERSION } })
+  `, { eval: true, workerData: { sqlite: require.resolve('better-sqlite3'), file, cell, holdMs, version } })
   const exited = new Promise((resolve) => worker.once('exit', resolve))
   t.teardown(() => worker.terminate())
   await new Promise((resolve, reject) => (worker.once('message', resolve), worker.once('error', reject)))
+  return { release: () => void Atomics.notify(cell, 0), exited }
+}
+
+t.test('sqlite open: another process that migrated the schema while this one waited for the lock is not migrated again', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  await olderDatabase(t, file)
+  // The other process: holds the write lock with the migration done but not
+  // yet committed (this one reads the older version), and commits a little later.
+  const { exited } = await lockElsewhere(t, file, 200, SCHEMA_VERSION)
   const log: string[] = []
   const s = new SqliteStore({ path: file, busyTimeoutMs: 5000, renameCorrupt: false, log: (_level, msg) => void log.push(msg) })
   t.teardown(() => s.close())
@@ -707,32 +724,14 @@ t.test('probeDatabase (--test-mode): a new file is made in WAL mode, an existing
 
 t.test('sqlite open: the migration waits db_busy_timeout for another process\'s write lock, not SQLite\'s default 5 s', async (t) => {
   const file = path.join(t.testdir(), 'db', 'store.sqlite')
-  const made = sqlite(t, file)
-  await made.counts()
-  made.close()
-  const older = rawDb(t, file)
-  older.pragma(`user_version = ${SCHEMA_VERSION - 1}`)
-  older.close()
+  await olderDatabase(t, file)
   // The other process holds the lock until told to let go, or for 2 s at most
   // (well within SQLite's default timeout, far beyond the 100 ms set here).
-  const release = new Int32Array(new SharedArrayBuffer(4))
-  const { Worker } = await import('node:worker_threads')
-  const worker = new Worker(`
-    const { parentPort, workerData } = require('node:worker_threads')
-    const db = new (require(workerData.sqlite))(workerData.file)
-    db.exec('BEGIN IMMEDIATE')
-    parentPort.postMessage('locked')
-    Atomics.wait(workerData.release, 0, 0, 2000)
-    db.exec('ROLLBACK')
-    db.close()
-  `, { eval: true, workerData: { sqlite: require.resolve('better-sqlite3'), file, release } })
-  const exited = new Promise((resolve) => worker.once('exit', resolve))
-  t.teardown(() => worker.terminate())
-  await new Promise((resolve, reject) => (worker.once('message', resolve), worker.once('error', reject)))
+  const { release, exited } = await lockElsewhere(t, file, 2000)
   const s = new SqliteStore({ path: file, busyTimeoutMs: 100, renameCorrupt: false, log: () => undefined })
   t.teardown(() => s.close())
   await t.rejects(s.counts(), { failure: 'busy' }, 'given up while the other process still held the lock')
-  Atomics.notify(release, 0)
+  release()
   await exited
 })
 
