@@ -756,3 +756,49 @@ t.test('sqlite open: a file moved away between its check and its open is not mad
   t.equal(fs.statSync, statSync, 'the move happened')
   t.notOk(fs.existsSync(file), 'no empty database made in its place')
 })
+
+t.test('sqlite: with db_corrupt_action=fail a corrupt file fails at once, not tried a second time', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'store.sqlite')
+  fs.writeFileSync(file, 'not a database '.repeat(300))
+  const good = path.join(dir, 'good.sqlite')
+  const made = sqlite(t, good)
+  await made.counts()
+  made.close()
+  // Another process puts a good file in its place just after this one's first look.
+  const existsSync = fs.existsSync
+  t.teardown(() => void (fs.existsSync = existsSync))
+  let looks = 0
+  fs.existsSync = ((p: string) => {
+    if (p === file && ++looks === 2) fs.renameSync(good, file)
+    return existsSync(p)
+  }) as typeof fs.existsSync
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: false, mustExist: true, log: () => undefined })
+  t.teardown(() => s.close())
+  await t.rejects(s.counts(), { failure: 'corrupt', message: `database ${file}: file is not a database` })
+  t.equal(looks, 1)
+})
+
+t.test('sqlite (daemon): a recount that finds the lock taken after its count is skipped, and the log says why', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: false, lockWaits: 'yield', log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  await request(s, 'k', 'c', 100)
+  s.commitPending()
+  const holder = rawDb(t, file)
+  // Another process takes the write lock while this one counts the rows.
+  const prepare = Database.prototype.prepare
+  t.teardown(() => void (Database.prototype.prepare = prepare))
+  Database.prototype.prepare = function (this: Database.Database, sql: string) {
+    if (sql === 'SELECT count(*) FROM client') {
+      Database.prototype.prepare = prepare
+      holder.exec('BEGIN IMMEDIATE')
+    }
+    return prepare.call(this, sql)
+  } as typeof prepare
+  t.equal(await s.purgeExpired(100, 10), 0)
+  t.ok(holder.inTransaction, 'the lock was taken during the count')
+  holder.exec('ROLLBACK')
+  t.same(log.slice(1), ['row recount skipped: database locked by another process'], 'after the line of the first open\'s migration')
+})
