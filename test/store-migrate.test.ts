@@ -802,3 +802,21 @@ t.test('sqlite (daemon): a recount that finds the lock taken after its count is 
   holder.exec('ROLLBACK')
   t.same(log.slice(1), ['row recount skipped: database locked by another process'], 'after the line of the first open\'s migration')
 })
+
+t.test('sqlite open: the addon is loaded from its known place, without better-sqlite3\'s own lookup (the `bindings` package, milliseconds of every cold start)', async (t) => {
+  const { execFileSync } = await import('node:child_process')
+  const file = path.join(t.testdir(), 'store.sqlite')
+  // A process of its own: this one has loaded `bindings` already (raw connections).
+  const script = `
+    const { SqliteStore } = require(${JSON.stringify(path.join(__dirname, '..', 'lib', 'store', 'sqlite.ts'))})
+    const s = new SqliteStore({ path: ${JSON.stringify(file)}, busyTimeoutMs: 50, renameCorrupt: false, log: () => undefined })
+    s.counts().then((counts) => {
+      s.close()
+      const loaded = Object.keys(require.cache).filter((k) => /[\\\\/]node_modules[\\\\/](bindings|better-sqlite3[\\\\/]build)[\\\\/]/.test(k))
+      process.stdout.write(JSON.stringify({ counts, loaded }))
+    })
+  `
+  const out = JSON.parse(execFileSync(process.execPath, [...process.execArgv, '-e', script], { encoding: 'utf8', timeout: 20000 }))
+  const addon = path.join(path.dirname(require.resolve('better-sqlite3/package.json')), 'build', 'Release', 'better_sqlite3.node')
+  t.same(out, { counts: { triplets: 0, clients: 0 }, loaded: [addon] })
+})
