@@ -803,12 +803,12 @@ t.test('sqlite (daemon): a recount that finds the lock taken after its count is 
   t.same(log.slice(1), ['row recount skipped: database locked by another process'], 'after the line of the first open\'s migration')
 })
 
-t.test('sqlite open: the addon is loaded from its known place, without better-sqlite3\'s own lookup (the `bindings` package, milliseconds of every cold start)', async (t) => {
+/** Opens a SqliteStore of the module at `sqliteTs` in a process of its own: its counts, and the addon's modules it loaded. */
+async function openInChild(t: Tap.Test, sqliteTs: string): Promise<{ counts: unknown; loaded: string[] }> {
   const { execFileSync } = await import('node:child_process')
   const file = path.join(t.testdir(), 'store.sqlite')
-  // A process of its own: this one has loaded `bindings` already (raw connections).
   const script = `
-    const { SqliteStore } = require(${JSON.stringify(path.join(__dirname, '..', 'lib', 'store', 'sqlite.ts'))})
+    const { SqliteStore } = require(${JSON.stringify(sqliteTs)})
     const s = new SqliteStore({ path: ${JSON.stringify(file)}, busyTimeoutMs: 50, renameCorrupt: false, log: () => undefined })
     s.counts().then((counts) => {
       s.close()
@@ -816,7 +816,26 @@ t.test('sqlite open: the addon is loaded from its known place, without better-sq
       process.stdout.write(JSON.stringify({ counts, loaded }))
     })
   `
-  const out = JSON.parse(execFileSync(process.execPath, [...process.execArgv, '-e', script], { encoding: 'utf8', timeout: 20000 }))
-  const addon = path.join(path.dirname(require.resolve('better-sqlite3/package.json')), 'build', 'Release', 'better_sqlite3.node')
+  return JSON.parse(execFileSync(process.execPath, [...process.execArgv, '-e', script], { encoding: 'utf8', timeout: 20000 }))
+}
+
+const addon = path.join(path.dirname(require.resolve('better-sqlite3/package.json')), 'build', 'Release', 'better_sqlite3.node')
+
+t.test('sqlite open: the addon is loaded from its known place, without better-sqlite3\'s own lookup (the `bindings` package, milliseconds of every cold start)', async (t) => {
+  // A process of its own: this one has loaded `bindings` already (raw connections).
+  const out = await openInChild(t, path.join(__dirname, '..', 'lib', 'store', 'sqlite.ts'))
   t.same(out, { counts: { triplets: 0, clients: 0 }, loaded: [addon] })
+})
+
+t.test('sqlite open: beyond its four places up from the code, the addon is left to better-sqlite3\'s own lookup', async (t) => {
+  // The code four directories below a node_modules: its fifth place up.
+  const root = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'policyd-ts-addon-'))
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }))
+  const store = path.join(root, 'a', 'b', 'lib', 'store')
+  fs.mkdirSync(store, { recursive: true })
+  for (const name of ['sqlite.ts', 'types.ts']) fs.copyFileSync(path.join(__dirname, '..', 'lib', 'store', name), path.join(store, name))
+  fs.symlinkSync(path.dirname(path.dirname(require.resolve('better-sqlite3/package.json'))), path.join(root, 'node_modules'))
+  const out = await openInChild(t, path.join(store, 'sqlite.ts'))
+  t.same(out.counts, { triplets: 0, clients: 0 })
+  t.ok(out.loaded.some((k) => /[\\/]node_modules[\\/]bindings[\\/]/.test(k)), `found by the bindings package: ${out.loaded.join(', ')}`)
 })
