@@ -8,7 +8,7 @@ import { loadConfig } from '../lib/config'
 import { evaluateTriplet } from '../lib/greylist/triplet'
 import { greylistParams } from '../lib/greylist/check'
 import Database from 'better-sqlite3'
-import { SCHEMA_VERSION, SqliteStore } from '../lib/store/sqlite'
+import { SCHEMA_VERSION, SqliteStore, probeDatabase } from '../lib/store/sqlite'
 import { SqliteExport, type ExportedRows, type RowKind } from '../lib/store/sqlite-export'
 import { RedisStore } from '../lib/store/redis'
 import { RedisImporter, IMPORT_BATCH, type ImportCounts } from '../lib/store/redis-import'
@@ -571,4 +571,273 @@ t.test('redis: runStoreMigrate copies db_path into redis_url and prints the summ
   t.equal(refused.errText, 'policyd-ts store migrate: refusing redis as the target: its greylisting keys (cmd:{g}:meta) have format 2 and greylist_privacy no, ' +
     'this configuration format 1 and greylist_privacy no: copying would make keys no host reads; set greylist_privacy as the hosts sharing the store do, or use another redis_prefix\n')
   t.equal(refused.outText, '')
+})
+
+// ---- the SQLite store's own schema migration, its open and its corrupt-file handling, and the --test-mode probe
+
+/** A raw connection, closed at the end of the test. */
+function rawDb(t: Tap.Test, file: string): Database.Database {
+  const db = new Database(file)
+  t.teardown(() => db.isOpen && db.close())
+  return db
+}
+
+/** What a request sees through the store, with `keys` as its whitelist keys. */
+const viewOf = (s: SqliteStore, keys: string[]) => s.updateGreylist('k', 'c', (view) => ({ result: view }), () => keys)
+
+t.test('sqlite open: an up-to-date database needs no write lock to open, and its whitelist entries apply from the first request', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const first = sqlite(t, file)
+  await first.setWhitelist({ key: 'sender\tnews@x', expires: Infinity, note: '', setAt: 1 })
+  first.close()
+  const holder = rawDb(t, file)
+  holder.exec('BEGIN IMMEDIATE')
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: false, log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  t.same((await s.listWhitelist()).map((e) => e.key), ['sender\tnews@x'], 'opened and read while another connection holds the write lock')
+  holder.exec('ROLLBACK')
+  const view = await viewOf(s, ['', '', 'sender\tnews@x', ''])
+  t.same(view.whitelisted, { key: 'sender\tnews@x', expires: Infinity })
+  t.same(log, [], 'nothing migrated')
+})
+
+/** A store's database at `file`, one schema version older than this one's (opening it migrates, taking the write lock). */
+async function olderDatabase(t: Tap.Test, file: string): Promise<void> {
+  const made = sqlite(t, file)
+  await made.counts()
+  made.close()
+  const older = rawDb(t, file)
+  older.pragma(`user_version = ${SCHEMA_VERSION - 1}`)
+  older.close()
+}
+
+/**
+ * Another process's connection, in a thread of its own so that it goes on
+ * while this one waits in SQLite: takes the write lock (and sets
+ * user_version to `version` in that transaction, if given), and after
+ * release() or `holdMs` commits (rolls back without `version`).
+ */
+async function lockElsewhere(t: Tap.Test, file: string, holdMs: number, version?: number): Promise<{ release: () => void; exited: Promise<unknown> }> {
+  const cell = new Int32Array(new SharedArrayBuffer(4))
+  const { Worker } = await import('node:worker_threads')
+  const worker = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads')
+    const db = new (require(workerData.sqlite))(workerData.file)
+    db.exec('BEGIN IMMEDIATE')
+    if (workerData.version !== undefined) db.pragma('user_version = ' + workerData.version)
+    parentPort.postMessage('locked')
+    Atomics.wait(workerData.cell, 0, 0, workerData.holdMs)
+    db.exec(workerData.version === undefined ? 'ROLLBACK' : 'COMMIT')
+    db.close()
+  `, { eval: true, workerData: { sqlite: require.resolve('better-sqlite3'), file, cell, holdMs, version } })
+  const exited = new Promise((resolve) => worker.once('exit', resolve))
+  t.teardown(() => worker.terminate())
+  await new Promise((resolve, reject) => (worker.once('message', resolve), worker.once('error', reject)))
+  return { release: () => void Atomics.notify(cell, 0), exited }
+}
+
+t.test('sqlite open: another process that migrated the schema while this one waited for the lock is not migrated again', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  await olderDatabase(t, file)
+  // The other process: holds the write lock with the migration done but not
+  // yet committed (this one reads the older version), and commits a little later.
+  const { exited } = await lockElsewhere(t, file, 200, SCHEMA_VERSION)
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 5000, renameCorrupt: false, log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  t.same(await s.counts(), { triplets: 0, clients: 0 }, 'opened after the other commit, at the current version')
+  t.same(log, [], 'no migration logged: there was none to do')
+  await exited
+  const version = rawDb(t, file).pragma('user_version', { simple: true })
+  t.equal(version, SCHEMA_VERSION)
+})
+
+t.test('sqlite: a corrupt file goes aside with its -wal and -shm files, under the same new name', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'store.sqlite')
+  // Another process's connection keeps its frames in the WAL (closing the
+  // last connection would fold them into the file and remove both files).
+  const other = rawDb(t, file)
+  other.pragma('journal_mode = WAL')
+  other.pragma('wal_autocheckpoint = 0')
+  other.exec('CREATE TABLE other (x)')
+  other.pragma('wal_checkpoint(TRUNCATE)')
+  other.exec("INSERT INTO other VALUES ('in the WAL')")
+  // The file's first page (the WAL holds only the table's) overwritten.
+  fs.writeFileSync(file, 'not a database '.repeat(300))
+  const wal = fs.readFileSync(`${file}-wal`)
+  const shmSize = fs.statSync(`${file}-shm`).size
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: true, log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  t.same(await s.counts(), { triplets: 0, clients: 0 }, 'a fresh database')
+  const aside = /corrupt file renamed to (\S+),/.exec(log.join('\n'))?.[1]
+  t.ok(aside, 'logged')
+  t.equal(fs.readFileSync(`${aside}`, 'utf8'), 'not a database '.repeat(300))
+  t.same(fs.readFileSync(`${aside}-wal`), wal, 'its WAL moved along')
+  t.equal(fs.statSync(`${aside}-shm`).size, shmSize, 'its WAL index moved along (the store\'s read marks changed its bytes)')
+})
+
+t.test('sqlite: an entry without an end is stored as a large finite time, and read back as one without an end', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const s = sqlite(t, file)
+  await s.setWhitelist({ key: 'sender\tnews@x', expires: Infinity, note: '', setAt: 1 })
+  await s.setWhitelist({ key: 'sender\tsoon@x', expires: 500, note: '', setAt: 1 })
+  t.same((await s.listWhitelist()).map((e) => [e.key, e.expires]), [['sender\tnews@x', Infinity], ['sender\tsoon@x', 500]])
+  s.close()
+  const stored = rawDb(t, file).prepare('SELECT key, expires FROM whitelist ORDER BY key').raw().all() as Array<[string, number]>
+  t.equal(stored[1][1], 500)
+  t.ok(Number.isFinite(stored[0][1]) && stored[0][1] >= 1e300, `stored as ${stored[0][1]}: a plain REAL every SQLite reader and writer of the file keeps`)
+})
+
+t.test('sqlite open: a file that cannot be made is reported as the open that failed', async (t) => {
+  const file = path.join(t.testdir(), `${'n'.repeat(300)}.sqlite`)
+  const s = sqlite(t, file)
+  await t.rejects(s.counts(), { failure: 'error', message: `database ${file}: ENAMETOOLONG: name too long, open '${file}'` })
+})
+
+t.test('probeDatabase (--test-mode): a new file is made in WAL mode, an existing one keeps its journal; the write is real and rolled back; the connection closed', async (t) => {
+  const dir = t.testdir()
+  const fresh = path.join(dir, 'new.sqlite')
+  t.same(probeDatabase(fresh, { busyTimeoutMs: 50, create: true }), { schemaVersion: 0 })
+  t.same(fs.readdirSync(dir), ['new.sqlite'], 'closed: the last connection removed its -wal and -shm')
+  const made = rawDb(t, fresh)
+  t.equal(made.pragma('journal_mode', { simple: true }), 'wal')
+  t.same(made.prepare("SELECT name FROM sqlite_master").pluck().all(), [], 'nothing left by the write')
+  made.close()
+
+  const existing = path.join(dir, 'existing.sqlite')
+  const old = rawDb(t, existing)
+  old.pragma('user_version = 2')
+  old.exec('CREATE TABLE kept (x)')
+  old.close()
+  t.same(probeDatabase(existing, { busyTimeoutMs: 50, create: false }), { schemaVersion: 2 })
+  const after = rawDb(t, existing)
+  t.equal(after.pragma('journal_mode', { simple: true }), 'delete', 'not switched to WAL by a probe')
+  // The probe's write fails where a write would: here its own table is there already.
+  after.exec('CREATE TABLE policyd_ts_test_mode (x)')
+  after.close()
+  t.throws(() => probeDatabase(existing, { busyTimeoutMs: 50, create: false }), { message: 'table policyd_ts_test_mode already exists' })
+  t.throws(() => probeDatabase(path.join(dir, 'missing.sqlite'), { busyTimeoutMs: 50, create: false }), { code: 'SQLITE_CANTOPEN' })
+})
+
+t.test('sqlite open: the migration waits db_busy_timeout for another process\'s write lock, not SQLite\'s default 5 s', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  await olderDatabase(t, file)
+  // The other process holds the lock until told to let go, or for 2 s at most
+  // (well within SQLite's default timeout, far beyond the 100 ms set here).
+  const { release, exited } = await lockElsewhere(t, file, 2000)
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 100, renameCorrupt: false, log: () => undefined })
+  t.teardown(() => s.close())
+  await t.rejects(s.counts(), { failure: 'busy' }, 'given up while the other process still held the lock')
+  release()
+  await exited
+})
+
+t.test('sqlite open: a file moved away between its check and its open is not made again by SQLite', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const made = sqlite(t, file)
+  await made.counts()
+  made.close()
+  // Another process moves the file aside just after this one looked at it.
+  const statSync = fs.statSync
+  t.teardown(() => void (fs.statSync = statSync))
+  fs.statSync = ((p: string, ...rest: []) => {
+    const st = statSync(p, ...rest)
+    if (p === file) {
+      fs.statSync = statSync
+      fs.renameSync(file, `${file}.moved`)
+    }
+    return st
+  }) as typeof fs.statSync
+  const s = sqlite(t, file)
+  await t.rejects(s.counts(), { failure: 'unavailable', message: `database ${file}: unable to open database file` })
+  t.equal(fs.statSync, statSync, 'the move happened')
+  t.notOk(fs.existsSync(file), 'no empty database made in its place')
+})
+
+t.test('sqlite: with db_corrupt_action=fail a corrupt file fails at once, not tried a second time', async (t) => {
+  const dir = t.testdir()
+  const file = path.join(dir, 'store.sqlite')
+  fs.writeFileSync(file, 'not a database '.repeat(300))
+  const good = path.join(dir, 'good.sqlite')
+  const made = sqlite(t, good)
+  await made.counts()
+  made.close()
+  // Another process puts a good file in its place just after this one's first look.
+  const existsSync = fs.existsSync
+  t.teardown(() => void (fs.existsSync = existsSync))
+  let looks = 0
+  fs.existsSync = ((p: string) => {
+    if (p === file && ++looks === 2) fs.renameSync(good, file)
+    return existsSync(p)
+  }) as typeof fs.existsSync
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: false, mustExist: true, log: () => undefined })
+  t.teardown(() => s.close())
+  await t.rejects(s.counts(), { failure: 'corrupt', message: `database ${file}: file is not a database` })
+  t.equal(looks, 1)
+})
+
+t.test('sqlite (daemon): a recount that finds the lock taken after its count is skipped, and the log says why', async (t) => {
+  const file = path.join(t.testdir(), 'db', 'store.sqlite')
+  const log: string[] = []
+  const s = new SqliteStore({ path: file, busyTimeoutMs: 50, renameCorrupt: false, lockWaits: 'yield', log: (_level, msg) => void log.push(msg) })
+  t.teardown(() => s.close())
+  await request(s, 'k', 'c', 100)
+  s.commitPending()
+  const holder = rawDb(t, file)
+  // Another process takes the write lock while this one counts the rows.
+  const prepare = Database.prototype.prepare
+  t.teardown(() => void (Database.prototype.prepare = prepare))
+  Database.prototype.prepare = function (this: Database.Database, sql: string) {
+    if (sql === 'SELECT count(*) FROM client') {
+      Database.prototype.prepare = prepare
+      holder.exec('BEGIN IMMEDIATE')
+    }
+    return prepare.call(this, sql)
+  } as typeof prepare
+  t.equal(await s.purgeExpired(100, 10), 0)
+  t.ok(holder.inTransaction, 'the lock was taken during the count')
+  holder.exec('ROLLBACK')
+  t.same(log.slice(1), ['row recount skipped: database locked by another process'], 'after the line of the first open\'s migration')
+})
+
+/** Opens a SqliteStore of the module at `sqliteTs` in a process of its own: its counts, and the addon's modules it loaded. */
+async function openInChild(t: Tap.Test, sqliteTs: string): Promise<{ counts: unknown; loaded: string[] }> {
+  const { execFileSync } = await import('node:child_process')
+  const file = path.join(t.testdir(), 'store.sqlite')
+  const script = `
+    const { SqliteStore } = require(${JSON.stringify(sqliteTs)})
+    const s = new SqliteStore({ path: ${JSON.stringify(file)}, busyTimeoutMs: 50, renameCorrupt: false, log: () => undefined })
+    s.counts().then((counts) => {
+      s.close()
+      const loaded = Object.keys(require.cache).filter((k) => /[\\\\/]node_modules[\\\\/](bindings|better-sqlite3[\\\\/]build)[\\\\/]/.test(k))
+      process.stdout.write(JSON.stringify({ counts, loaded }))
+    })
+  `
+  // The project's esbuild loader (as `npm run mutate` uses): ~0.1 s a start where tap's takes ~1.5 s.
+  const loader = path.join(__dirname, '..', 'scripts', 'stryker-ts-hook.cjs')
+  return JSON.parse(execFileSync(process.execPath, ['-r', loader, '-e', script], { encoding: 'utf8', timeout: 20000 }))
+}
+
+const addon = path.join(path.dirname(require.resolve('better-sqlite3/package.json')), 'build', 'Release', 'better_sqlite3.node')
+
+t.test('sqlite open: the addon is loaded from its known place, without better-sqlite3\'s own lookup (the `bindings` package, milliseconds of every cold start)', async (t) => {
+  // A process of its own: this one has loaded `bindings` already (raw connections).
+  const out = await openInChild(t, path.join(__dirname, '..', 'lib', 'store', 'sqlite.ts'))
+  t.same(out, { counts: { triplets: 0, clients: 0 }, loaded: [addon] })
+})
+
+t.test('sqlite open: beyond its four places up from the code, the addon is left to better-sqlite3\'s own lookup', async (t) => {
+  // The code four directories below a node_modules: its fifth place up.
+  const root = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'policyd-ts-addon-'))
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }))
+  const store = path.join(root, 'a', 'b', 'lib', 'store')
+  fs.mkdirSync(store, { recursive: true })
+  for (const name of ['sqlite.ts', 'types.ts']) fs.copyFileSync(path.join(__dirname, '..', 'lib', 'store', name), path.join(store, name))
+  fs.symlinkSync(path.dirname(path.dirname(require.resolve('better-sqlite3/package.json'))), path.join(root, 'node_modules'))
+  const out = await openInChild(t, path.join(store, 'sqlite.ts'))
+  t.same(out.counts, { triplets: 0, clients: 0 })
+  t.ok(out.loaded.some((k) => /[\\/]node_modules[\\/]bindings[\\/]/.test(k)), `found by the bindings package: ${out.loaded.join(', ')}`)
 })
