@@ -160,8 +160,6 @@ export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, R
   private inode = 0
   private nextOpenAt = 0
   private lastOpenError: StoreError | null = null
-  /** A transaction whose reply has been sent, committed right after. */
-  private commitScheduled = false
   private inTransaction = false
   /** A deferred COMMIT failed: commit before replying until one succeeds. */
   private commitBeforeReply = false
@@ -277,9 +275,8 @@ export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, R
     this.txDelta = { triplet: 0, client: 0 }
   }
 
+  /** The transaction of a request whose reply goes out now, committed right after it (by then another request may have). */
   private scheduleCommit(): void {
-    if (this.commitScheduled) return
-    this.commitScheduled = true
     setImmediate(() => this.commitPending())
   }
 
@@ -295,7 +292,6 @@ export class SqliteStore implements GreylistStore, StoreAdmin, RateLimitStore, R
 
   /** Commit the transaction of the last answered request, if any. */
   commitPending(): void {
-    this.commitScheduled = false
     if (!this.inTransaction || !this.stmts) return
     try {
       this.stmts.commit.run()
