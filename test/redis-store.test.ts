@@ -13,6 +13,7 @@ import { BoundedMap } from '../lib/bounded-map'
 import { HeaderQueue } from '../lib/header-queue'
 import { toPolicyRequest } from '../lib/request'
 import { createGreylistWhitelists } from '../lib/greylist/lists'
+import type { RedisOptions } from 'ioredis'
 import { CAS_RETRIES, RedisStore, checkRedisStore, classifyRedisError, redisStoreOptions, type RedisStoreOptions } from '../lib/store/redis'
 import { BUCKET_SECONDS } from '../lib/store/redis-scripts'
 import { execPipeline } from '../lib/store/redis-ratelimit'
@@ -277,6 +278,7 @@ t.test('compare-and-set: a write by another host between read and write makes it
     return { triplet: { row: v.triplet!, expires: 500 }, result: null }
   }))
   t.equal(busy.failure, 'busy')
+  t.equal(busy.message, `redis redis://127.0.0.1:${server.port}/0: triplet k changed by other requests ${CAS_RETRIES + 1} times while this one decided`)
   t.equal(calls, CAS_RETRIES + 1, 'the first attempt and five retries')
   let unchanged = 0
   await s.updateGreylist('k', 'c', () => {
@@ -310,6 +312,7 @@ t.test('killed, restarted: unavailable within redis_timeout meanwhile, then used
     t.ok(down.ms < 600, `answered in ${down.ms.toFixed(0)} ms`)
   }
   t.equal((await failure(s.addStats('mx', new Map([['x', 1]])))).failure, 'unavailable', 'the counters too')
+  t.equal(await s.addStats('mx', new Map()), undefined, 'no counters to add: nothing sent, so nothing fails')
   await server.restart()
   await eventually(() => read(s))
   t.equal((await read(s)).triplet, null, 'a server without persistence came back empty')
@@ -366,6 +369,76 @@ t.test('server errors map to failure classes: out of memory is full, a replica i
   t.equal(classifyRedisError(new Error('BUSY Redis is busy running a script.')), 'busy')
   t.equal(classifyRedisError(new Error('LOADING Redis is loading the dataset in memory')), 'unavailable')
   t.equal(classifyRedisError(new Error('WRONGTYPE Operation against a key holding the wrong kind of value')), 'error')
+})
+
+t.test('classifyRedisError: what is not an Error, Node\'s own error codes, and server words that count only at the start of the reply', async (t) => {
+  const coded = (message: string, code: string) => Object.assign(new Error(message), { code })
+  const table: Array<[unknown, string]> = [
+    [null, 'error'],
+    [undefined, 'error'],
+    ['READONLY You can\'t write against a read only replica.', 'readonly'],
+    [new Error('NOPERM this user has no permissions to run the \'evalsha\' command'), 'readonly'],
+    [new Error('MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to \'no\'.'), 'unavailable'],
+    [new Error('WRONGPASS invalid username-password pair or user is disabled.'), 'unavailable'],
+    // A script's own error text may name these words later on: only the reply's first word is its class.
+    [new Error('ERR user_script:1: READONLY is not a command of this script'), 'error'],
+    [new Error('ERR user_script:1: NOPERM'), 'error'],
+    [new Error('ERR user_script:1: LOADING'), 'error'],
+    [new Error('ERR user_script:1: WRONGPASS'), 'error'],
+    // A system error's code (ECONNRESET, EPIPE …) means the connection; Node's ERR_* codes mean a bug.
+    [coded('write EPIPE', 'EPIPE'), 'unavailable'],
+    [coded('write after end', 'ERR_STREAM_WRITE_AFTER_END'), 'error'],
+  ]
+  for (const [err, want] of table) t.equal(classifyRedisError(err), want, String((err as Error)?.message ?? err))
+})
+
+t.test('the reconnection delays (doubling from the first to the cap) and the replies that make the client reconnect', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  // ioredis calls these with no trace a test could time without sleeping: they are read from the client the store made.
+  type Made = { client: { options: Pick<RedisOptions, 'retryStrategy' | 'reconnectOnError'> } }
+  const options = async (reconnectMs: { first: number; max: number }) => {
+    const s = store(t, server, { reconnectMs, clock: () => 0 })
+    await read(s)
+    return (s as unknown as Made).client.options
+  }
+  const quick = await options({ first: 20, max: 100 })
+  t.same([1, 2, 3, 4, 5, 50].map((times) => quick.retryStrategy!(times)), [20, 40, 80, 100, 100, 100])
+  const wide = await options({ first: 1, max: 1e9 })
+  t.same([1, 2, 3, 17, 18, 1000].map((times) => wide.retryStrategy!(times)), [1, 2, 4, 65536, 65536, 65536], 'the doubling stops at 2^16 times the first')
+  const reconnects = (message: string): unknown => quick.reconnectOnError!(new Error(message))
+  t.equal(reconnects('READONLY You can\'t write against a read only replica.'), true, 'a master turned replica')
+  t.equal(reconnects('ERR user_script:1: READONLY is not a command of this script'), false)
+  t.equal(reconnects('OOM command not allowed when used memory > \'maxmemory\'.'), false)
+})
+
+t.test('Sentinel: the request\'s deadline names every Sentinel; a connection lost says so until the first reconnection fails', async (t) => {
+  // Nothing listens on ports 1 and 2 of 127.0.0.1: the Sentinels are asked in turn, again and again, until the deadline.
+  const viaSentinels = new RedisStore({
+    endpoint: parseRedisUrl('redis://127.0.0.1') as RedisEndpoint,
+    sentinels: [{ host: '127.0.0.1', port: 1 }, { host: '127.0.0.1', port: 2 }],
+    sentinelName: 'pts-none',
+    prefix: 'test:',
+    timeoutMs: 200,
+    privacy: false,
+    log: () => undefined,
+    reconnectMs: { first: 20, max: 100 },
+  })
+  t.teardown(() => viaSentinels.close())
+  const late = await failure(read(viaSentinels))
+  t.same([late.failure, late.message], ['unavailable', 'redis sentinel pts-none (127.0.0.1:1, 127.0.0.1:2): no answer within 200 ms'])
+
+  const server = await startRedisServer(t)
+  if (!server) return
+  // A first reconnection a minute away: until then nothing else tells why the connection is down.
+  let lost: () => void = () => undefined
+  const closed = new Promise<void>((resolve) => (lost = resolve))
+  const s = store(t, server, { clock: () => 0, reconnectMs: { first: 60_000, max: 60_000 }, log: (_l, m) => /connection lost/.test(m) && lost() })
+  await put(s, 'k', 50)
+  await server.kill()
+  await closed
+  const down = await failure(read(s))
+  t.same([down.failure, down.message], ['unavailable', `redis redis://127.0.0.1:${server.port}/0: connection lost, reconnecting`])
 })
 
 t.test('redis_password_file: read at connection; a missing one is unavailable and says which file', async (t) => {
@@ -434,9 +507,14 @@ t.test('check(): keys not written yet, a policy that may evict keys without TTL,
   const where = `redis redis://127.0.0.1:${server.port}/0`
   const s = store(t, server, { clock: () => 0 })
   const counts = 'triplets: 0 (counted for greylist_max_entries: 0), client networks: 0, whitelist entries: 0'
+  const checkStarted = performance.now()
   const fresh = await s.check()
+  const checkMs = performance.now() - checkStarted
   t.equal(fresh.ok, true)
   t.match(fresh.lines[0], new RegExp(`^${escapeRegExp(where)}: Redis \\d+\\.\\d+\\.\\d+, role master, answered PING in \\d+\\.\\d ms$`))
+  // The PING's own round trip: part of the whole check, measured on the same clock.
+  const pingMs = Number(/answered PING in (\S+) ms$/.exec(fresh.lines[0])![1])
+  t.ok(pingMs >= 0 && pingMs <= checkMs + 0.05, `PING ${pingMs} ms within the check's ${checkMs.toFixed(1)} ms`)
   t.same(fresh.lines.slice(1), ['keys under test:{g}: none written yet (the first greylisting write records their format)', counts])
   const warning = (policy: string): string =>
     `maxmemory-policy ${policy}: the server may evict greylisting keys without TTL (the whitelist, the counters); noeviction or a volatile-* policy keeps them`
@@ -537,7 +615,8 @@ t.test('whitelist entries of one request: the one that lasts longest, whatever t
   const server = await startRedisServer(t)
   if (!server) return
   const s = store(t, server, { clock: () => 0 })
-  const entries: Array<[string, number]> = [['short', 100], ['long', 300], ['also-long', 300], ['forever', Infinity]]
+  // '' stands for a part the request lacks (no SASL name …): it never matches, not even an entry stored under ''.
+  const entries: Array<[string, number]> = [['short', 100], ['long', 300], ['also-long', 300], ['forever', Infinity], ['', Infinity]]
   for (const [key, expires] of entries) await s.setWhitelist({ key, expires, note: '', setAt: 1 })
   const table: Array<[string[], { key: string; expires: number } | undefined]> = [
     [['short', 'long'], { key: 'long', expires: 300 }],
@@ -547,6 +626,8 @@ t.test('whitelist entries of one request: the one that lasts longest, whatever t
     [['also-long', 'long', 'short'], { key: 'also-long', expires: 300 }],
     [['short', 'forever', 'long'], { key: 'forever', expires: Infinity }],
     [['none'], undefined],
+    [['', 'none'], undefined],
+    [['short', ''], { key: 'short', expires: 100 }],
   ]
   for (const [keys, want] of table) t.same((await s.updateGreylist('k', 'c', (v) => ({ result: v }), () => keys)).whitelisted, want, keys.join(' '))
 })
