@@ -4,6 +4,7 @@
 // real private redis-server that is killed, restarted and stopped.
 import t from 'tap'
 import fs from 'node:fs'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
@@ -439,6 +440,42 @@ t.test('Sentinel: the request\'s deadline names every Sentinel; a connection los
   await closed
   const down = await failure(read(s))
   t.same([down.failure, down.message], ['unavailable', `redis redis://127.0.0.1:${server.port}/0: connection lost, reconnecting`])
+})
+
+t.test('Sentinel: with every Sentinel down or silent, the health check (store check, --test-mode) answers within redis_timeout instead of waiting for ever', async (t) => {
+  // A Sentinel that accepts the connection and never answers.
+  const accepted: net.Socket[] = []
+  const silent = net.createServer((socket) => accepted.push(socket))
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    silent.close()
+    for (const socket of accepted) socket.destroy()
+  })
+  const silentPort = (silent.address() as net.AddressInfo).port
+  const cases: Array<[string, number[], RegExp]> = [
+    // Nothing listens on ports 1 and 2: ioredis says so (and retries), but its connect() never settles.
+    ['refused', [1, 2], /^redis sentinel pts-none \(127\.0\.0\.1:1, 127\.0\.0\.1:2\): All sentinels are unreachable\b/],
+    ['silent', [silentPort], new RegExp(`^redis sentinel pts-none \\(127\\.0\\.0\\.1:${silentPort}\\): no answer within 200 ms$`)],
+  ]
+  for (const [what, ports, line] of cases) {
+    const viaSentinels = new RedisStore({
+      endpoint: parseRedisUrl('redis://127.0.0.1') as RedisEndpoint,
+      sentinels: ports.map((port) => ({ host: '127.0.0.1', port })),
+      sentinelName: 'pts-none',
+      prefix: 'test:',
+      timeoutMs: 200,
+      privacy: false,
+      log: () => undefined,
+      reconnectMs: { first: 20, max: 100 },
+    })
+    t.teardown(() => viaSentinels.close())
+    // The guard only turns a hang into a failure; the answer comes after 200 ms.
+    let guard: NodeJS.Timeout | undefined
+    const health = await Promise.race([viaSentinels.check(), new Promise<'hangs'>((resolve) => (guard = setTimeout(() => resolve('hangs'), 10_000)))])
+    clearTimeout(guard)
+    t.match(health, { ok: false, lines: [line] }, what)
+    t.equal(health !== 'hangs' && health.lines.length, 1, `${what}: one line`)
+  }
 })
 
 t.test('redis_password_file: read at connection; a missing one is unavailable and says which file', async (t) => {

@@ -378,12 +378,24 @@ export class RedisStore implements GreylistStore, StoreAdmin, RateLimitStore, Ra
         },
       )
     }
-    // The first connection is waited for (within the request's deadline);
-    // later outages are not: reconnection runs in the background.
-    if (this.connecting && !this.wasReady) await this.connecting
+    // The first connection is waited for, for redis_timeout at most: with
+    // every Sentinel down, ioredis tries them again and again without an
+    // error event, and an ops command or --test-mode has no other deadline.
+    // Later outages are not waited for: reconnection runs in the background.
+    if (this.connecting && !this.wasReady) await this.withinTimeout(this.connecting)
     // (status changes while awaiting; TypeScript narrowed it before)
     if ((c.status as string) === 'ready') return c
-    throw new StoreError('unavailable', `${this.where}: ${this.downReason}`)
+    throw new StoreError('unavailable', `${this.where}: ${this.downReason === NOT_YET ? `no answer within ${this.opts.timeoutMs} ms` : this.downReason}`)
+  }
+
+  /** Settles when `p` does or after redis_timeout, whichever is first. */
+  private async withinTimeout(p: Promise<void>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      await Promise.race([p, new Promise<void>((resolve) => (timer = setTimeout(resolve, this.opts.timeoutMs)))])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   private makeClient(): Client {
