@@ -413,11 +413,11 @@ t.test('the reconnection delays (doubling from the first to the cap) and the rep
   t.equal(reconnects('OOM command not allowed when used memory > \'maxmemory\'.'), false)
 })
 
-t.test('Sentinel: the request\'s deadline names every Sentinel; a connection lost says so until the first reconnection fails', async (t) => {
-  // Nothing listens on ports 1 and 2 of 127.0.0.1: the Sentinels are asked in turn, again and again, until the deadline.
-  const viaSentinels = new RedisStore({
+/** A store whose master is named by Sentinels on these loopback ports (redis_timeout 200 ms), closed at teardown. */
+function sentinelStore(t: { teardown(fn: () => void): void }, ports: number[]): RedisStore {
+  const s = new RedisStore({
     endpoint: parseRedisUrl('redis://127.0.0.1') as RedisEndpoint,
-    sentinels: [{ host: '127.0.0.1', port: 1 }, { host: '127.0.0.1', port: 2 }],
+    sentinels: ports.map((port) => ({ host: '127.0.0.1', port })),
     sentinelName: 'pts-none',
     prefix: 'test:',
     timeoutMs: 200,
@@ -425,7 +425,13 @@ t.test('Sentinel: the request\'s deadline names every Sentinel; a connection los
     log: () => undefined,
     reconnectMs: { first: 20, max: 100 },
   })
-  t.teardown(() => viaSentinels.close())
+  t.teardown(() => s.close())
+  return s
+}
+
+t.test('Sentinel: the request\'s deadline names every Sentinel; a connection lost says so until the first reconnection fails', async (t) => {
+  // Nothing listens on ports 1 and 2 of 127.0.0.1: the Sentinels are asked in turn, again and again, until the deadline.
+  const viaSentinels = sentinelStore(t, [1, 2])
   const late = await failure(read(viaSentinels))
   t.same([late.failure, late.message], ['unavailable', 'redis sentinel pts-none (127.0.0.1:1, 127.0.0.1:2): no answer within 200 ms'])
 
@@ -458,17 +464,7 @@ t.test('Sentinel: with every Sentinel down or silent, the health check (store ch
     ['silent', [silentPort], new RegExp(`^redis sentinel pts-none \\(127\\.0\\.0\\.1:${silentPort}\\): no answer within 200 ms$`)],
   ]
   for (const [what, ports, line] of cases) {
-    const viaSentinels = new RedisStore({
-      endpoint: parseRedisUrl('redis://127.0.0.1') as RedisEndpoint,
-      sentinels: ports.map((port) => ({ host: '127.0.0.1', port })),
-      sentinelName: 'pts-none',
-      prefix: 'test:',
-      timeoutMs: 200,
-      privacy: false,
-      log: () => undefined,
-      reconnectMs: { first: 20, max: 100 },
-    })
-    t.teardown(() => viaSentinels.close())
+    const viaSentinels = sentinelStore(t, ports)
     // The guard only turns a hang into a failure; the answer comes after 200 ms.
     let guard: NodeJS.Timeout | undefined
     const health = await Promise.race([viaSentinels.check(), new Promise<'hangs'>((resolve) => (guard = setTimeout(() => resolve('hangs'), 10_000)))])
