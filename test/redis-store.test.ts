@@ -386,6 +386,8 @@ t.test('classifyRedisError: what is not an Error, Node\'s own error codes, and s
     [new Error('ERR user_script:1: NOPERM'), 'error'],
     [new Error('ERR user_script:1: LOADING'), 'error'],
     [new Error('ERR user_script:1: WRONGPASS'), 'error'],
+    [new Error('ERR user_script:1: OOM'), 'error'],
+    [new Error('ERR user_script:1: BUSY'), 'error'],
     // A system error's code (ECONNRESET, EPIPE …) means the connection; Node's ERR_* codes mean a bug.
     [coded('write EPIPE', 'EPIPE'), 'unavailable'],
     [coded('write after end', 'ERR_STREAM_WRITE_AFTER_END'), 'error'],
