@@ -1,7 +1,8 @@
 // What the Redis store does beyond the conformance tables: the server's clock,
 // TTLs and the count buckets, the same for rate limits, the format record that refuses a host keyed
 // differently, compare-and-set retries, and the failure policy against a
-// real private redis-server that is killed, restarted and stopped.
+// real private redis-server that is killed, restarted and stopped, or a fake one
+// (test/helpers/fake-redis.ts) that closes at once or, as a Sentinel, names an impossible port.
 import t from 'tap'
 import fs from 'node:fs'
 import net from 'node:net'
@@ -21,6 +22,7 @@ import { execPipeline } from '../lib/store/redis-ratelimit'
 import { describeEndpoint, parseRedisUrl, redisUrlProblem, type RedisEndpoint } from '../lib/store/redis-url'
 import { StoreError, type GreylistView } from '../lib/store/types'
 import { startRedisServer, startSentinels, type RedisServer } from './helpers/redis-server'
+import { bulk, startFakeRedis } from './helpers/fake-redis'
 import { isolatedArgs, rcptRequest, startPolicy } from './helpers/policy-process'
 import { connect, socketDir, startDaemon } from './helpers/daemon-process'
 import { amounts, HOLD_TIME, ident, mk, RCPT_FIRST, RCPT_MORE, SLOTS } from './helpers/ratelimit'
@@ -28,7 +30,7 @@ import { slotIndex, slotStart } from '../lib/ratelimit/window'
 
 const REDIS_CLI = '/usr/bin/redis-cli'
 
-function store(t: Tap.Test, server: RedisServer, over: Partial<RedisStoreOptions> = {}): RedisStore {
+function store(t: Tap.Test, server: Pick<RedisServer, 'url'>, over: Partial<RedisStoreOptions> = {}): RedisStore {
   const s = new RedisStore({
     endpoint: parseRedisUrl(server.url) as RedisEndpoint,
     prefix: 'test:',
@@ -474,6 +476,79 @@ t.test('Sentinel: with every Sentinel down or silent, the health check (store ch
     t.match(health, { ok: false, lines: [line] }, what)
     t.equal(health !== 'hangs' && health.lines.length, 1, `${what}: one line`)
   }
+})
+
+t.test('Sentinel: a connection ended for good (the Sentinel named an impossible port) is made again by the next request once the Sentinel answers sensibly', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  let master = '99999'
+  const answered: string[] = []
+  const sentinel = await startFakeRedis(t, (words) => {
+    if (words[0] !== 'sentinel') return `-ERR unknown command '${words[0]}'\r\n`
+    if (words[1].toLowerCase() !== 'get-master-addr-by-name') return '*0\r\n'
+    answered.push(master)
+    return `*2\r\n${bulk('127.0.0.1')}${bulk(master)}`
+  })
+  const s = sentinelStore(t, [sentinel.port])
+  // ioredis cannot even open a socket to port 99999: its connect() fails and the client ends, with no retry of its own.
+  t.match((await failure(read(s))).message, /^redis sentinel pts-none \(127\.0\.0\.1:\d+\): Port should be >= 0 and < 65536\b/)
+  master = String(server.port)
+  t.same((await read(s)).triplet, null, 'the next request connects again (the first connection: waited for)')
+
+  // Once more after having been connected: the connection lost, its reconnection told the impossible port.
+  master = '99999'
+  const told = answered.length
+  await server.command('CLIENT', 'KILL', 'TYPE', 'normal')
+  for (let i = 0; i < 250 && answered.length === told; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.ok(answered.length > told, 'the reconnection asked the Sentinel')
+  master = String(server.port)
+  // Later outages are not waited for: a request starts the connection and fails; one of the next ones finds it made.
+  let tries = 0
+  for (let ok = false; !ok && tries < 100; tries++) {
+    ok = await read(s).then(() => true, () => false)
+    if (!ok) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.ok(tries < 100, `connected again (after ${tries} requests)`)
+})
+
+t.test('a server that closes the connection as it opens: the request fails at once with ioredis\'s reason, not as a timeout', async (t) => {
+  // Closed when the ready check's INFO arrives: no error event, only the close (ioredis: "Connection is closed.").
+  const fake = await startFakeRedis(t, () => null)
+  const s = store(t, { url: `redis://127.0.0.1:${fake.port}/0` }, { clock: () => 0, timeoutMs: 5000, reconnectMs: { first: 60_000, max: 60_000 } })
+  const closed = await failure(read(s))
+  t.same([closed.failure, closed.message], ['unavailable', `redis redis://127.0.0.1:${fake.port}/0: Connection is closed.`])
+  t.ok(closed.ms < 4000, `within the timeout (${Math.round(closed.ms)} ms)`)
+})
+
+t.test('a request during an outage does not hurry the reconnection: no connection is made before the delay is over', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  let lost: () => void = () => undefined
+  const closed = new Promise<void>((resolve) => (lost = resolve))
+  const s = store(t, server, { clock: () => 0, reconnectMs: { first: 60_000, max: 60_000 }, log: (_l, m) => /connection lost/.test(m) && lost() })
+  await read(s)
+  await server.command('CLIENT', 'KILL', 'TYPE', 'normal')
+  await closed
+  t.equal((await failure(read(s))).message, `redis redis://127.0.0.1:${server.port}/0: connection lost, reconnecting`)
+  // A request that connected by itself would have its connection within a few ms.
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.equal((await failure(read(s))).failure, 'unavailable', 'still down: the next attempt is a minute away')
+  t.equal((await server.command('CLIENT', 'LIST', 'TYPE', 'normal')).trim().split('\n').length, 1, 'the server has no connection but the one asking')
+})
+
+t.test('no timer outlives a request: the deadline of each and the wait for the first connection are cleared', async (t) => {
+  const server = await startRedisServer(t)
+  if (!server) return
+  // A pending timer keeps a leaving process alive: with a redis_timeout of a minute, for a minute.
+  const timers = (): number => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length
+  const before = timers()
+  const s = store(t, server, { clock: () => 0, timeoutMs: 60_000 })
+  t.same((await read(s)).triplet, null)
+  t.equal(timers(), before, 'after the first request, which waited for the connection')
+  await put(s, 'k', 50)
+  await s.counts()
+  await s.stats()
+  t.equal(timers(), before, 'after a write, a count and an ops command')
 })
 
 t.test('redis_password_file: read at connection; a missing one is unavailable and says which file', async (t) => {

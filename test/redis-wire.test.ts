@@ -2,18 +2,21 @@
 // outside the store: the stored form of whitelist entries (other hosts read
 // it), the SCAN patterns of the ops commands (a prefix with glob characters
 // must see its own keys only), the size of the delete scripts (watched with
-// MONITOR), redis_password_file as the configuration gives it, and the INFO
-// text of check() as a server may word it (a fake server on loopback); and
-// that a write of the triplet alone leaves the client row on the server as it was.
+// MONITOR), redis_password_file as the configuration gives it, the INFO
+// text of check() as a server may word it and the commands of a connection's
+// handshake (a fake server on loopback), where the statistics live, a row gone
+// between SCAN and read, and the keys of another key format; and that a write
+// of the triplet alone leaves the client row on the server as it was.
 // One private redis-server for the whole file; each test has its own prefix.
 import t from 'tap'
-import net from 'node:net'
 import path from 'node:path'
+import { execFileSync } from 'node:child_process'
 import { Redis } from 'ioredis'
 import { loadConfig, type Config } from '../lib/config'
 import { RedisStore, checkRedisStore, type RedisStoreOptions } from '../lib/store/redis'
 import type { RedisEndpoint } from '../lib/store/redis-url'
 import { startRedisServer, type RedisServer } from './helpers/redis-server'
+import { bulk, startFakeRedis, type FakeRedis } from './helpers/fake-redis'
 
 let server: RedisServer | null = null
 t.before(async () => {
@@ -122,7 +125,7 @@ t.test('--test-mode\'s check reads redis_password_file: one that cannot be read 
   t.match(result.problems[0], `redis_password_file ${missing} cannot be read`)
 })
 
-t.test('check() reads INFO as KEY:VALUE lines, whatever the line ends, skipping comments and lines without a colon', async (t) => {
+t.test('check() reads INFO as KEY:VALUE lines, whatever the line ends, skipping comments and lines without a colon; an INFO without maxmemory_policy is healthy', async (t) => {
   const table: Array<[string, string, string]> = [
     ['CRLF', '# Server\r\nredis_version:7.2.4\r\n\r\n# Replication\r\nrole:master\r\n', 'Redis 7.2.4, role master'],
     ['bare LF', '# Server\nredis_version:7.2.4\n\n# Replication\nrole:slave\n', 'Redis 7.2.4, role slave'],
@@ -132,18 +135,72 @@ t.test('check() reads INFO as KEY:VALUE lines, whatever the line ends, skipping 
     ['no version, no role', '# Server\r\nos:Linux\r\n', 'server, role ?'],
   ]
   for (const [what, info, want] of table) {
-    const port = await fakeServer(t, info)
+    const fake = await fakeServer(t, info)
+    const port = fake.port
     const health = await store(t, port, 'f:').check()
     t.match(health.lines[0], `redis redis://127.0.0.1:${port}/0: ${want}, answered PING in `, what)
+    // None of these INFO texts has maxmemory_policy (a proxy or another server may leave it out): nothing to warn about.
+    t.equal(health.ok, true, `${what}: healthy`)
+    t.equal(health.lines.length, 3, `${what}: the server, the keys and the counts, no more`)
+    // Redis 7.0 reads an empty cursor as 0 too; later servers refuse it ("invalid cursor").
+    t.same(fake.commands.filter((words) => words[0] === 'scan').map((words) => words[1]), ['0', '0'], `${what}: each SCAN (triplets, clients) starts at cursor 0`)
   }
 })
 
-/**
- * A loopback server that speaks just enough RESP for check(): INFO answers
- * `info`, the rest as an empty server would. Closed in teardown.
- */
-async function fakeServer(t: Tap.Test, info: string): Promise<number> {
-  const bulk = (s: string): string => `$${Buffer.byteLength(s)}\r\n${s}\r\n`
+t.test('a connection costs one round trip before the first command: the ready check\'s INFO, no HELLO, no CLIENT SETINFO', async (t) => {
+  const fake = await fakeServer(t, '# Server\r\nredis_version:7.0.15\r\n')
+  const s = store(t, fake.port, 'hs:')
+  await s.counts()
+  t.same(fake.commands.map((words) => words[0]), ['info', 'eval'], 'INFO, then the upkeep script (EVAL: the first call on a connection)')
+})
+
+t.test('statistics live in the hash PREFIX{g}:s, field HOST<TAB>NAME: two prefixes on one server count apart', async (t) => {
+  if (!server) return
+  const a = store(t, server.port, 'sa:')
+  const b = store(t, server.port, 'sb:')
+  await a.addStats('mx1', new Map([['greylisted', 2]]))
+  await b.addStats('mx1', new Map([['greylisted', 5]]))
+  t.equal(await server.command('HGET', 'sa:{g}:s', 'mx1\tgreylisted'), '2')
+  t.equal(await server.command('HGET', 'sb:{g}:s', 'mx1\tgreylisted'), '5')
+  t.same(await a.stats(), [{ host: 'mx1', name: 'greylisted', value: 2 }])
+})
+
+t.test('listTriplets leaves out a row that is gone between its SCAN and its read', async (t) => {
+  if (!server) return
+  const s = store(t, server.port, 'gone:')
+  await put(s, 'stays')
+  await put(s, 'goes')
+  const port = String(server.port)
+  // match() runs after the SCAN and before the rows are read: it deletes one row there, synchronously.
+  const match = (key: string): boolean => {
+    if (key === 'goes') execFileSync('redis-cli', ['-p', port, 'DEL', 'gone:{g}:t:goes'], { stdio: 'ignore' })
+    return true
+  }
+  const listed = await s.listTriplets(match, 10)
+  t.same(listed.map((row) => row.key), ['stays'])
+  t.equal(await server.command('EXISTS', 'gone:{g}:t:goes'), '0', 'the row was indeed deleted by then')
+})
+
+t.test('keys of another key format (a later version\'s "10"): requests refused naming greylisting and both formats, check() says they are not this host\'s', async (t) => {
+  if (!server) return
+  const s = store(t, server.port, 'fmt:')
+  await server.command('HSET', 'fmt:{g}:meta', 'format', '10', 'privacy', 'no')
+  const refused = await put(s, 'k').then(
+    () => null,
+    (err: Error) => err.message,
+  )
+  t.equal(
+    refused,
+    `redis redis://127.0.0.1:${server.port}/0: its greylisting keys under fmt: have format 10 and greylist_privacy no, this host format 1 and greylist_privacy no: ` +
+      'every host sharing the store must agree (or use another redis_prefix); to start afresh, delete the key fmt:{g}:meta',
+  )
+  const health = await s.check()
+  t.equal(health.ok, false)
+  t.equal(health.lines.at(-1), 'these are NOT this host\'s (format 1, greylist_privacy no): greylisting answers fail_action until they agree (or delete fmt:{g}:meta to start afresh)')
+})
+
+/** A fake server that answers check()'s commands as an empty server would, INFO with `info`. */
+async function fakeServer(t: Tap.Test, info: string): Promise<FakeRedis> {
   const replies: Record<string, string> = {
     ping: '+PONG\r\n',
     info: bulk(info),
@@ -153,44 +210,7 @@ async function fakeServer(t: Tap.Test, info: string): Promise<number> {
     scan: `*2\r\n${bulk('0')}*0\r\n`,
     hlen: ':0\r\n',
   }
-  const sockets = new Set<net.Socket>()
-  const srv = net.createServer((sock) => {
-    sockets.add(sock)
-    sock.on('close', () => sockets.delete(sock))
-    let buf = Buffer.alloc(0)
-    sock.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d])
-      for (let cmd = takeCommand(buf); cmd; cmd = takeCommand(buf)) {
-        buf = buf.subarray(cmd.length)
-        sock.write(replies[cmd.name] ?? `-ERR unknown command '${cmd.name}'\r\n`)
-      }
-    })
-  })
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const sock of sockets) sock.destroy()
-    srv.close()
-  })
-  return (srv.address() as net.AddressInfo).port
-}
-
-/** The first whole command (an array of bulk strings) in `buf`: its name in lower case and its length in bytes. */
-function takeCommand(buf: Buffer): { name: string; length: number } | null {
-  const text = buf.toString('latin1')
-  let at = text.indexOf('\r\n')
-  if (at < 0 || text[0] !== '*') return null
-  const count = Number(text.slice(1, at))
-  at += 2
-  let name = ''
-  for (let i = 0; i < count; i++) {
-    const eol = text.indexOf('\r\n', at)
-    if (eol < 0) return null
-    const size = Number(text.slice(at + 1, eol))
-    if (text.length < eol + 2 + size + 2) return null
-    if (i === 0) name = text.slice(eol + 2, eol + 2 + size).toLowerCase()
-    at = eol + 2 + size + 2
-  }
-  return { name, length: at }
+  return startFakeRedis(t, (words) => replies[words[0]] ?? `-ERR unknown command '${words[0]}'\r\n`)
 }
 
 function config(over: Record<string, string>): Config {
